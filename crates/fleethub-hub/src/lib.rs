@@ -1,1 +1,243 @@
-//! placeholder
+//! The fleethub server: wires the store, the services, the MQTT gateway and the REST API together and runs
+//! them until shutdown. `start` is what `fleethub serve` and the integration tests call.
+
+pub mod auth;
+pub mod config;
+pub mod listeners;
+pub mod methods;
+pub mod mqtt;
+pub mod rest;
+pub mod services;
+pub mod sessions;
+pub mod tls;
+mod websocket;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fleethub_core::access::{AccessPolicy, BUILT_IN_POLICIES};
+use fleethub_store::{SqliteStore, SqliteStoreOptions, Store, StoreError};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{HubConfig, HubLimits};
+pub use services::Services;
+
+use crate::listeners::ConnectionLimiter;
+use crate::sessions::CloseReason;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "fleethub.db";
+/// Held with an exclusive lock while a hub serves the data directory.
+const LOCK_FILE: &str = "fleethub.lock";
+/// Keys in the store's metadata that `fleethub connection-string` reads.
+pub const META_HOSTNAME: &str = "hostname";
+pub const META_HTTPS_PORT: &str = "https_port";
+pub const META_MQTT_PORT: &str = "mqtt_port";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("data directory {0} is in use by another fleethub process")]
+    DataDirLocked(PathBuf),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("cannot listen on {address} for {what}: {source}; choose another address with {flag}")]
+    Bind { what: &'static str, flag: &'static str, address: SocketAddr, source: std::io::Error },
+}
+
+/// A started hub. Dropping it does not stop it; call [`RunningHub::shutdown`].
+pub struct RunningHub {
+    pub mqtt_address: SocketAddr,
+    pub https_address: SocketAddr,
+    pub ca_pem: String,
+    pub services: Arc<Services>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    _lock: fs::File,
+}
+
+impl RunningHub {
+    /// Stops accepting, closes device connections (recording them disconnected) and waits up to `grace`
+    /// for in-flight work. Writes already queued to the store always complete.
+    pub async fn shutdown(self, grace: Duration) {
+        self.services.sessions.close_all(CloseReason::ShuttingDown);
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown grace period over with tasks still running");
+        }
+        flush_activity(&self.services).await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Resolves when the hub has been asked to shut down.
+    pub async fn cancelled(&self) {
+        self.shutdown.cancelled().await;
+    }
+}
+
+/// Opens the data directory, prepares TLS and policies, binds both listeners and starts serving.
+pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
+    let data_dir = config.data_dir.clone();
+    fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+    let lock = lock_data_dir(&data_dir)?;
+
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
+        &data_dir.join(DATABASE_FILE),
+        SqliteStoreOptions { twin_limits: config.twin_limits.clone(), ..SqliteStoreOptions::default() },
+    )?);
+    let policies = ensure_policies(&*store).await?;
+    let marked = store.mark_all_disconnected(OffsetDateTime::now_utc()).await?;
+    if marked > 0 {
+        tracing::info!(identities = marked, "recorded identities left connected by the previous run as disconnected");
+    }
+
+    let certificates = tls::load_or_create(&data_dir, &config.certificate_names())?;
+    if let Some(what) = certificates.issued {
+        tracing::info!(data_dir = %data_dir.display(), "{what}");
+    }
+    let acceptor = TlsAcceptor::from(Arc::clone(&certificates.server_config));
+
+    let mqtt_listener = TcpListener::bind(config.mqtt_listen).await.map_err(|source| StartError::Bind {
+        what: "MQTT",
+        flag: "--mqtt-listen",
+        address: config.mqtt_listen,
+        source,
+    })?;
+    let https_listener = TcpListener::bind(config.https_listen).await.map_err(|source| StartError::Bind {
+        what: "HTTPS",
+        flag: "--https-listen",
+        address: config.https_listen,
+        source,
+    })?;
+    let mqtt_address = mqtt_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "MQTT",
+        flag: "--mqtt-listen",
+        address: config.mqtt_listen,
+        source,
+    })?;
+    let https_address = https_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "HTTPS",
+        flag: "--https-listen",
+        address: config.https_listen,
+        source,
+    })?;
+
+    let hostname = config.hostnames.first().cloned().unwrap_or_else(|| "localhost".into());
+    store.set_meta(META_HOSTNAME, &hostname).await?;
+    store.set_meta(META_HTTPS_PORT, &https_address.port().to_string()).await?;
+    store.set_meta(META_MQTT_PORT, &mqtt_address.port().to_string()).await?;
+
+    let services = Arc::new(Services::new(config, Arc::clone(&store), policies));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let limiter = ConnectionLimiter::new(services.config.limits.max_connections);
+    let ready = Arc::new(AtomicBool::new(false));
+    let router = rest::router(Arc::clone(&services), Arc::clone(&ready), shutdown.clone(), tracker.clone());
+
+    tracker.spawn(listeners::run_mqtt_listener(
+        mqtt_listener,
+        acceptor.clone(),
+        Arc::clone(&services),
+        Arc::clone(&limiter),
+        tracker.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(listeners::run_https_listener(
+        https_listener,
+        acceptor,
+        router,
+        Arc::clone(&services),
+        limiter,
+        tracker.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(run_activity_flusher(Arc::clone(&services), shutdown.clone()));
+    ready.store(true, Ordering::Release);
+    tracing::info!(mqtt = %mqtt_address, https = %https_address, data_dir = %data_dir.display(), "fleethub is serving");
+
+    Ok(RunningHub {
+        mqtt_address,
+        https_address,
+        ca_pem: certificates.ca_pem,
+        services,
+        shutdown,
+        tracker,
+        _lock: lock,
+    })
+}
+
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<fs::File, StartError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StartError::DataDirLocked(data_dir.to_owned())),
+        Err(fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+    }
+}
+
+/// Creates the built-in shared access policies the first time, each with fresh random keys.
+async fn ensure_policies(store: &dyn Store) -> Result<Vec<AccessPolicy>, StoreError> {
+    let mut policies = store.policies().await?;
+    for (name, rights) in BUILT_IN_POLICIES {
+        if policies.iter().all(|policy| policy.key_name != name) {
+            let policy = AccessPolicy {
+                key_name: name.to_owned(),
+                primary_key: services::random_key(),
+                secondary_key: services::random_key(),
+                rights,
+            };
+            store.put_policy(policy.clone()).await?;
+            policies.push(policy);
+        }
+    }
+    Ok(policies)
+}
+
+async fn run_activity_flusher(services: Arc<Services>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(services.config.limits.activity_flush_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => flush_activity(&services).await,
+        }
+    }
+}
+
+async fn flush_activity(services: &Services) {
+    let batch: Vec<_> = services
+        .sessions
+        .collect_activity()
+        .into_iter()
+        .filter_map(|(key, millis)| {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok().map(|time| (key, time))
+        })
+        .collect();
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(error) = services.store.record_activity(batch).await {
+        tracing::warn!(%error, "could not record device activity");
+    }
+}

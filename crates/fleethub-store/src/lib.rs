@@ -1,1 +1,138 @@
-//! placeholder
+//! Storage for the hub: the `Store` trait every backend implements, the records it keeps, and the embedded
+//! SQLite implementation used by default.
+//!
+//! Invariants every backend keeps (checked by [`conformance`]):
+//! - a write's future resolves only after the write is durable (fsynced); a crash after that loses nothing;
+//! - a read issued after a write's future resolved sees that write (read-your-writes);
+//! - every twin change, identity creation/deletion and connection-state change appends one record to the
+//!   change feed in the same transaction, with a strictly increasing sequence number;
+//! - domain rules (twin merge, versions, limits, identity rules) come from `fleethub-core`, so every backend
+//!   behaves alike; a backend only decides how to keep bytes.
+
+pub mod conformance;
+mod records;
+mod sqlite;
+
+pub use records::*;
+pub use sqlite::{SqliteStore, SqliteStoreOptions};
+
+use std::future::Future;
+use std::pin::Pin;
+
+use fleethub_core::access::AccessPolicy;
+use fleethub_core::identity::{FreshKeys, IdentityKey, IdentitySpec};
+use fleethub_protocol::ids::{DeviceId, IfMatch};
+use fleethub_protocol::rest::ConnectionState;
+use time::OffsetDateTime;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the hub keeps durably. Object-safe so the hub holds an `Arc<dyn Store>` and a PostgreSQL
+/// backend can be added without touching the services.
+pub trait Store: Send + Sync + 'static {
+    // ---- identities and twins ----
+    fn get(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<Option<DeviceRecord>>>;
+    /// Devices (not modules) ordered by id, strictly after `after`, at most `limit`.
+    fn list_devices(
+        &self,
+        after: Option<DeviceId>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<DeviceRecord>>>;
+    /// Modules of one device, ordered by module id.
+    fn list_modules(&self, device_id: &DeviceId) -> BoxFuture<'_, StoreResult<Vec<DeviceRecord>>>;
+    /// Creates an identity with a fresh twin. A module needs its device (`ParentNotFound`).
+    fn create_identity(&self, request: CreateIdentity) -> BoxFuture<'_, StoreResult<DeviceRecord>>;
+    fn update_identity(&self, request: UpdateIdentity) -> BoxFuture<'_, StoreResult<IdentityUpdated>>;
+    /// Deletes an identity, its twin and its persisted sessions; a device's modules go with it.
+    fn delete_identity(&self, key: &IdentityKey, if_match: IfMatch) -> BoxFuture<'_, StoreResult<()>>;
+    fn update_twin(&self, request: UpdateTwin) -> BoxFuture<'_, StoreResult<TwinUpdated>>;
+    /// Records a connection-state change (and its change-feed record) if it differs from the stored one.
+    fn set_connection_state(
+        &self,
+        key: &IdentityKey,
+        state: ConnectionState,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// After a restart nobody is connected yet: records every identity still marked connected (by a hub
+    /// that was killed) as disconnected. Returns how many were.
+    fn mark_all_disconnected(&self, now: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Coalesced `lastActivityTime` updates; unknown keys are skipped. No change-feed records.
+    fn record_activity(&self, batch: Vec<(IdentityKey, OffsetDateTime)>) -> BoxFuture<'_, StoreResult<()>>;
+    fn statistics(&self) -> BoxFuture<'_, StoreResult<RegistryCounts>>;
+
+    // ---- persistent MQTT sessions (clean-session 0) ----
+    fn load_session(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<Option<StoredSession>>>;
+    fn save_session(&self, key: &IdentityKey, session: StoredSession) -> BoxFuture<'_, StoreResult<()>>;
+    fn delete_session(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<()>>;
+
+    // ---- access policies and hub metadata ----
+    fn policies(&self) -> BoxFuture<'_, StoreResult<Vec<AccessPolicy>>>;
+    fn put_policy(&self, policy: AccessPolicy) -> BoxFuture<'_, StoreResult<()>>;
+    fn get_meta(&self, key: &str) -> BoxFuture<'_, StoreResult<Option<String>>>;
+    fn set_meta(&self, key: &str, value: &str) -> BoxFuture<'_, StoreResult<()>>;
+
+    // ---- change feed ----
+    /// Records with a sequence number greater than `after`, oldest first, at most `limit`,
+    /// optionally only those of one device (and its modules).
+    fn read_changes(
+        &self,
+        after: u64,
+        limit: usize,
+        device: Option<DeviceId>,
+    ) -> BoxFuture<'_, StoreResult<Vec<ChangeRecord>>>;
+    /// Watches the sequence number of the newest durable change record.
+    fn change_notifier(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// `PUT /devices/{id}` (or module) without `If-Match`.
+#[derive(Clone, Debug)]
+pub struct CreateIdentity {
+    pub key: IdentityKey,
+    pub spec: IdentitySpec,
+    pub generation_id: String,
+    pub fresh_keys: FreshKeys,
+    pub now: OffsetDateTime,
+}
+
+/// `PUT /devices/{id}` (or module) with `If-Match`.
+#[derive(Clone, Debug)]
+pub struct UpdateIdentity {
+    pub key: IdentityKey,
+    pub spec: IdentitySpec,
+    pub if_match: IfMatch,
+    pub fresh_keys: FreshKeys,
+    pub now: OffsetDateTime,
+}
+
+#[derive(Clone, Debug)]
+pub struct IdentityUpdated {
+    pub record: DeviceRecord,
+    pub status_changed: bool,
+}
+
+pub struct UpdateTwin {
+    pub key: IdentityKey,
+    pub change: TwinChange,
+    /// Compared with the twin's etag (not the identity's).
+    pub if_match: IfMatch,
+    pub now: OffsetDateTime,
+    /// Runs once the write is durable, before the caller's future resolves, in commit order: writes to one
+    /// twin run their hooks in the order of their versions. The hub pushes desired patches from here so a
+    /// device never sees version 3 before version 2. Must be quick and must not block.
+    pub on_commit: Option<TwinCommitHook>,
+}
+
+pub type TwinCommitHook = Box<dyn FnOnce(&TwinUpdated) + Send>;
+
+impl std::fmt::Debug for UpdateTwin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateTwin")
+            .field("key", &self.key)
+            .field("change", &self.change)
+            .field("if_match", &self.if_match)
+            .field("now", &self.now)
+            .field("on_commit", &self.on_commit.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,260 @@
+//! Authentication and authorisation: service SAS tokens (signed with a shared access policy, `skn`) for the
+//! REST API, and device SAS tokens for MQTT CONNECT.
+//!
+//! Rules (PROTOCOL.md §2.2, §3.1): the signature covers the `sr` field exactly as received, so it is never
+//! re-encoded here; the host named in `sr` may be any of the hub's names, with or without a port,
+//! case-insensitively; either key of the identity or policy may sign; `se` must be in the future.
+
+use fleethub_core::access::{AccessPolicy, AccessRight, AccessRights};
+use fleethub_core::identity::IdentityKey;
+use fleethub_mqtt::ConnectReturnCode;
+use fleethub_protocol::ids::ClientId;
+use fleethub_protocol::sas::{DeviceResource, SasToken, TokenResource, decode_key};
+use fleethub_store::DeviceRecord;
+
+use crate::services::Services;
+
+/// Which rights an operation needs: any one of them suffices.
+#[derive(Clone, Copy, Debug)]
+pub struct Requirement(pub &'static [AccessRight]);
+
+/// The operation-to-right table (also in docs/compat.md). Azure grants registry reads to RegistryRead,
+/// registry writes to RegistryWrite, and twin, method and other service-facing calls to ServiceConnect;
+/// twin reads are also allowed with RegistryRead, as in Azure's RBAC model.
+pub mod required {
+    use super::{AccessRight::*, Requirement};
+    pub const REGISTRY_READ: Requirement = Requirement(&[RegistryRead]);
+    pub const REGISTRY_WRITE: Requirement = Requirement(&[RegistryWrite]);
+    pub const TWIN_READ: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
+    pub const TWIN_WRITE: Requirement = Requirement(&[ServiceConnect]);
+    pub const INVOKE_METHOD: Requirement = Requirement(&[ServiceConnect]);
+    pub const SERVICE_STATISTICS: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceAuthError {
+    /// Missing, malformed, expired, wrongly signed or for another hub: HTTP 401.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid token whose policy lacks the right: HTTP 403.
+    #[error("policy {policy:?} lacks the right this operation needs (one of: {needed})")]
+    Forbidden { policy: String, needed: String },
+}
+
+/// The caller a valid service token identifies.
+#[derive(Debug, Clone)]
+pub struct ServiceCaller {
+    pub policy: String,
+    pub rights: AccessRights,
+}
+
+/// Checks the `Authorization` header of a REST request to `request_path` (e.g. `/devices/dev1`).
+pub fn authorize_service(
+    services: &Services,
+    authorization: Option<&str>,
+    request_path: &str,
+    requirement: Requirement,
+    now_unix: u64,
+) -> Result<ServiceCaller, ServiceAuthError> {
+    let unauthenticated = |message: &str| ServiceAuthError::Unauthenticated(message.to_owned());
+    let header = authorization.ok_or_else(|| unauthenticated("the Authorization header is missing"))?;
+    let token: SasToken = header
+        .trim()
+        .parse()
+        .map_err(|error| ServiceAuthError::Unauthenticated(format!("the SAS token is malformed: {error}")))?;
+    let policy_name = token.key_name.as_deref().ok_or_else(|| {
+        unauthenticated("the SAS token names no policy (skn): service calls need a shared access policy token")
+    })?;
+    let policies = services.policies();
+    let policy = policies
+        .iter()
+        .find(|policy| policy.key_name == policy_name)
+        .ok_or_else(|| ServiceAuthError::Unauthenticated(format!("unknown shared access policy {policy_name:?}")))?;
+    if !signed_by_policy(&token, policy) {
+        return Err(unauthenticated("the SAS token's signature does not match the policy's keys"));
+    }
+    if token.is_expired(now_unix) {
+        return Err(unauthenticated("the SAS token has expired"));
+    }
+    let resource = TokenResource::parse(&token.resource);
+    if !services.config.is_own_hostname(&resource.host) {
+        return Err(ServiceAuthError::Unauthenticated(format!(
+            "the SAS token is for host {:?}, which is not this hub",
+            resource.host
+        )));
+    }
+    // A token scoped below the hub (sr = host/devices/dev1) covers only that subtree.
+    let scope = resource.path.trim_end_matches('/');
+    if !scope.is_empty() && !path_within(request_path, scope) {
+        return Err(ServiceAuthError::Unauthenticated(format!(
+            "the SAS token is scoped to {scope:?}, which does not cover {request_path:?}"
+        )));
+    }
+    if !requirement.0.iter().any(|right| policy.rights.contains(*right)) {
+        let needed: Vec<&str> = requirement.0.iter().map(|right| right.name()).collect();
+        return Err(ServiceAuthError::Forbidden { policy: policy.key_name.clone(), needed: needed.join(", ") });
+    }
+    Ok(ServiceCaller { policy: policy.key_name.clone(), rights: policy.rights })
+}
+
+fn path_within(path: &str, scope: &str) -> bool {
+    let path = path.to_ascii_lowercase();
+    let scope = scope.to_ascii_lowercase();
+    path == scope || path.starts_with(&format!("{scope}/"))
+}
+
+fn signed_by_policy(token: &SasToken, policy: &AccessPolicy) -> bool {
+    [&policy.primary_key, &policy.secondary_key]
+        .into_iter()
+        .filter_map(|key| decode_key(key).ok())
+        .any(|key| token.signature_matches(&key))
+}
+
+/// Why a device's CONNECT is refused, with the CONNACK code to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRefusal {
+    pub code: ConnectReturnCode,
+    pub reason: String,
+}
+
+impl ConnectRefusal {
+    fn new(code: ConnectReturnCode, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+}
+
+/// Authenticates an MQTT CONNECT: client id, username `{host}/{clientId}/?...`, SAS password signed with the
+/// identity's key or with a policy that has DeviceConnect. Returns the identity's record.
+pub async fn authenticate_device(
+    services: &Services,
+    client_id: &str,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+    now_unix: u64,
+) -> Result<DeviceRecord, ConnectRefusal> {
+    use ConnectReturnCode::{BadUserNameOrPassword, IdentifierRejected, NotAuthorized};
+    let client = ClientId::parse(client_id)
+        .map_err(|error| ConnectRefusal::new(IdentifierRejected, format!("client id {client_id:?}: {error}")))?;
+    let username = username.ok_or_else(|| ConnectRefusal::new(BadUserNameOrPassword, "no username"))?;
+    let (host, named_client) = split_username(username)
+        .ok_or_else(|| ConnectRefusal::new(BadUserNameOrPassword, format!("username {username:?} is not {{host}}/{{clientId}}/?...")))?;
+    if named_client != client_id {
+        return Err(ConnectRefusal::new(
+            BadUserNameOrPassword,
+            format!("username names client {named_client:?} but the client id is {client_id:?}"),
+        ));
+    }
+    if !services.config.is_own_hostname(host_without_port(host)) {
+        return Err(ConnectRefusal::new(NotAuthorized, format!("username names host {host:?}, which is not this hub")));
+    }
+    let password = password.ok_or_else(|| {
+        ConnectRefusal::new(NotAuthorized, "no password: X.509 device authentication is not supported yet")
+    })?;
+    let password = std::str::from_utf8(password)
+        .map_err(|_| ConnectRefusal::new(BadUserNameOrPassword, "the password is not UTF-8"))?;
+    let token: SasToken = password
+        .parse()
+        .map_err(|error| ConnectRefusal::new(BadUserNameOrPassword, format!("the SAS token is malformed: {error}")))?;
+    let key = IdentityKey::from_client_id(&client);
+    let record = services
+        .store
+        .get(&key)
+        .await
+        .map_err(|error| ConnectRefusal::new(ConnectReturnCode::ServerUnavailable, error.to_string()))?
+        .ok_or_else(|| ConnectRefusal::new(NotAuthorized, format!("{key} is not registered")))?;
+
+    let signed = match token.key_name.as_deref() {
+        None => {
+            let resource = DeviceResource::parse(&token.resource)
+                .map_err(|error| ConnectRefusal::new(NotAuthorized, format!("the token's resource: {error}")))?;
+            if resource.device_id != client.device || resource.module_id != client.module {
+                return Err(ConnectRefusal::new(NotAuthorized, format!("the token is for {}, not {key}", token.resource)));
+            }
+            if !services.config.is_own_hostname(&resource.host) {
+                return Err(ConnectRefusal::new(NotAuthorized, format!("the token is for host {:?}", resource.host)));
+            }
+            record.identity.symmetric_keys().filter_map(|key| decode_key(key).ok()).any(|key| token.signature_matches(&key))
+        }
+        Some(policy_name) => {
+            // A policy token with DeviceConnect may connect any device its `sr` covers.
+            let policies = services.policies();
+            let policy = policies
+                .iter()
+                .find(|policy| policy.key_name == policy_name && policy.rights.contains(AccessRight::DeviceConnect))
+                .ok_or_else(|| {
+                    ConnectRefusal::new(NotAuthorized, format!("policy {policy_name:?} does not exist or lacks DeviceConnect"))
+                })?;
+            let resource = TokenResource::parse(&token.resource);
+            let device_path = match &client.module {
+                Some(module) => format!("/devices/{}/modules/{module}", client.device),
+                None => format!("/devices/{}", client.device),
+            };
+            let scope = resource.path.trim_end_matches('/');
+            if !services.config.is_own_hostname(&resource.host) || (!scope.is_empty() && !path_within(&device_path, scope)) {
+                return Err(ConnectRefusal::new(NotAuthorized, format!("the token's resource does not cover {key}")));
+            }
+            signed_by_policy(&token, policy)
+        }
+    };
+    if !signed {
+        return Err(ConnectRefusal::new(NotAuthorized, "the SAS token's signature does not match"));
+    }
+    if token.is_expired(now_unix) {
+        return Err(ConnectRefusal::new(NotAuthorized, "the SAS token has expired"));
+    }
+    if !record.identity.is_enabled() {
+        return Err(ConnectRefusal::new(NotAuthorized, format!("{key} is disabled")));
+    }
+    if record.key.module_id.is_some() {
+        let device = services.store.get(&IdentityKey::device(record.key.device_id.clone())).await.ok().flatten();
+        if !device.is_some_and(|device| device.identity.is_enabled()) {
+            return Err(ConnectRefusal::new(NotAuthorized, format!("device {} is disabled", record.key.device_id)));
+        }
+    }
+    Ok(record)
+}
+
+/// `{host}/{clientId}/?{query}` → (host, clientId). The client id may itself contain one `/` (modules).
+fn split_username(username: &str) -> Option<(&str, &str)> {
+    let before_query = match username.find("/?") {
+        Some(index) => &username[..index],
+        None => username.strip_suffix('/').unwrap_or(username),
+    };
+    let (host, client) = before_query.split_once('/')?;
+    if host.is_empty() || client.is_empty() {
+        return None;
+    }
+    Some((host, client))
+}
+
+fn host_without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|byte| byte.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_split_into_host_and_client() {
+        let python = "localhost/dev1/?api-version=2019-10-01&DeviceClientType=azure-iot-device-iothub-py%2F2.14.0";
+        assert_eq!(split_username(python), Some(("localhost", "dev1")));
+        assert_eq!(split_username("localhost:8883/dev1/mod1/?api-version=2021-04-12"), Some(("localhost:8883", "dev1/mod1")));
+        assert_eq!(split_username("hub/dev1/"), Some(("hub", "dev1")));
+        assert_eq!(split_username("hub"), None);
+        assert_eq!(split_username("/dev1/?x"), None);
+        assert_eq!(host_without_port("localhost:8883"), "localhost");
+        assert_eq!(host_without_port("LOCALHOST"), "LOCALHOST");
+    }
+
+    #[test]
+    fn scoped_tokens_cover_their_subtree_only() {
+        assert!(path_within("/devices/dev1", "/devices/dev1"));
+        assert!(path_within("/devices/dev1/modules/m", "/devices/dev1"));
+        assert!(!path_within("/devices/dev10", "/devices/dev1"));
+        assert!(!path_within("/twins/dev1", "/devices/dev1"));
+    }
+}

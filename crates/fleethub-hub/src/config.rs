@@ -1,0 +1,87 @@
+//! The hub's configuration: where it keeps data, what it listens on, and its limits. Binaries fill it in;
+//! the library never reads the environment or files for configuration.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleethub_core::twin::TwinLimits;
+
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    pub data_dir: PathBuf,
+    /// Names devices and services use to reach the hub (`--hostname`); the server certificate covers them,
+    /// and SAS tokens may name any of them.
+    pub hostnames: Vec<String>,
+    pub mqtt_listen: SocketAddr,
+    pub https_listen: SocketAddr,
+    pub limits: HubLimits,
+    pub twin_limits: TwinLimits,
+}
+
+impl HubConfig {
+    /// A configuration for tests and embedding: loopback, ephemeral ports.
+    pub fn for_loopback(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            hostnames: vec!["localhost".into()],
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            limits: HubLimits::default(),
+            twin_limits: TwinLimits::default(),
+        }
+    }
+
+    /// Every name the server certificate must carry: the configured hostnames, `localhost`, `127.0.0.1`,
+    /// and the specific IPs the listeners are bound to.
+    pub fn certificate_names(&self) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self.hostnames.iter().map(|name| name.to_ascii_lowercase()).collect();
+        names.insert("localhost".into());
+        names.insert("127.0.0.1".into());
+        for address in [self.mqtt_listen, self.https_listen] {
+            if !address.ip().is_unspecified() {
+                names.insert(address.ip().to_string());
+            }
+        }
+        names
+    }
+
+    /// Whether a host named in a SAS token or MQTT username is this hub (case-insensitive, port ignored).
+    pub fn is_own_hostname(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.certificate_names().contains(&host)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HubLimits {
+    /// Largest MQTT packet accepted; larger ones close the connection.
+    pub max_packet_size: usize,
+    /// Connections beyond this are refused at accept time.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake plus the MQTT CONNECT packet.
+    pub connect_timeout: Duration,
+    /// Pushes (method requests, desired patches) waiting for one device connection; more are refused.
+    pub outbound_queue_depth: usize,
+    /// Direct-method payload limit, request and response alike (Azure: 128 KB).
+    pub method_payload_max_bytes: usize,
+    /// How often coalesced `lastActivityTime` values are written.
+    pub activity_flush_interval: Duration,
+    /// REST request bodies larger than this are refused with 413.
+    pub max_request_body_bytes: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 256 * 1024 + 1024,
+            max_connections: 200_000,
+            connect_timeout: Duration::from_secs(30),
+            outbound_queue_depth: 64,
+            method_payload_max_bytes: 128 * 1024,
+            activity_flush_interval: Duration::from_secs(5),
+            max_request_body_bytes: 1024 * 1024,
+        }
+    }
+}

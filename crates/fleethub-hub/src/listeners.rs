@@ -1,0 +1,159 @@
+//! Accept loops: the MQTT/TLS port and the HTTPS port (REST API and MQTT over WebSocket).
+//!
+//! Each accepted socket gets its own task at once; the TLS handshake runs there under the connect timeout,
+//! never in the accept loop, so a slow or hostile client cannot stall others. A cap on live connections
+//! refuses extra sockets at accept time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use tower::ServiceExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::mqtt::serve_connection;
+use crate::services::Services;
+
+/// Counts live connections against the configured cap; the guard gives the slot back when dropped.
+pub struct ConnectionLimiter {
+    live: AtomicUsize,
+    max: usize,
+}
+
+pub struct ConnectionSlot(Arc<ConnectionLimiter>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnectionLimiter {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { live: AtomicUsize::new(0), max })
+    }
+
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let previous = self.live.fetch_add(1, Ordering::Relaxed);
+        if previous >= self.max {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(Arc::clone(self)))
+    }
+}
+
+fn tune(stream: &TcpStream) {
+    // MQTT traffic is many small packets; Nagle would add up to 40 ms to every method round trip.
+    let _ = stream.set_nodelay(true);
+}
+
+pub async fn run_mqtt_listener(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    services: Arc<Services>,
+    limiter: Arc<ConnectionLimiter>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%error, "mqtt accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = limiter.try_acquire() else {
+            tracing::warn!(%peer, "connection refused: the connection cap is reached");
+            continue;
+        };
+        tune(&stream);
+        let acceptor = acceptor.clone();
+        let services = Arc::clone(&services);
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            let timeout = services.config.limits.connect_timeout;
+            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => return tracing::debug!(%peer, %error, "mqtt tls handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "mqtt tls handshake timed out"),
+            };
+            serve_connection(tls, services, peer, shutdown).await;
+        });
+    }
+}
+
+pub async fn run_https_listener(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    services: Arc<Services>,
+    limiter: Arc<ConnectionLimiter>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "https accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = limiter.try_acquire() else {
+            tracing::warn!(%peer, "connection refused: the connection cap is reached");
+            continue;
+        };
+        tune(&stream);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let timeout = services.config.limits.connect_timeout;
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => return tracing::debug!(%peer, %error, "https tls handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "https tls handshake timed out"),
+            };
+            // The peer address rides along in each request's extensions (the WebSocket gateway logs it).
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(crate::rest::Peer(peer));
+                router.clone().oneshot(request)
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "https connection ended with an error");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}

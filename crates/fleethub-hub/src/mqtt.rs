@@ -1,0 +1,499 @@
+//! The MQTT gateway: one task per device connection (TLS or WebSocket underneath), speaking MQTT 3.1.1 with
+//! our own codec, translating Azure's topics into service calls and pushes into publishes.
+//!
+//! Lifecycle of a connection: CONNECT within the connect timeout → authenticate → register in the session
+//! table (taking over an older connection with the same client id) → restore persisted subscriptions
+//! (clean-session 0) → record `Connected` → CONNACK → packet loop → unregister → record `Disconnected`
+//! unless a newer connection took over.
+//!
+//! Cancellation: the loop may stop at any await point (peer gone, shutdown). Store writes it started run to
+//! completion regardless (the store finishes every queued write), so a dropped connection never cuts a twin
+//! write in half; the device just misses the acknowledgement and retries with DUP, which is harmless.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fleethub_core::identity::IdentityKey;
+use fleethub_mqtt::{
+    ConnAck, ConnectReturnCode, DecodeError, Packet, PacketId, Publish, QoS, SubAck, SubscribeReturnCode,
+};
+use fleethub_protocol::ids::{ClientId, IfMatch};
+use fleethub_protocol::rest::ConnectionState;
+use fleethub_protocol::topics::{self, DeviceTopic, Subscription};
+use fleethub_store::{StoreError, StoredSession, StoredSubscription, TwinChange};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::authenticate_device;
+use crate::methods::{MethodReply, ReplyOutcome};
+use crate::services::{Services, record_connection_state};
+use crate::sessions::{CloseReason, ConnectionShared, Outbound, SubscriptionSet};
+
+/// Azure caps the keep-alive at 1767 s and drops a client after 1.5 times it without traffic.
+const MAX_KEEP_ALIVE_SECONDS: u64 = 1767;
+/// Bytes reserved per read when no packet is partially buffered; small so idle connections stay small.
+const READ_RESERVE: usize = 1024;
+
+/// Why a connection ended; logged, and used by tests through the log.
+#[derive(Debug)]
+enum Ending {
+    PeerClosed,
+    PeerDisconnected,
+    KeepAliveExpired,
+    TokenExpired,
+    Closed(CloseReason),
+    ProtocolViolation(String),
+    Io(std::io::Error),
+    Shutdown,
+}
+
+struct Connection<S> {
+    stream: S,
+    read_buffer: BytesMut,
+    write_buffer: BytesMut,
+    max_packet_size: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Reads until one whole packet is buffered and decodes it. `Ok(None)` = the peer closed cleanly.
+    async fn read_packet(&mut self) -> Result<Option<Packet>, ConnectionError> {
+        loop {
+            if let Some(packet) = fleethub_mqtt::decode(&mut self.read_buffer, self.max_packet_size)? {
+                return Ok(Some(packet));
+            }
+            if self.read_more().await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        self.read_buffer.reserve(READ_RESERVE);
+        self.stream.read_buf(&mut self.read_buffer).await
+    }
+
+    fn queue(&mut self, packet: &Packet) {
+        // Encoding our own well-formed packets cannot fail except for sizes we never produce.
+        if let Err(error) = fleethub_mqtt::encode(packet, &mut self.write_buffer) {
+            tracing::error!(%error, "dropping an outgoing packet that does not encode");
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.write_buffer.is_empty() {
+            self.stream.write_all(&self.write_buffer).await?;
+            self.stream.flush().await?;
+            self.write_buffer.clear();
+        }
+        if self.write_buffer.capacity() > 64 * 1024 {
+            self.write_buffer = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Frees the read buffer once everything in it is consumed, so idle connections hold no buffer.
+    fn release_idle_buffers(&mut self) {
+        if self.read_buffer.is_empty() && self.read_buffer.capacity() > 0 {
+            self.read_buffer = BytesMut::new();
+        }
+        if self.write_buffer.is_empty() && self.write_buffer.capacity() > 0 {
+            self.write_buffer = BytesMut::new();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves one device connection to its end. Never panics on input; every refusal is logged at debug.
+pub async fn serve_connection<S>(stream: S, services: Arc<Services>, peer: SocketAddr, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut connection = Connection {
+        stream,
+        read_buffer: BytesMut::new(),
+        write_buffer: BytesMut::new(),
+        max_packet_size: services.config.limits.max_packet_size,
+    };
+    let connect_deadline = Instant::now() + services.config.limits.connect_timeout;
+    let first = tokio::select! {
+        result = tokio::time::timeout_at(connect_deadline, connection.read_packet()) => result,
+        () = shutdown.cancelled() => return,
+    };
+    let connect = match first {
+        Err(_) => return tracing::debug!(%peer, "no CONNECT within the connect timeout"),
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Ok(Some(other))) => return tracing::debug!(%peer, ?other, "first packet is not CONNECT"),
+        Ok(Ok(None)) => return,
+        Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+            tracing::debug!(%peer, level, "refusing an unsupported MQTT protocol level");
+            refuse(&mut connection, ConnectReturnCode::UnacceptableProtocolVersion).await;
+            return;
+        }
+        Ok(Err(error)) => return tracing::debug!(%peer, %error, "bad first packet"),
+    };
+
+    let now = services.now();
+    let record = match authenticate_device(
+        &services,
+        &connect.client_id,
+        connect.username.as_deref(),
+        connect.password.as_deref(),
+        now.unix_timestamp().max(0) as u64,
+    )
+    .await
+    {
+        Ok(record) => record,
+        Err(refusal) => {
+            tracing::info!(%peer, client_id = %connect.client_id, reason = %refusal.reason, "connection refused");
+            refuse(&mut connection, refusal.code).await;
+            return;
+        }
+    };
+    let key = record.key.clone();
+    let client_id = key.client_id();
+    let token_expiry = connect
+        .password
+        .as_deref()
+        .and_then(|password| std::str::from_utf8(password).ok())
+        .and_then(|password| password.parse::<fleethub_protocol::sas::SasToken>().ok())
+        .map(|token| token.expiry);
+
+    // Restore or discard the persisted session.
+    let (mut filters, session_present) = if connect.clean_session {
+        if let Err(error) = services.store.delete_session(&key).await {
+            tracing::warn!(device = %key, %error, "could not discard the persisted session");
+        }
+        (Vec::new(), false)
+    } else {
+        match services.store.load_session(&key).await {
+            Ok(Some(session)) => (session.subscriptions, true),
+            Ok(None) => (Vec::new(), false),
+            Err(error) => {
+                tracing::warn!(device = %key, %error, "could not load the persisted session");
+                refuse(&mut connection, ConnectReturnCode::ServerUnavailable).await;
+                return;
+            }
+        }
+    };
+    let subscriptions = subscription_set(&filters, &client_id);
+    let shared = services.sessions.register(&key, subscriptions);
+    record_connection_state(&services, &key, ConnectionState::Connected).await;
+    connection.queue(&Packet::ConnAck(ConnAck { session_present, code: ConnectReturnCode::Accepted }));
+    tracing::debug!(%peer, device = %key, clean_session = connect.clean_session, "device connected");
+
+    let mut session = Session {
+        services: &services,
+        key: &key,
+        client_id: &client_id,
+        shared: &shared,
+        clean_session: connect.clean_session,
+        filters: &mut filters,
+    };
+    let keep_alive = effective_keep_alive(connect.keep_alive);
+    let token_deadline = token_expiry.map(|expiry| {
+        let remaining = expiry.saturating_sub(now.unix_timestamp().max(0) as u64);
+        Instant::now() + Duration::from_secs(remaining)
+    });
+    let ending = run(&mut connection, &mut session, keep_alive, token_deadline, &shutdown).await;
+    let _ = connection.flush().await;
+    let _ = connection.stream.shutdown().await;
+
+    if services.sessions.unregister(&key, shared.generation) {
+        record_connection_state(&services, &key, ConnectionState::Disconnected).await;
+    }
+    match &ending {
+        Ending::ProtocolViolation(reason) => tracing::info!(%peer, device = %key, %reason, "connection closed"),
+        ending => tracing::debug!(%peer, device = %key, ?ending, "connection ended"),
+    }
+}
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(connection: &mut Connection<S>, code: ConnectReturnCode) {
+    connection.queue(&Packet::ConnAck(ConnAck { session_present: false, code }));
+    let _ = connection.flush().await;
+    let _ = connection.stream.shutdown().await;
+}
+
+fn effective_keep_alive(requested_seconds: u16) -> Duration {
+    // 0 means "no keep-alive" in MQTT; Azure still needs to notice dead devices, so it gets the maximum.
+    let seconds = match u64::from(requested_seconds) {
+        0 => MAX_KEEP_ALIVE_SECONDS,
+        seconds => seconds.min(MAX_KEEP_ALIVE_SECONDS),
+    };
+    Duration::from_millis(seconds * 1500)
+}
+
+fn subscription_set(filters: &[StoredSubscription], client_id: &ClientId) -> SubscriptionSet {
+    let mut set = SubscriptionSet::default();
+    for stored in filters {
+        if let Ok(kind) = topics::parse_device_subscription(&stored.filter, client_id) {
+            set.insert(kind);
+        }
+    }
+    set
+}
+
+struct Session<'a> {
+    services: &'a Services,
+    key: &'a IdentityKey,
+    client_id: &'a ClientId,
+    shared: &'a ConnectionShared,
+    clean_session: bool,
+    filters: &'a mut Vec<StoredSubscription>,
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    session: &mut Session<'_>,
+    keep_alive: Duration,
+    token_deadline: Option<Instant>,
+    shutdown: &CancellationToken,
+) -> Ending {
+    let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let token_deadline = token_deadline.unwrap_or(far_future);
+    let mut keep_alive_deadline = Instant::now() + keep_alive;
+    let mut pushes = Vec::new();
+    if let Err(error) = connection.flush().await {
+        return Ending::Io(error);
+    }
+    loop {
+        connection.release_idle_buffers();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ending::Shutdown,
+            () = session.shared.woken() => {
+                let reason = session.shared.close_reason();
+                if reason != CloseReason::None {
+                    return Ending::Closed(reason);
+                }
+                session.shared.drain(&mut pushes);
+                for push in pushes.drain(..) {
+                    connection.queue(&push_packet(push));
+                }
+            }
+            read = connection.read_more() => {
+                match read {
+                    Ok(0) => return Ending::PeerClosed,
+                    Ok(_) => {}
+                    Err(error) => return Ending::Io(error),
+                }
+                keep_alive_deadline = Instant::now() + keep_alive;
+                session.shared.touch(unix_millis());
+                loop {
+                    let packet = match fleethub_mqtt::decode(&mut connection.read_buffer, connection.max_packet_size) {
+                        Ok(Some(packet)) => packet,
+                        Ok(None) => break,
+                        Err(error) => return Ending::ProtocolViolation(format!("malformed packet: {error}")),
+                    };
+                    if let Some(ending) = handle_packet(connection, session, packet).await {
+                        return ending;
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(keep_alive_deadline) => return Ending::KeepAliveExpired,
+            () = tokio::time::sleep_until(token_deadline) => return Ending::TokenExpired,
+        }
+        if let Err(error) = connection.flush().await {
+            return Ending::Io(error);
+        }
+    }
+}
+
+fn unix_millis() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn push_packet(push: Outbound) -> Packet {
+    match push {
+        Outbound::DesiredPatch { version, payload } => publish(topics::desired_patch_topic(version), payload),
+        Outbound::MethodRequest { method_name, request_id, payload } => {
+            publish(topics::method_request_topic(&method_name, &request_id), payload)
+        }
+    }
+}
+
+/// Hub-to-device publishes go at QoS 0, as Azure's do for twin responses, patches and method requests.
+fn publish(topic: String, payload: Bytes) -> Packet {
+    Packet::Publish(Publish { dup: false, qos: QoS::AtMostOnce, retain: false, topic, packet_id: None, payload })
+}
+
+/// Handles one packet; `Some` ends the connection.
+async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    session: &mut Session<'_>,
+    packet: Packet,
+) -> Option<Ending> {
+    match packet {
+        Packet::Publish(publish) => handle_publish(connection, session, publish).await,
+        Packet::Subscribe(subscribe) => {
+            let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+            let mut set = session.shared.subscriptions();
+            for (filter, requested) in subscribe.filters {
+                let kind = match topics::parse_device_subscription(&filter, session.client_id) {
+                    Ok(kind) => kind,
+                    Err(error) => {
+                        return Some(Ending::ProtocolViolation(format!("subscription to {filter:?} refused: {error}")));
+                    }
+                };
+                // QoS 2 is not supported; MQTT lets the server grant less than asked.
+                let granted = requested.min(QoS::AtLeastOnce);
+                set.insert(kind);
+                session.filters.retain(|stored| stored.filter != filter);
+                session.filters.push(StoredSubscription { filter, qos: granted as u8 });
+                return_codes.push(SubscribeReturnCode::Success(granted));
+            }
+            if let Err(error) = persist_subscriptions(session).await {
+                return Some(Ending::ProtocolViolation(format!("could not persist subscriptions: {error}")));
+            }
+            session.services.sessions.update_subscriptions(session.key, session.shared, set);
+            connection.queue(&Packet::SubAck(SubAck { packet_id: subscribe.packet_id, return_codes }));
+            None
+        }
+        Packet::Unsubscribe(unsubscribe) => {
+            session.filters.retain(|stored| !unsubscribe.filters.contains(&stored.filter));
+            if let Err(error) = persist_subscriptions(session).await {
+                return Some(Ending::ProtocolViolation(format!("could not persist subscriptions: {error}")));
+            }
+            let set = subscription_set(session.filters, session.client_id);
+            session.services.sessions.update_subscriptions(session.key, session.shared, set);
+            connection.queue(&Packet::UnsubAck(unsubscribe.packet_id));
+            None
+        }
+        Packet::PingReq => {
+            connection.queue(&Packet::PingResp);
+            None
+        }
+        Packet::Disconnect => Some(Ending::PeerDisconnected),
+        // Hub-to-device publishes are QoS 0, so acknowledgements from the device carry nothing to act on.
+        Packet::PubAck(_) => None,
+        other => Some(Ending::ProtocolViolation(format!("unexpected packet from a device: {}", packet_name(&other)))),
+    }
+}
+
+async fn persist_subscriptions(session: &Session<'_>) -> Result<(), StoreError> {
+    if session.clean_session {
+        return Ok(());
+    }
+    session
+        .services
+        .store
+        .save_session(session.key, StoredSession { subscriptions: session.filters.clone() })
+        .await
+}
+
+async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    session: &mut Session<'_>,
+    publish: Publish,
+) -> Option<Ending> {
+    if publish.qos == QoS::ExactlyOnce {
+        return Some(Ending::ProtocolViolation("QoS 2 publishes are not supported".into()));
+    }
+    let topic = match topics::parse_device_publish(&publish.topic, session.client_id) {
+        Ok(topic) => topic,
+        Err(error) => {
+            return Some(Ending::ProtocolViolation(format!("publish to {:?} refused: {error}", publish.topic)));
+        }
+    };
+    let puback = |connection: &mut Connection<S>, packet_id: Option<PacketId>| {
+        if let Some(packet_id) = packet_id {
+            connection.queue(&Packet::PubAck(packet_id));
+        }
+    };
+    match topic {
+        DeviceTopic::TwinGet { request_id } => {
+            puback(connection, publish.packet_id);
+            let response = match session.services.store.get(session.key).await {
+                Ok(Some(record)) => {
+                    let body = serde_json::to_vec(&record.twin.properties_json()).expect("JSON always serialises");
+                    publish_response(topics::twin_response_topic(200, &request_id, None), body.into())
+                }
+                Ok(None) => twin_error(&request_id, 404, 404001, "the identity no longer exists"),
+                Err(error) => twin_error(&request_id, 500, 500001, &error.to_string()),
+            };
+            connection.queue(&response);
+        }
+        DeviceTopic::TwinPatchReported { request_id } => {
+            let patch: Value = match serde_json::from_slice(&publish.payload) {
+                Ok(patch) => patch,
+                Err(error) => {
+                    puback(connection, publish.packet_id);
+                    let message = format!("the reported patch is not valid JSON: {error}");
+                    connection.queue(&twin_error(&request_id, 400, 400004, &message));
+                    return None;
+                }
+            };
+            let result =
+                session.services.update_twin(session.key, TwinChange::ReportedPatch(patch), IfMatch::Any).await;
+            // Acknowledged only now: the write is durable, or refused and nothing was kept.
+            puback(connection, publish.packet_id);
+            let response = match result {
+                Ok(updated) => publish_response(
+                    topics::twin_response_topic(204, &request_id, Some(updated.record.twin.reported_version())),
+                    Bytes::new(),
+                ),
+                Err(StoreError::Twin(error)) => twin_error(&request_id, 400, 400004, &error.to_string()),
+                Err(StoreError::NotFound(_)) => twin_error(&request_id, 404, 404001, "the identity no longer exists"),
+                Err(error) => twin_error(&request_id, 500, 500001, &error.to_string()),
+            };
+            connection.queue(&response);
+        }
+        DeviceTopic::MethodResponse { status, request_id } => {
+            let reply = MethodReply { status, payload: publish.payload };
+            match session.services.methods.complete(session.key, &request_id, reply) {
+                ReplyOutcome::Delivered => {}
+                outcome => tracing::debug!(device = %session.key, %request_id, ?outcome, "method response dropped"),
+            }
+            puback(connection, publish.packet_id);
+        }
+        DeviceTopic::Telemetry { .. } => {
+            // Telemetry storage arrives with the event log (docs/compat.md); until then it is acknowledged
+            // so that SDKs waiting for the PUBACK do not stall, and counted in the log.
+            tracing::trace!(device = %session.key, bytes = publish.payload.len(), "telemetry received");
+            puback(connection, publish.packet_id);
+        }
+    }
+    None
+}
+
+fn publish_response(topic: String, payload: Bytes) -> Packet {
+    publish(topic, payload)
+}
+
+/// A twin error response: Azure's status in the topic and a JSON body saying what was wrong.
+fn twin_error(request_id: &str, status: u16, error_code: u32, message: &str) -> Packet {
+    let body = json!({ "errorCode": error_code, "message": message });
+    publish_response(
+        topics::twin_response_topic(status, request_id, None),
+        Bytes::from(serde_json::to_vec(&body).expect("JSON always serialises")),
+    )
+}
+
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}

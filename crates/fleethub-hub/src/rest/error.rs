@@ -1,0 +1,111 @@
+//! The REST edge's one table from failures to HTTP: status code, `iothub-errorcode` header and the JSON
+//! body Azure returns for that endpoint family (see docs/azure-errors.md).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fleethub_protocol::errors::{ErrorBody, ErrorCode};
+use fleethub_store::StoreError;
+use time::OffsetDateTime;
+
+use crate::auth::ServiceAuthError;
+use crate::services::InvokeMethodError;
+
+/// Which body shape an endpoint family uses for errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyShape {
+    /// Registry and twin endpoints: `{"Message": "ErrorCode:Name;text", "ExceptionMessage": "Tracking ID:..."}`.
+    Registry,
+    /// Direct methods and newer endpoints: `{"errorCode": 404103, "message": ..., "trackingId": ...}`.
+    Numeric,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub shape: BodyShape,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), shape: BodyShape::Registry }
+    }
+
+    pub fn numeric(mut self) -> Self {
+        self.shape = BodyShape::Numeric;
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ArgumentInvalid, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let tracking_id = tracking_id();
+        let now = OffsetDateTime::now_utc();
+        let body = match self.shape {
+            BodyShape::Registry => ErrorBody::registry_style(self.code, &self.message, &tracking_id, now),
+            BodyShape::Numeric => ErrorBody::numeric_style(self.code, &self.message, &tracking_id, now),
+        };
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = self.code.name(), message = %self.message, %tracking_id, "request failed");
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert("iothub-errorcode", HeaderValue::from_static(self.code.name()));
+        response
+    }
+}
+
+/// Azure's tracking ids are opaque hex; ours are random so they can be matched against the log.
+fn tracking_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let message = error.to_string();
+        match error {
+            StoreError::NotFound(key) if key.module_id.is_some() => ApiError::new(ErrorCode::ModuleNotFound, message),
+            StoreError::NotFound(_) | StoreError::ParentNotFound(_) => ApiError::new(ErrorCode::DeviceNotFound, message),
+            StoreError::AlreadyExists(key) if key.module_id.is_some() => {
+                ApiError::new(ErrorCode::ModuleAlreadyExistsOnDevice, message)
+            }
+            StoreError::AlreadyExists(_) => ApiError::new(ErrorCode::DeviceAlreadyExists, message),
+            StoreError::PreconditionFailed { .. } => ApiError::new(ErrorCode::PreconditionFailed, message),
+            StoreError::Twin(_) | StoreError::IdentitySpec(_) => ApiError::new(ErrorCode::ArgumentInvalid, message),
+            StoreError::Incompatible(_) | StoreError::Backend(_) => ApiError::new(ErrorCode::ServerError, message),
+        }
+    }
+}
+
+impl From<ServiceAuthError> for ApiError {
+    fn from(error: ServiceAuthError) -> Self {
+        let message = error.to_string();
+        match error {
+            ServiceAuthError::Unauthenticated(_) => ApiError::new(ErrorCode::IotHubUnauthorizedAccess, message),
+            ServiceAuthError::Forbidden { .. } => ApiError::new(ErrorCode::IotHubUnauthorized, message),
+        }
+    }
+}
+
+impl From<InvokeMethodError> for ApiError {
+    fn from(error: InvokeMethodError) -> Self {
+        let message = error.to_string();
+        let code = match error {
+            InvokeMethodError::NotFound(key) if key.module_id.is_some() => ErrorCode::ModuleNotFound,
+            InvokeMethodError::NotFound(_) => ErrorCode::DeviceNotFound,
+            InvokeMethodError::NotOnline(_) => ErrorCode::DeviceNotOnline,
+            InvokeMethodError::Timeout { .. } => ErrorCode::GatewayTimeout,
+            InvokeMethodError::Busy(_) => ErrorCode::ThrottlingException,
+            InvokeMethodError::PayloadTooLarge { .. } => ErrorCode::RequestEntityTooLarge,
+            InvokeMethodError::InvalidResponse(_) => ErrorCode::DeviceInvalidResultPayload,
+            InvokeMethodError::Store(store) => return ApiError::from(store).numeric(),
+        };
+        ApiError::new(code, message).numeric()
+    }
+}

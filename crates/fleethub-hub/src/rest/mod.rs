@@ -1,0 +1,441 @@
+//! The REST API on the HTTPS port, Azure IoT Hub's service API: registry, twins, direct methods,
+//! statistics; plus `/healthz` and the MQTT-over-WebSocket endpoint `/$iothub/websocket`.
+//!
+//! Handlers parse and authorise, call a service, and render; the mapping from failures to HTTP lives in
+//! [`error`] alone.
+
+mod convert;
+pub mod error;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use fleethub_core::identity::IdentityKey;
+use fleethub_protocol::errors::ErrorCode;
+use fleethub_protocol::ids::{DeviceId, IfMatch, ModuleId, parse_if_match, validate_method_name};
+use fleethub_protocol::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult};
+use fleethub_store::TwinChange;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Requirement, authorize_service, required};
+use crate::services::{
+    METHOD_CONNECT_TIMEOUT_RANGE, METHOD_DEFAULT_RESPONSE_TIMEOUT, METHOD_RESPONSE_TIMEOUT_RANGE, MethodInvocation,
+    Services,
+};
+use crate::websocket::WebSocketStream;
+pub use error::ApiError;
+
+/// The TCP peer of the HTTPS connection a request came in on.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+#[derive(Clone)]
+struct ApiState {
+    services: Arc<Services>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(
+    services: Arc<Services>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) -> Router {
+    let body_limit = services.config.limits.max_request_body_bytes;
+    let state = ApiState { services, ready, shutdown, tracker };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/devices", get(list_devices))
+        .route("/devices/{device_id}", put(put_device).get(get_device).delete(delete_device))
+        .route("/devices/{device_id}/modules", get(list_modules))
+        .route("/devices/{device_id}/modules/{module_id}", put(put_module).get(get_module).delete(delete_module))
+        .route("/twins/{device_id}", get(get_twin).patch(patch_twin).put(replace_twin))
+        .route(
+            "/twins/{device_id}/modules/{module_id}",
+            get(get_module_twin).patch(patch_module_twin).put(replace_module_twin),
+        )
+        .route("/twins/{device_id}/methods", post(invoke_method))
+        .route("/twins/{device_id}/modules/{module_id}/methods", post(invoke_module_method))
+        .route("/statistics/devices", get(device_statistics))
+        .route("/statistics/service", get(service_statistics))
+        .route("/$iothub/websocket", get(mqtt_over_websocket))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+// ---- helpers ----
+
+fn authorize(state: &ApiState, headers: &HeaderMap, uri: &Uri, requirement: Requirement) -> ApiResult<()> {
+    let authorization = headers.get("authorization").and_then(|value| value.to_str().ok());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    authorize_service(&state.services, authorization, uri.path(), requirement, now)?;
+    Ok(())
+}
+
+fn device_key(device_id: &str) -> ApiResult<IdentityKey> {
+    let device_id: DeviceId =
+        device_id.parse().map_err(|error| ApiError::bad_request(format!("device id {device_id:?}: {error}")))?;
+    Ok(IdentityKey::device(device_id))
+}
+
+fn module_key(device_id: &str, module_id: &str) -> ApiResult<IdentityKey> {
+    let device = device_key(device_id)?.device_id;
+    let module_id: ModuleId =
+        module_id.parse().map_err(|error| ApiError::bad_request(format!("module id {module_id:?}: {error}")))?;
+    Ok(IdentityKey::module(device, module_id))
+}
+
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<IfMatch>> {
+    match headers.get("if-match") {
+        None => Ok(None),
+        Some(value) => {
+            let text = value.to_str().map_err(|_| ApiError::bad_request("the If-Match header is not ASCII"))?;
+            Ok(Some(parse_if_match(text)))
+        }
+    }
+}
+
+/// Parses a JSON body, answering 400/413 in Azure's shape instead of axum's plain-text rejections.
+fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::RequestEntityTooLarge, "the request body is too large")
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty; a JSON document is required"));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request(format!("the request body is not valid JSON for this operation: {error}")))
+}
+
+fn query_top(query: &HashMap<String, String>) -> ApiResult<usize> {
+    match query.get("top") {
+        None => Ok(1000),
+        Some(text) => match text.parse::<usize>() {
+            Ok(top) if (1..=1000).contains(&top) => Ok(top),
+            _ => Err(ApiError::bad_request(format!("top must be a number from 1 to 1000, got {text:?}"))),
+        },
+    }
+}
+
+// ---- health and fallbacks ----
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    if state.ready.load(Ordering::Acquire) && !state.shutdown.is_cancelled() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response()
+    }
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, format!("this HTTP method is not supported on {}", uri.path()))
+}
+
+// ---- registry ----
+
+async fn list_devices(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_READ)?;
+    let top = query_top(&query)?;
+    let records = state.services.list_devices(top).await?;
+    let devices: Vec<Value> = records.iter().map(convert::identity_json).collect();
+    Ok(Json(devices).into_response())
+}
+
+async fn get_device(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(device_id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_READ)?;
+    let record = state.services.get_identity(&device_key(&device_id)?).await?;
+    Ok(Json(convert::identity_json(&record)).into_response())
+}
+
+async fn put_device(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(device_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_WRITE)?;
+    let key = device_key(&device_id)?;
+    put_identity(&state, key, &headers, body).await
+}
+
+async fn put_module(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path((device_id, module_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_WRITE)?;
+    let key = module_key(&device_id, &module_id)?;
+    put_identity(&state, key, &headers, body).await
+}
+
+async fn put_identity(
+    state: &ApiState,
+    key: IdentityKey,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body: Value = json_body(body)?;
+    let spec = convert::identity_spec(&key, &body)?;
+    let record = state.services.put_identity(key, spec, if_match(headers)?).await?;
+    // Azure answers 200 for both create and update (the Python SDK accepts nothing else for devices).
+    Ok(Json(convert::identity_json(&record)).into_response())
+}
+
+async fn delete_device(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(device_id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_WRITE)?;
+    let key = device_key(&device_id)?;
+    state.services.delete_identity(&key, if_match(&headers)?.unwrap_or(IfMatch::Any)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_module(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path((device_id, module_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_READ)?;
+    let record = state.services.get_identity(&module_key(&device_id, &module_id)?).await?;
+    Ok(Json(convert::identity_json(&record)).into_response())
+}
+
+async fn delete_module(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path((device_id, module_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_WRITE)?;
+    let key = module_key(&device_id, &module_id)?;
+    state.services.delete_identity(&key, if_match(&headers)?.unwrap_or(IfMatch::Any)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_modules(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(device_id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_READ)?;
+    let key = device_key(&device_id)?;
+    let records = state.services.list_modules(&key.device_id).await?;
+    let modules: Vec<Value> = records.iter().map(convert::identity_json).collect();
+    Ok(Json(modules).into_response())
+}
+
+async fn device_statistics(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::REGISTRY_READ)?;
+    let counts = state.services.store.statistics().await?;
+    Ok(Json(counts).into_response())
+}
+
+async fn service_statistics(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::SERVICE_STATISTICS)?;
+    let connected = state.services.router().connected_count();
+    Ok(Json(json!({ "connectedDeviceCount": connected })).into_response())
+}
+
+// ---- twins ----
+
+async fn get_twin(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(device_id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::TWIN_READ)?;
+    let record = state.services.get_identity(&device_key(&device_id)?).await?;
+    Ok(Json(convert::twin_json(&record)).into_response())
+}
+
+async fn get_module_twin(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path((device_id, module_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::TWIN_READ)?;
+    let record = state.services.get_identity(&module_key(&device_id, &module_id)?).await?;
+    Ok(Json(convert::twin_json(&record)).into_response())
+}
+
+async fn write_twin(
+    state: &ApiState,
+    key: IdentityKey,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    replace: bool,
+) -> ApiResult<Response> {
+    let body: Value = json_body(body)?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the twin must be a JSON object"));
+    }
+    let change = if replace { TwinChange::ServiceReplace(body) } else { TwinChange::ServicePatch(body) };
+    let updated = state.services.update_twin(&key, change, if_match(headers)?.unwrap_or(IfMatch::Any)).await?;
+    Ok(Json(convert::twin_json(&updated.record)).into_response())
+}
+
+async fn patch_twin(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(device_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::TWIN_WRITE)?;
+    write_twin(&state, device_key(&device_id)?, &headers, body, false).await
+}
+
+async fn replace_twin(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(device_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::TWIN_WRITE)?;
+    write_twin(&state, device_key(&device_id)?, &headers, body, true).await
+}
+
+async fn patch_module_twin(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path((device_id, module_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::TWIN_WRITE)?;
+    write_twin(&state, module_key(&device_id, &module_id)?, &headers, body, false).await
+}
+
+async fn replace_module_twin(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path((device_id, module_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::TWIN_WRITE)?;
+    write_twin(&state, module_key(&device_id, &module_id)?, &headers, body, true).await
+}
+
+// ---- direct methods ----
+
+async fn invoke_method(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(device_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::INVOKE_METHOD).map_err(ApiError::numeric)?;
+    let key = device_key(&device_id).map_err(ApiError::numeric)?;
+    invoke(&state, key, body).await
+}
+
+async fn invoke_module_method(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path((device_id, module_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, &uri, required::INVOKE_METHOD).map_err(ApiError::numeric)?;
+    let key = module_key(&device_id, &module_id).map_err(ApiError::numeric)?;
+    invoke(&state, key, body).await
+}
+
+async fn invoke(state: &ApiState, key: IdentityKey, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let request: CloudToDeviceMethod = json_body(body).map_err(ApiError::numeric)?;
+    let invocation = method_invocation(request).map_err(ApiError::numeric)?;
+    let result = state.services.invoke_method(&key, invocation).await?;
+    Ok(Json(CloudToDeviceMethodResult { status: result.status, payload: result.payload }).into_response())
+}
+
+/// Azure's rules: a valid method name, response timeout 5-300 s (default 30), connect timeout 0-300 s.
+fn method_invocation(request: CloudToDeviceMethod) -> ApiResult<MethodInvocation> {
+    validate_method_name(&request.method_name)
+        .map_err(|error| ApiError::bad_request(format!("method name {:?}: {error}", request.method_name)))?;
+    let response_timeout = request.response_timeout_in_seconds.unwrap_or(METHOD_DEFAULT_RESPONSE_TIMEOUT);
+    if !METHOD_RESPONSE_TIMEOUT_RANGE.contains(&response_timeout) {
+        return Err(ApiError::bad_request(format!(
+            "responseTimeoutInSeconds must be from {} to {}, got {response_timeout}",
+            METHOD_RESPONSE_TIMEOUT_RANGE.start(),
+            METHOD_RESPONSE_TIMEOUT_RANGE.end()
+        )));
+    }
+    let connect_timeout = request.connect_timeout_in_seconds.unwrap_or(0);
+    if !METHOD_CONNECT_TIMEOUT_RANGE.contains(&connect_timeout) {
+        return Err(ApiError::bad_request(format!(
+            "connectTimeoutInSeconds must be from {} to {}, got {connect_timeout}",
+            METHOD_CONNECT_TIMEOUT_RANGE.start(),
+            METHOD_CONNECT_TIMEOUT_RANGE.end()
+        )));
+    }
+    Ok(MethodInvocation {
+        method_name: request.method_name,
+        payload: request.payload,
+        response_timeout: Duration::from_secs(response_timeout),
+        connect_timeout: Duration::from_secs(connect_timeout),
+    })
+}
+
+// ---- MQTT over WebSocket ----
+
+async fn mqtt_over_websocket(
+    State(state): State<ApiState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let max_message = state.services.config.limits.max_packet_size + 1024;
+    upgrade.protocols(["mqtt"]).max_message_size(max_message).on_upgrade(move |socket| {
+        let ApiState { services, shutdown, tracker, .. } = state;
+        tracker.track_future(crate::mqtt::serve_connection(WebSocketStream::new(socket), services, peer, shutdown))
+    })
+}

@@ -1,0 +1,282 @@
+//! The hub's services: registry, twins and direct methods. Adapters (REST, MQTT) call these; these never
+//! see sockets, topics or HTTP, and reach storage only through the `Store` trait and devices only through
+//! the `DeviceRouter`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleethub_core::access::AccessPolicy;
+use fleethub_core::identity::{FreshKeys, IdentityKey, IdentitySpec};
+use fleethub_protocol::ids::{DeviceId, IfMatch};
+use fleethub_protocol::rest::{ConnectionState, DeviceStatus};
+use fleethub_protocol::topics::Subscription;
+use fleethub_store::{
+    CreateIdentity, DeviceRecord, Store, StoreError, TwinChange, TwinCommitHook, TwinUpdated, UpdateIdentity,
+    UpdateTwin,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::config::HubConfig;
+use crate::methods::{MethodReply, PendingMethods};
+use crate::sessions::{CloseReason, DeliveryError, DeviceRouter, Outbound, SessionTable};
+
+pub struct Services {
+    pub config: HubConfig,
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<SessionTable>,
+    pub methods: PendingMethods,
+    policies: RwLock<Arc<Vec<AccessPolicy>>>,
+}
+
+/// Azure's bounds for method timeouts, in seconds.
+pub const METHOD_RESPONSE_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 5..=300;
+pub const METHOD_CONNECT_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 0..=300;
+pub const METHOD_DEFAULT_RESPONSE_TIMEOUT: u64 = 30;
+
+/// A direct-method call as the service asked for it, already validated.
+#[derive(Debug, Clone)]
+pub struct MethodInvocation {
+    pub method_name: String,
+    pub payload: Value,
+    pub response_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodResult {
+    pub status: i32,
+    pub payload: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeMethodError {
+    #[error("{0} not found")]
+    NotFound(IdentityKey),
+    #[error("{0} is not online: it did not connect and subscribe to methods within the connect timeout")]
+    NotOnline(IdentityKey),
+    #[error("{key} did not answer method {method_name:?} within {timeout:?}")]
+    Timeout { key: IdentityKey, method_name: String, timeout: Duration },
+    #[error("{0} has too many pushes pending")]
+    Busy(IdentityKey),
+    #[error("the request payload is {bytes} bytes; the limit is {max}")]
+    PayloadTooLarge { bytes: usize, max: usize },
+    #[error("{0}")]
+    InvalidResponse(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Services {
+    pub fn new(config: HubConfig, store: Arc<dyn Store>, policies: Vec<AccessPolicy>) -> Self {
+        let sessions = Arc::new(SessionTable::new(config.limits.outbound_queue_depth));
+        Self { config, store, sessions, methods: PendingMethods::default(), policies: RwLock::new(Arc::new(policies)) }
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    pub fn policies(&self) -> Arc<Vec<AccessPolicy>> {
+        Arc::clone(&self.policies.read().expect("policies lock poisoned"))
+    }
+
+    pub fn router(&self) -> &dyn DeviceRouter {
+        &*self.sessions
+    }
+
+    // ---- registry ----
+
+    pub async fn get_identity(&self, key: &IdentityKey) -> Result<DeviceRecord, StoreError> {
+        self.store.get(key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))
+    }
+
+    /// `PUT /devices/{id}` (and modules): create without `If-Match`, update with it.
+    pub async fn put_identity(
+        &self,
+        key: IdentityKey,
+        spec: IdentitySpec,
+        if_match: Option<IfMatch>,
+    ) -> Result<DeviceRecord, StoreError> {
+        let now = self.now();
+        match if_match {
+            None => {
+                self.store
+                    .create_identity(CreateIdentity {
+                        key,
+                        spec,
+                        generation_id: generation_id(now),
+                        fresh_keys: fresh_keys(),
+                        now,
+                    })
+                    .await
+            }
+            Some(if_match) => {
+                let before = self.store.get(&key).await?;
+                let updated = self
+                    .store
+                    .update_identity(UpdateIdentity { key: key.clone(), spec, if_match, fresh_keys: fresh_keys(), now })
+                    .await?;
+                let record = updated.record;
+                let credentials_changed =
+                    before.is_some_and(|before| before.identity.authentication != record.identity.authentication);
+                if record.identity.status == DeviceStatus::Disabled && updated.status_changed {
+                    if key.module_id.is_none() {
+                        self.sessions.disconnect_device_and_modules(&key.device_id, CloseReason::Disabled);
+                    } else {
+                        self.sessions.disconnect(&key, CloseReason::Disabled);
+                    }
+                } else if credentials_changed {
+                    // Tokens signed with a replaced key must stop working at once, connected or not.
+                    self.sessions.disconnect(&key, CloseReason::CredentialsChanged);
+                }
+                Ok(record)
+            }
+        }
+    }
+
+    pub async fn delete_identity(&self, key: &IdentityKey, if_match: IfMatch) -> Result<(), StoreError> {
+        self.store.delete_identity(key, if_match).await?;
+        if key.module_id.is_none() {
+            self.sessions.disconnect_device_and_modules(&key.device_id, CloseReason::Deleted);
+        } else {
+            self.sessions.disconnect(key, CloseReason::Deleted);
+        }
+        Ok(())
+    }
+
+    pub async fn list_devices(&self, top: usize) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.store.list_devices(None, top).await
+    }
+
+    pub async fn list_modules(&self, device_id: &DeviceId) -> Result<Vec<DeviceRecord>, StoreError> {
+        if self.store.get(&IdentityKey::device(device_id.clone())).await?.is_none() {
+            return Err(StoreError::NotFound(IdentityKey::device(device_id.clone())));
+        }
+        self.store.list_modules(device_id).await
+    }
+
+    // ---- twins ----
+
+    /// Applies a twin change and, if desired properties changed, pushes the patch to the device. The push
+    /// happens in the store's commit order, so a device receives desired patches in version order.
+    pub async fn update_twin(
+        &self,
+        key: &IdentityKey,
+        change: TwinChange,
+        if_match: IfMatch,
+    ) -> Result<TwinUpdated, StoreError> {
+        let sessions = Arc::clone(&self.sessions);
+        let target = key.clone();
+        let push: TwinCommitHook = Box::new(move |updated: &TwinUpdated| {
+            if let Some(patch) = &updated.desired_patch_for_device {
+                push_desired_patch(&sessions, &target, updated.record.twin.desired_version(), patch);
+            }
+        });
+        self.store
+            .update_twin(UpdateTwin { key: key.clone(), change, if_match, now: self.now(), on_commit: Some(push) })
+            .await
+    }
+
+    // ---- methods ----
+
+    pub async fn invoke_method(
+        &self,
+        key: &IdentityKey,
+        invocation: MethodInvocation,
+    ) -> Result<MethodResult, InvokeMethodError> {
+        let payload = Bytes::from(serde_json::to_vec(&invocation.payload).expect("a JSON value always serialises"));
+        let max = self.config.limits.method_payload_max_bytes;
+        if payload.len() > max {
+            return Err(InvokeMethodError::PayloadTooLarge { bytes: payload.len(), max });
+        }
+        if self.store.get(key).await?.is_none() {
+            return Err(InvokeMethodError::NotFound(key.clone()));
+        }
+        if !self.sessions.wait_for_subscription(key, Subscription::Methods, invocation.connect_timeout).await {
+            return Err(InvokeMethodError::NotOnline(key.clone()));
+        }
+        let call = self.methods.register(key);
+        let request = Outbound::MethodRequest {
+            method_name: invocation.method_name.clone(),
+            request_id: call.request_id.clone(),
+            payload,
+        };
+        match self.sessions.deliver(key, Subscription::Methods, request) {
+            Ok(()) => {}
+            Err(DeliveryError::QueueFull) => return Err(InvokeMethodError::Busy(key.clone())),
+            Err(DeliveryError::NotConnected | DeliveryError::NotSubscribed) => {
+                return Err(InvokeMethodError::NotOnline(key.clone()));
+            }
+        }
+        let timeout = invocation.response_timeout;
+        let reply = match tokio::time::timeout(timeout, &mut { call }.reply).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) | Err(_) => {
+                return Err(InvokeMethodError::Timeout { key: key.clone(), method_name: invocation.method_name, timeout });
+            }
+        };
+        decode_method_reply(reply, max)
+    }
+}
+
+fn push_desired_patch(sessions: &SessionTable, key: &IdentityKey, version: u64, patch: &Value) {
+    let payload = Bytes::from(serde_json::to_vec(patch).expect("a JSON value always serialises"));
+    match sessions.deliver(key, Subscription::DesiredPatches, Outbound::DesiredPatch { version, payload }) {
+        Ok(()) | Err(DeliveryError::NotConnected) | Err(DeliveryError::NotSubscribed) => {}
+        Err(DeliveryError::QueueFull) => {
+            // The device reads too slowly; it gets the state from its next twin GET.
+            tracing::warn!(device = %key, version, "desired patch not pushed: the device's queue is full");
+        }
+    }
+}
+
+/// The device's payload must be JSON (empty means `null`, as the Python SDK sends `None`).
+fn decode_method_reply(reply: MethodReply, max: usize) -> Result<MethodResult, InvokeMethodError> {
+    if reply.payload.len() > max {
+        return Err(InvokeMethodError::InvalidResponse(format!(
+            "the device's response payload is {} bytes; the limit is {max}",
+            reply.payload.len()
+        )));
+    }
+    let payload = if reply.payload.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&reply.payload).map_err(|error| {
+            InvokeMethodError::InvalidResponse(format!("the device's response payload is not valid JSON: {error}"))
+        })?
+    };
+    Ok(MethodResult { status: reply.status, payload })
+}
+
+/// Azure's generation ids are 18-digit numbers; ours are the creation time in 100 ns ticks.
+fn generation_id(now: OffsetDateTime) -> String {
+    let ticks = (now.unix_timestamp_nanos() / 100).max(0);
+    format!("{:018}", ticks % 1_000_000_000_000_000_000)
+}
+
+/// Two random 32-byte keys, base64, for identities created without keys.
+pub fn fresh_keys() -> FreshKeys {
+    FreshKeys { primary: random_key(), secondary: random_key() }
+}
+
+pub fn random_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    fleethub_protocol::sas::generate_key_from_bytes(&bytes)
+}
+
+/// Records connection state for the MQTT gateway, logging instead of failing: connection state is
+/// advisory and must never keep a device from connecting.
+pub async fn record_connection_state(services: &Services, key: &IdentityKey, state: ConnectionState) {
+    if let Err(error) = services.store.set_connection_state(key, state, services.now()).await {
+        tracing::warn!(device = %key, ?state, %error, "could not record connection state");
+    }
+}

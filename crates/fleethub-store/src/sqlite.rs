@@ -1,0 +1,834 @@
+//! The embedded store: one SQLite database in WAL mode with `synchronous=FULL`, one writer thread that
+//! group-commits many callers' writes per transaction, and a small pool of reader connections.
+//!
+//! Why a single writer: SQLite allows one writer at a time anyway, and batching turns N fsyncs into one.
+//! A caller's future resolves only after the COMMIT of the batch holding its write has returned, so every
+//! acknowledged write is on disk. Each write runs inside a SAVEPOINT so that one write failing (a stale etag,
+//! a twin over its limit) rolls back only itself, never its batch-mates.
+//!
+//! Cancellation: dropping a write's future never cancels the write; once queued it runs to completion.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fleethub_core::access::AccessPolicy;
+use fleethub_core::identity::{Identity, IdentityKey};
+use fleethub_core::twin::{TwinDocument, TwinLimits};
+use fleethub_protocol::ids::{DeviceId, IfMatch, ModuleId};
+use fleethub_protocol::rest::ConnectionState;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    BoxFuture, ChangeOperation, ChangeRecord, CreateIdentity, DeviceRecord, IdentityUpdated, RegistryCounts,
+    Store, StoreError, StoreResult, StoredSession, TwinChange, TwinUpdated, UpdateIdentity, UpdateTwin,
+};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` holds how many have run.
+/// Never edit a released migration: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: identities with their twins, persistent sessions, policies, metadata, change feed.
+    r#"
+    CREATE TABLE identities (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        module_id TEXT NOT NULL DEFAULT '',
+        identity TEXT NOT NULL,
+        twin TEXT NOT NULL,
+        last_activity_time TEXT,
+        UNIQUE (device_id, module_id)
+    );
+    CREATE TABLE sessions (
+        device_id TEXT NOT NULL,
+        module_id TEXT NOT NULL DEFAULT '',
+        session TEXT NOT NULL,
+        PRIMARY KEY (device_id, module_id)
+    );
+    CREATE TABLE policies (
+        key_name TEXT PRIMARY KEY,
+        policy TEXT NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE changes (
+        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+        time TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        module_id TEXT NOT NULL DEFAULT '',
+        operation TEXT NOT NULL,
+        twin_version INTEGER,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX changes_by_device ON changes (device_id, sequence);
+    "#,
+];
+
+#[derive(Clone, Debug)]
+pub struct SqliteStoreOptions {
+    pub twin_limits: TwinLimits,
+    /// How many change-feed records to keep; older ones are trimmed as new ones arrive.
+    pub change_feed_retention: u64,
+    /// Upper bound of writes committed in one transaction.
+    pub max_batch: usize,
+    /// Reader connections kept open.
+    pub readers: usize,
+}
+
+impl Default for SqliteStoreOptions {
+    fn default() -> Self {
+        Self { twin_limits: TwinLimits::default(), change_feed_retention: 1_000_000, max_batch: 2048, readers: 4 }
+    }
+}
+
+/// A write as the writer thread sees it: `run` executes inside the open transaction and hands back whether
+/// to keep its changes plus a continuation that answers the caller once the commit outcome is known;
+/// `fail` answers the caller when the write could not run at all.
+trait WriteJob: Send {
+    fn run(self: Box<Self>, connection: &Connection, context: &mut WriteContext) -> (bool, Finisher);
+    fn fail(self: Box<Self>, error: StoreError);
+}
+
+type Finisher = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+struct Job<F, T> {
+    work: F,
+    reply: oneshot::Sender<StoreResult<T>>,
+    after_commit: Option<Box<dyn FnOnce(&T) + Send>>,
+}
+
+impl<F, T> WriteJob for Job<F, T>
+where
+    F: FnOnce(&Connection, &mut WriteContext) -> StoreResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, connection: &Connection, context: &mut WriteContext) -> (bool, Finisher) {
+        let Job { work, reply, after_commit } = *self;
+        let result = work(connection, context);
+        let keep = result.is_ok();
+        let finisher: Finisher = Box::new(move |commit: Result<(), StoreError>| {
+            let result = commit.and(result);
+            if let (Ok(value), Some(hook)) = (&result, after_commit) {
+                hook(value);
+            }
+            let _ = reply.send(result);
+        });
+        (keep, finisher)
+    }
+
+    fn fail(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+struct WriteContext {
+    options: SqliteStoreOptions,
+    /// Newest change-feed sequence appended in this batch.
+    last_sequence: Option<u64>,
+}
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    readers: Arc<ReaderPool>,
+    changes: watch::Receiver<u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    /// Must be called inside a tokio runtime.
+    pub fn open(path: &Path, options: SqliteStoreOptions) -> StoreResult<Self> {
+        let mut connection = open_connection(path)?;
+        migrate(&mut connection)?;
+        let last_sequence: u64 = connection
+            .query_row("SELECT COALESCE(MAX(sequence), 0) FROM changes", [], |row| row.get::<_, i64>(0))
+            .map(|value| value as u64)?;
+        let (changes_sender, changes) = watch::channel(last_sequence);
+        let (writer, jobs) = mpsc::channel::<Box<dyn WriteJob>>(options.max_batch * 4);
+        let readers = Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()), keep: options.readers });
+        let context = WriteContext { options, last_sequence: None };
+        std::thread::Builder::new()
+            .name("fleethub-store-writer".into())
+            .spawn(move || run_writer(connection, jobs, changes_sender, context))
+            .map_err(|error| StoreError::Backend(format!("cannot start the writer thread: {error}")))?;
+        Ok(Self { writer, readers, changes })
+    }
+
+    /// Queues a write and waits for its durable result.
+    fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection, &mut WriteContext) -> StoreResult<T> + Send + 'static,
+    ) -> BoxFuture<'_, StoreResult<T>> {
+        self.write_then(job, None)
+    }
+
+    /// Like `write`, and runs `after_commit` on the writer thread once the write is durable, in commit order.
+    fn write_then<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection, &mut WriteContext) -> StoreResult<T> + Send + 'static,
+        after_commit: Option<Box<dyn FnOnce(&T) + Send>>,
+    ) -> BoxFuture<'_, StoreResult<T>> {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Job { work: job, reply, after_commit });
+        Box::pin(async move {
+            self.writer
+                .send(job)
+                .await
+                .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?;
+            answer.await.map_err(|_| StoreError::Backend("the store writer has stopped".into()))?
+        })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> BoxFuture<'_, StoreResult<T>> {
+        let readers = Arc::clone(&self.readers);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || readers.with_connection(job))
+                .await
+                .map_err(|error| StoreError::Backend(format!("reader task failed: {error}")))?
+        })
+    }
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let connection = Connection::open(path)?;
+    // FULL: a commit returns only after the WAL is fsynced, which is what "acknowledged means durable" needs.
+    connection.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 10000;",
+    )?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> StoreResult<()> {
+    let current: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::Incompatible(format!(
+            "the database has schema version {current}, this fleethub knows up to {known}: use a newer fleethub"
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(migration)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    keep: usize,
+}
+
+impl ReaderPool {
+    fn with_connection<T>(&self, job: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let pooled = self.idle.lock().expect("reader pool lock poisoned").pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => {
+                let connection = Connection::open(&self.path)?;
+                connection.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA query_only = ON;")?;
+                connection
+            }
+        };
+        let result = job(&connection);
+        let mut idle = self.idle.lock().expect("reader pool lock poisoned");
+        if idle.len() < self.keep {
+            idle.push(connection);
+        }
+        result
+    }
+}
+
+fn run_writer(
+    connection: Connection,
+    mut jobs: mpsc::Receiver<Box<dyn WriteJob>>,
+    changes: watch::Sender<u64>,
+    mut context: WriteContext,
+) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(context.options.max_batch);
+    let mut finishers: Vec<Finisher> = Vec::with_capacity(context.options.max_batch);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < context.options.max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        context.last_sequence = None;
+        let commit = run_batch(&connection, &mut batch, &mut finishers, &mut context);
+        if commit.is_ok() {
+            if let Some(sequence) = context.last_sequence {
+                trim_changes(&connection, sequence, context.options.change_feed_retention);
+                changes.send_replace(sequence);
+            }
+        }
+        for finisher in finishers.drain(..) {
+            finisher(commit.clone());
+        }
+    }
+}
+
+fn run_batch(
+    connection: &Connection,
+    batch: &mut Vec<Box<dyn WriteJob>>,
+    finishers: &mut Vec<Finisher>,
+    context: &mut WriteContext,
+) -> Result<(), StoreError> {
+    if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
+        let error = StoreError::from(error);
+        for job in batch.drain(..) {
+            job.fail(error.clone());
+        }
+        return Err(error);
+    }
+    let mut savepoint_failure = None;
+    for job in batch.drain(..) {
+        if let Err(error) = connection.execute_batch("SAVEPOINT write") {
+            savepoint_failure = Some(StoreError::from(error));
+        }
+        let (keep, finisher) = job.run(connection, context);
+        let end = if keep { "RELEASE write" } else { "ROLLBACK TO write; RELEASE write" };
+        if let Err(error) = connection.execute_batch(end) {
+            savepoint_failure = Some(StoreError::from(error));
+        }
+        finishers.push(finisher);
+    }
+    let outcome = match savepoint_failure {
+        Some(error) => Err(error),
+        None => connection.execute_batch("COMMIT").map_err(StoreError::from),
+    };
+    if outcome.is_err() {
+        let _ = connection.execute_batch("ROLLBACK");
+        context.last_sequence = None;
+    }
+    outcome
+}
+
+fn trim_changes(connection: &Connection, last_sequence: u64, retention: u64) {
+    // Trimming in steps of 1024 keeps the per-batch cost near zero.
+    if last_sequence > retention && last_sequence % 1024 < 16 {
+        let _ = connection.execute(
+            "DELETE FROM changes WHERE sequence <= ?1",
+            params![(last_sequence - retention) as i64],
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Row helpers
+
+fn module_column(key: &IdentityKey) -> &str {
+    key.module_id.as_ref().map_or("", |module| module.as_ref())
+}
+
+fn load_record(connection: &Connection, key: &IdentityKey) -> StoreResult<Option<DeviceRecord>> {
+    connection
+        .query_row(
+            "SELECT identity, twin, last_activity_time FROM identities WHERE device_id = ?1 AND module_id = ?2",
+            params![key.device_id.as_ref(), module_column(key)],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, Option<String>>(2)?)),
+        )
+        .optional()?
+        .map(|(identity, twin, activity)| decode_record(key.clone(), &identity, &twin, activity.as_deref()))
+        .transpose()
+}
+
+fn decode_record(
+    key: IdentityKey,
+    identity: &str,
+    twin: &str,
+    last_activity_time: Option<&str>,
+) -> StoreResult<DeviceRecord> {
+    let mut identity: Identity = serde_json::from_str(identity)?;
+    let twin: TwinDocument = serde_json::from_str(twin)?;
+    if let Some(text) = last_activity_time {
+        identity.last_activity_time =
+            OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok();
+    }
+    Ok(DeviceRecord { key, identity, twin })
+}
+
+fn decode_row_key(device_id: String, module_id: String) -> StoreResult<IdentityKey> {
+    let device_id: DeviceId = device_id
+        .parse()
+        .map_err(|error| StoreError::Incompatible(format!("stored device id {device_id:?}: {error}")))?;
+    let module_id = if module_id.is_empty() {
+        None
+    } else {
+        Some(
+            module_id
+                .parse::<ModuleId>()
+                .map_err(|error| StoreError::Incompatible(format!("stored module id {module_id:?}: {error}")))?,
+        )
+    };
+    Ok(IdentityKey { device_id, module_id })
+}
+
+fn insert_record(connection: &Connection, record: &DeviceRecord) -> StoreResult<()> {
+    connection.execute(
+        "INSERT INTO identities (device_id, module_id, identity, twin) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            record.key.device_id.as_ref(),
+            module_column(&record.key),
+            serde_json::to_string(&record.identity)?,
+            serde_json::to_string(&record.twin)?,
+        ],
+    )?;
+    Ok(())
+}
+
+fn store_identity(connection: &Connection, key: &IdentityKey, identity: &Identity) -> StoreResult<()> {
+    connection.execute(
+        "UPDATE identities SET identity = ?3 WHERE device_id = ?1 AND module_id = ?2",
+        params![key.device_id.as_ref(), module_column(key), serde_json::to_string(identity)?],
+    )?;
+    Ok(())
+}
+
+fn store_twin(connection: &Connection, key: &IdentityKey, twin: &TwinDocument) -> StoreResult<()> {
+    connection.execute(
+        "UPDATE identities SET twin = ?3 WHERE device_id = ?1 AND module_id = ?2",
+        params![key.device_id.as_ref(), module_column(key), serde_json::to_string(twin)?],
+    )?;
+    Ok(())
+}
+
+fn append_change(
+    connection: &Connection,
+    context: &mut WriteContext,
+    key: &IdentityKey,
+    operation: ChangeOperation,
+    twin_version: Option<u64>,
+    body: &Value,
+    now: OffsetDateTime,
+) -> StoreResult<()> {
+    connection.execute(
+        "INSERT INTO changes (time, device_id, module_id, operation, twin_version, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            format_time(now),
+            key.device_id.as_ref(),
+            module_column(key),
+            operation.as_str(),
+            twin_version.map(|version| version as i64),
+            serde_json::to_string(body)?,
+        ],
+    )?;
+    context.last_sequence = Some(connection.last_insert_rowid() as u64);
+    Ok(())
+}
+
+fn format_time(time: OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339).expect("a UTC timestamp always formats as RFC 3339")
+}
+
+fn check_if_match(if_match: &IfMatch, current: String) -> StoreResult<()> {
+    match if_match {
+        IfMatch::Any => Ok(()),
+        IfMatch::Tag(given) if given.as_ref() == current => Ok(()),
+        IfMatch::Tag(given) => Err(StoreError::PreconditionFailed { given: given.as_ref().to_owned(), current }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+impl Store for SqliteStore {
+    fn get(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<Option<DeviceRecord>>> {
+        let key = key.clone();
+        self.read(move |connection| load_record(connection, &key))
+    }
+
+    fn list_devices(&self, after: Option<DeviceId>, limit: usize) -> BoxFuture<'_, StoreResult<Vec<DeviceRecord>>> {
+        self.read(move |connection| {
+            let after = after.as_ref().map_or("", |id| id.as_ref()).to_owned();
+            let mut statement = connection.prepare_cached(
+                "SELECT device_id, identity, twin, last_activity_time FROM identities
+                 WHERE module_id = '' AND device_id > ?1 ORDER BY device_id LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![after, limit as i64], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, Option<String>>(3)?))
+            })?;
+            let mut records = Vec::new();
+            for row in rows {
+                let (device_id, identity, twin, activity) = row?;
+                let key = decode_row_key(device_id, String::new())?;
+                records.push(decode_record(key, &identity, &twin, activity.as_deref())?);
+            }
+            Ok(records)
+        })
+    }
+
+    fn list_modules(&self, device_id: &DeviceId) -> BoxFuture<'_, StoreResult<Vec<DeviceRecord>>> {
+        let device_id = device_id.clone();
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT module_id, identity, twin, last_activity_time FROM identities
+                 WHERE device_id = ?1 AND module_id != '' ORDER BY module_id",
+            )?;
+            let rows = statement.query_map(params![device_id.as_ref()], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, Option<String>>(3)?))
+            })?;
+            let mut records = Vec::new();
+            for row in rows {
+                let (module_id, identity, twin, activity) = row?;
+                let key = decode_row_key(device_id.as_ref().to_owned(), module_id)?;
+                records.push(decode_record(key, &identity, &twin, activity.as_deref())?);
+            }
+            Ok(records)
+        })
+    }
+
+    fn create_identity(&self, request: CreateIdentity) -> BoxFuture<'_, StoreResult<DeviceRecord>> {
+        self.write(move |connection, context| {
+            let CreateIdentity { key, spec, generation_id, fresh_keys, now } = request;
+            if key.module_id.is_some() && load_record(connection, &IdentityKey::device(key.device_id.clone()))?.is_none() {
+                return Err(StoreError::ParentNotFound(key.device_id.clone()));
+            }
+            if load_record(connection, &key)?.is_some() {
+                return Err(StoreError::AlreadyExists(key));
+            }
+            let identity = Identity::create(spec, generation_id, fresh_keys, now)?;
+            let twin = TwinDocument::new(now);
+            let record = DeviceRecord { key, identity, twin };
+            insert_record(connection, &record)?;
+            // A leftover session of an earlier identity with the same id must not leak subscriptions.
+            connection.execute(
+                "DELETE FROM sessions WHERE device_id = ?1 AND module_id = ?2",
+                params![record.key.device_id.as_ref(), module_column(&record.key)],
+            )?;
+            append_change(
+                connection,
+                context,
+                &record.key,
+                ChangeOperation::CreateDeviceIdentity,
+                Some(record.twin.version()),
+                &json!({}),
+                now,
+            )?;
+            Ok(record)
+        })
+    }
+
+    fn update_identity(&self, request: UpdateIdentity) -> BoxFuture<'_, StoreResult<IdentityUpdated>> {
+        self.write(move |connection, context| {
+            let UpdateIdentity { key, spec, if_match, fresh_keys, now } = request;
+            let mut record = load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            check_if_match(&if_match, record.identity.etag())?;
+            let status_changed = record.identity.update(spec, fresh_keys, now)?;
+            store_identity(connection, &key, &record.identity)?;
+            append_change(connection, context, &key, ChangeOperation::UpdateDeviceIdentity, None, &json!({}), now)?;
+            Ok(IdentityUpdated { record, status_changed })
+        })
+    }
+
+    fn delete_identity(&self, key: &IdentityKey, if_match: IfMatch) -> BoxFuture<'_, StoreResult<()>> {
+        let key = key.clone();
+        self.write(move |connection, context| {
+            let record = load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            check_if_match(&if_match, record.identity.etag())?;
+            let now = OffsetDateTime::now_utc();
+            let mut deleted = vec![key.clone()];
+            if key.module_id.is_none() {
+                let mut statement =
+                    connection.prepare_cached("SELECT module_id FROM identities WHERE device_id = ?1 AND module_id != ''")?;
+                let modules = statement.query_map(params![key.device_id.as_ref()], |row| row.get::<_, String>(0))?;
+                for module in modules {
+                    deleted.push(decode_row_key(key.device_id.as_ref().to_owned(), module?)?);
+                }
+                connection.execute("DELETE FROM identities WHERE device_id = ?1", params![key.device_id.as_ref()])?;
+                connection.execute("DELETE FROM sessions WHERE device_id = ?1", params![key.device_id.as_ref()])?;
+            } else {
+                let module = module_column(&key);
+                connection.execute(
+                    "DELETE FROM identities WHERE device_id = ?1 AND module_id = ?2",
+                    params![key.device_id.as_ref(), module],
+                )?;
+                connection.execute(
+                    "DELETE FROM sessions WHERE device_id = ?1 AND module_id = ?2",
+                    params![key.device_id.as_ref(), module],
+                )?;
+            }
+            for gone in &deleted {
+                append_change(connection, context, gone, ChangeOperation::DeleteDeviceIdentity, None, &json!({}), now)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn update_twin(&self, request: UpdateTwin) -> BoxFuture<'_, StoreResult<TwinUpdated>> {
+        let UpdateTwin { key, change, if_match, now, on_commit } = request;
+        self.write_then(move |connection, context| {
+            let mut record = load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            check_if_match(&if_match, record.twin.etag())?;
+            let limits = &context.options.twin_limits;
+            let (operation, body, desired_patch_for_device) = match change {
+                TwinChange::ReportedPatch(patch) => {
+                    let applied = record.twin.apply_reported_patch(&patch, now, limits)?;
+                    let body = json!({
+                        "version": applied.twin_version,
+                        "properties": { "reported": with_version(patch, applied.reported_version) },
+                    });
+                    (ChangeOperation::UpdateTwin, body, None)
+                }
+                TwinChange::ServicePatch(body) => {
+                    let applied = record.twin.apply_service_patch(&body, now, limits)?;
+                    let change = twin_change_body(&record.twin, applied.twin_version, &body, &applied.desired_patch_for_device);
+                    (ChangeOperation::UpdateTwin, change, applied.desired_patch_for_device)
+                }
+                TwinChange::ServiceReplace(body) => {
+                    let applied = record.twin.apply_service_replace(&body, now, limits)?;
+                    let change = twin_change_body(&record.twin, applied.twin_version, &body, &applied.desired_patch_for_device);
+                    (ChangeOperation::ReplaceTwin, change, applied.desired_patch_for_device)
+                }
+            };
+            store_twin(connection, &key, &record.twin)?;
+            append_change(connection, context, &key, operation, Some(record.twin.version()), &body, now)?;
+            Ok(TwinUpdated { record, desired_patch_for_device })
+        }, on_commit)
+    }
+
+    fn set_connection_state(
+        &self,
+        key: &IdentityKey,
+        state: ConnectionState,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let key = key.clone();
+        self.write(move |connection, context| {
+            let Some(mut record) = load_record(connection, &key)? else {
+                // Deleted while connected: nothing left to record.
+                return Ok(());
+            };
+            if record.identity.connection_state == state {
+                return Ok(());
+            }
+            record.identity.connection_state = state;
+            record.identity.connection_state_updated_time = Some(now);
+            store_identity(connection, &key, &record.identity)?;
+            let operation = match state {
+                ConnectionState::Connected => ChangeOperation::DeviceConnected,
+                ConnectionState::Disconnected => ChangeOperation::DeviceDisconnected,
+            };
+            append_change(connection, context, &key, operation, None, &json!({}), now)
+        })
+    }
+
+    fn mark_all_disconnected(&self, now: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>> {
+        self.write(move |connection, context| {
+            let mut statement = connection.prepare_cached(
+                "SELECT device_id, module_id FROM identities
+                 WHERE json_extract(identity, '$.connection_state') != 'Disconnected'",
+            )?;
+            let keys = statement
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (device_id, module_id) in &keys {
+                let key = decode_row_key(device_id.clone(), module_id.clone())?;
+                let Some(mut record) = load_record(connection, &key)? else { continue };
+                record.identity.connection_state = ConnectionState::Disconnected;
+                record.identity.connection_state_updated_time = Some(now);
+                store_identity(connection, &key, &record.identity)?;
+                append_change(connection, context, &key, ChangeOperation::DeviceDisconnected, None, &json!({}), now)?;
+            }
+            Ok(keys.len() as u64)
+        })
+    }
+
+    fn record_activity(&self, batch: Vec<(IdentityKey, OffsetDateTime)>) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, _| {
+            let mut statement = connection.prepare_cached(
+                "UPDATE identities SET last_activity_time = ?3 WHERE device_id = ?1 AND module_id = ?2",
+            )?;
+            for (key, time) in &batch {
+                statement.execute(params![key.device_id.as_ref(), module_column(key), format_time(*time)])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn statistics(&self) -> BoxFuture<'_, StoreResult<RegistryCounts>> {
+        self.read(|connection| {
+            let (total, enabled): (i64, i64) = connection.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(json_extract(identity, '$.status') = 'enabled'), 0)
+                 FROM identities WHERE module_id = ''",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            Ok(RegistryCounts {
+                total_device_count: total as u64,
+                enabled_device_count: enabled as u64,
+                disabled_device_count: (total - enabled) as u64,
+            })
+        })
+    }
+
+    fn load_session(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<Option<StoredSession>>> {
+        let key = key.clone();
+        self.read(move |connection| {
+            let text: Option<String> = connection
+                .query_row(
+                    "SELECT session FROM sessions WHERE device_id = ?1 AND module_id = ?2",
+                    params![key.device_id.as_ref(), module_column(&key)],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(text.map(|text| serde_json::from_str(&text)).transpose()?)
+        })
+    }
+
+    fn save_session(&self, key: &IdentityKey, session: StoredSession) -> BoxFuture<'_, StoreResult<()>> {
+        let key = key.clone();
+        self.write(move |connection, _| {
+            // Only identities that exist keep sessions, so a deleted device cannot resurrect one.
+            if load_record(connection, &key)?.is_none() {
+                return Err(StoreError::NotFound(key));
+            }
+            connection.execute(
+                "INSERT INTO sessions (device_id, module_id, session) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device_id, module_id) DO UPDATE SET session = excluded.session",
+                params![key.device_id.as_ref(), module_column(&key), serde_json::to_string(&session)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_session(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<()>> {
+        let key = key.clone();
+        self.write(move |connection, _| {
+            connection.execute(
+                "DELETE FROM sessions WHERE device_id = ?1 AND module_id = ?2",
+                params![key.device_id.as_ref(), module_column(&key)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn policies(&self) -> BoxFuture<'_, StoreResult<Vec<AccessPolicy>>> {
+        self.read(|connection| {
+            let mut statement = connection.prepare_cached("SELECT policy FROM policies ORDER BY key_name")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            let mut policies = Vec::new();
+            for row in rows {
+                policies.push(serde_json::from_str(&row?)?);
+            }
+            Ok(policies)
+        })
+    }
+
+    fn put_policy(&self, policy: AccessPolicy) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, _| {
+            connection.execute(
+                "INSERT INTO policies (key_name, policy) VALUES (?1, ?2)
+                 ON CONFLICT (key_name) DO UPDATE SET policy = excluded.policy",
+                params![policy.key_name, serde_json::to_string(&policy)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_meta(&self, key: &str) -> BoxFuture<'_, StoreResult<Option<String>>> {
+        let key = key.to_owned();
+        self.read(move |connection| {
+            Ok(connection
+                .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |row| row.get(0))
+                .optional()?)
+        })
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> BoxFuture<'_, StoreResult<()>> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write(move |connection, _| {
+            connection.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn read_changes(
+        &self,
+        after: u64,
+        limit: usize,
+        device: Option<DeviceId>,
+    ) -> BoxFuture<'_, StoreResult<Vec<ChangeRecord>>> {
+        self.read(move |connection| {
+            let mut records = Vec::new();
+            let mut push_rows = |rows: &mut rusqlite::Rows<'_>| -> StoreResult<()> {
+                while let Some(row) = rows.next()? {
+                    records.push(decode_change(row)?);
+                }
+                Ok(())
+            };
+            const COLUMNS: &str = "sequence, time, device_id, module_id, operation, twin_version, body";
+            match device {
+                Some(device) => {
+                    let mut statement = connection.prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM changes WHERE device_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3"
+                    ))?;
+                    push_rows(&mut statement.query(params![device.as_ref(), after as i64, limit as i64])?)?;
+                }
+                None => {
+                    let mut statement = connection.prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM changes WHERE sequence > ?1 ORDER BY sequence LIMIT ?2"
+                    ))?;
+                    push_rows(&mut statement.query(params![after as i64, limit as i64])?)?;
+                }
+            }
+            Ok(records)
+        })
+    }
+
+    fn change_notifier(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+}
+
+fn decode_change(row: &rusqlite::Row<'_>) -> StoreResult<ChangeRecord> {
+    let time: String = row.get(1)?;
+    let operation: String = row.get(4)?;
+    let key = decode_row_key(row.get(2)?, row.get(3)?)?;
+    Ok(ChangeRecord {
+        sequence: row.get::<_, i64>(0)? as u64,
+        time: OffsetDateTime::parse(&time, &time::format_description::well_known::Rfc3339)
+            .map_err(|error| StoreError::Incompatible(format!("change time {time:?}: {error}")))?,
+        device_id: key.device_id,
+        module_id: key.module_id,
+        operation: ChangeOperation::parse(&operation)
+            .ok_or_else(|| StoreError::Incompatible(format!("unknown change operation {operation:?}")))?,
+        twin_version: row.get::<_, Option<i64>>(5)?.map(|version| version as u64),
+        body: serde_json::from_str(&row.get::<_, String>(6)?)?,
+    })
+}
+
+fn with_version(mut patch: Value, version: u64) -> Value {
+    if let Value::Object(map) = &mut patch {
+        map.insert("$version".into(), json!(version));
+    }
+    patch
+}
+
+/// Azure's twin change event body for a service write: the tags written and the effective desired patch.
+fn twin_change_body(twin: &TwinDocument, twin_version: u64, request: &Value, desired_patch: &Option<Value>) -> Value {
+    let mut body = serde_json::Map::new();
+    body.insert("version".into(), json!(twin_version));
+    if request.get("tags").is_some() {
+        body.insert("tags".into(), Value::Object(twin.tags().clone()));
+    }
+    if let Some(patch) = desired_patch {
+        body.insert("properties".into(), json!({ "desired": patch }));
+    }
+    Value::Object(body)
+}
