@@ -1,1 +1,13 @@
-//! placeholder
+//! fleethub's domain rules, free of I/O: no sockets, no clock (time is passed in as `now`), no
+//! randomness. Twins, identities, access policies; the hub and the store build on these.
+
+pub mod access;
+pub mod identity;
+pub mod timestamp;
+pub mod twin;
+
+pub use timestamp::format_twin_time;
+pub use twin::{
+    DesiredPatchApplied, InvalidKeyReason, ReportedPatchApplied, ServiceTwinUpdate, TwinDocument,
+    TwinLimits, TwinPatchError, TwinSectionKind, UnsupportedTwinSchema, merge_patch_diff,
+};

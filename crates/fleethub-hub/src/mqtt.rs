@@ -21,7 +21,7 @@ use fleethub_mqtt::{
 };
 use fleethub_protocol::ids::{ClientId, IfMatch};
 use fleethub_protocol::rest::ConnectionState;
-use fleethub_protocol::topics::{self, DeviceTopic, Subscription};
+use fleethub_protocol::topics::{self, DeviceTopic};
 use fleethub_store::{StoreError, StoredSession, StoredSubscription, TwinChange};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -38,8 +38,7 @@ const MAX_KEEP_ALIVE_SECONDS: u64 = 1767;
 /// Bytes reserved per read when no packet is partially buffered; small so idle connections stay small.
 const READ_RESERVE: usize = 1024;
 
-/// Why a connection ended; logged, and used by tests through the log.
-#[derive(Debug)]
+/// Why a connection ended; logged.
 enum Ending {
     PeerClosed,
     PeerDisconnected,
@@ -49,6 +48,21 @@ enum Ending {
     ProtocolViolation(String),
     Io(std::io::Error),
     Shutdown,
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::PeerClosed => f.write_str("the device closed the connection"),
+            Ending::PeerDisconnected => f.write_str("the device sent DISCONNECT"),
+            Ending::KeepAliveExpired => f.write_str("nothing received within 1.5 times the keep-alive"),
+            Ending::TokenExpired => f.write_str("the device's SAS token expired"),
+            Ending::Closed(reason) => write!(f, "closed by the hub: {}", reason.describe()),
+            Ending::ProtocolViolation(reason) => write!(f, "protocol violation: {reason}"),
+            Ending::Io(error) => write!(f, "i/o error: {error}"),
+            Ending::Shutdown => f.write_str("the hub is shutting down"),
+        }
+    }
 }
 
 struct Connection<S> {
@@ -213,8 +227,10 @@ where
         record_connection_state(&services, &key, ConnectionState::Disconnected).await;
     }
     match &ending {
-        Ending::ProtocolViolation(reason) => tracing::info!(%peer, device = %key, %reason, "connection closed"),
-        ending => tracing::debug!(%peer, device = %key, ?ending, "connection ended"),
+        Ending::ProtocolViolation(_) | Ending::Closed(_) | Ending::TokenExpired => {
+            tracing::info!(%peer, device = %key, %ending, "connection closed")
+        }
+        ending => tracing::debug!(%peer, device = %key, %ending, "connection ended"),
     }
 }
 

@@ -142,7 +142,7 @@ fn server_config(
 /// field must be a pure function of the key: the subject names the key's fingerprint, which also keeps
 /// two hubs' CAs apart when a client trusts both.
 fn ca_params(key: &KeyPair, validity_from: Option<OffsetDateTime>) -> CertificateParams {
-    let fingerprint = Sha256::digest(key.public_key_der());
+    let fingerprint = Sha256::digest(key.public_key_raw());
     let short: String = fingerprint.iter().take(6).map(|byte| format!("{byte:02x}")).collect();
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "fleethub");

@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fleethub_protocol::errors::{ErrorBody, ErrorCode};
+use fleethub_protocol::errors::{ErrorBody, ErrorCode, NumericErrorBody};
 use fleethub_store::StoreError;
 use time::OffsetDateTime;
 
@@ -15,7 +15,8 @@ use crate::services::InvokeMethodError;
 pub enum BodyShape {
     /// Registry and twin endpoints: `{"Message": "ErrorCode:Name;text", "ExceptionMessage": "Tracking ID:..."}`.
     Registry,
-    /// Direct methods and newer endpoints: `{"errorCode": 404103, "message": ..., "trackingId": ...}`.
+    /// Direct methods: the numeric body (`{"errorCode": 404103, "trackingId": ..., "message": ...}`) encoded as
+    /// JSON text inside `Message` of the registry envelope, as Azure answers them.
     Numeric,
 }
 
@@ -47,7 +48,9 @@ impl IntoResponse for ApiError {
         let now = OffsetDateTime::now_utc();
         let body = match self.shape {
             BodyShape::Registry => ErrorBody::registry_style(self.code, &self.message, &tracking_id, now),
-            BodyShape::Numeric => ErrorBody::numeric_style(self.code, &self.message, &tracking_id, now),
+            BodyShape::Numeric => {
+                ErrorBody::nested_numeric_style(&NumericErrorBody::new(self.code, &self.message, &tracking_id, now))
+            }
         };
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
@@ -102,8 +105,8 @@ impl From<InvokeMethodError> for ApiError {
             InvokeMethodError::NotOnline(_) => ErrorCode::DeviceNotOnline,
             InvokeMethodError::Timeout { .. } => ErrorCode::GatewayTimeout,
             InvokeMethodError::Busy(_) => ErrorCode::ThrottlingException,
-            InvokeMethodError::PayloadTooLarge { .. } => ErrorCode::RequestEntityTooLarge,
-            InvokeMethodError::InvalidResponse(_) => ErrorCode::DeviceInvalidResultPayload,
+            InvokeMethodError::PayloadTooLarge { .. } => ErrorCode::MessageTooLarge,
+            InvokeMethodError::InvalidResponse(_) => ErrorCode::GenericBadRequest,
             InvokeMethodError::Store(store) => return ApiError::from(store).numeric(),
         };
         ApiError::new(code, message).numeric()

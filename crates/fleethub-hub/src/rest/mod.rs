@@ -118,7 +118,7 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<IfMatch>> {
 fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::RequestEntityTooLarge, "the request body is too large")
+            ApiError::new(ErrorCode::GenericRequestEntityTooLarge, "the request body is too large")
         } else {
             ApiError::bad_request(format!("cannot read the request body: {rejection}"))
         }
@@ -151,11 +151,11 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 }
 
 async fn unknown_route(uri: Uri) -> ApiError {
-    ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {}", uri.path()))
+    ApiError::new(ErrorCode::GenericNotFound, format!("no such endpoint: {}", uri.path()))
 }
 
 async fn method_not_allowed(uri: Uri) -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, format!("this HTTP method is not supported on {}", uri.path()))
+    ApiError::new(ErrorCode::GenericMethodNotAllowed, format!("this HTTP method is not supported on {}", uri.path()))
 }
 
 // ---- registry ----
