@@ -91,7 +91,8 @@ impl From<ServiceAuthError> for ApiError {
         let message = error.to_string();
         match error {
             ServiceAuthError::Unauthenticated(_) => ApiError::new(ErrorCode::IotHubUnauthorizedAccess, message),
-            ServiceAuthError::Forbidden { .. } => ApiError::new(ErrorCode::IotHubUnauthorized, message),
+            // 403 for "authenticated but not allowed" (Azure answers 401 for both; see docs/compat.md).
+            ServiceAuthError::Forbidden { .. } => ApiError::new(ErrorCode::GenericForbidden, message),
         }
     }
 }

@@ -1,0 +1,237 @@
+//! Test support: a real hub on loopback with a temporary data directory, and a raw MQTT client that can
+//! send any bytes (valid or not) over real TLS, for tests that must see the hub's exact reaction.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fleethub_core::identity::{Authentication, IdentityKey, IdentitySpec};
+use fleethub_hub::{HubConfig, RunningHub};
+use fleethub_mqtt::{Connect, ConnectReturnCode, Packet, PacketId, Publish, QoS, Subscribe};
+use fleethub_protocol::ids::ETag;
+use fleethub_protocol::rest::{AuthenticationType, DeviceStatus};
+use fleethub_protocol::sas::{decode_key, generate_sas_token};
+use fleethub_store::DeviceRecord;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestHub {
+    pub hub: RunningHub,
+    pub directory: tempfile::TempDir,
+}
+
+impl TestHub {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut HubConfig)) -> Self {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let mut config = HubConfig::for_loopback(directory.path().join("data"));
+        adjust(&mut config);
+        let hub = fleethub_hub::start(config).await.expect("the hub starts");
+        Self { hub, directory }
+    }
+
+    pub fn tls_connector(&self) -> TlsConnector {
+        tls_connector(&self.hub.ca_pem)
+    }
+
+    /// Registers a device with SAS keys and returns its record (keys included).
+    pub async fn create_device(&self, device_id: &str) -> DeviceRecord {
+        self.create_identity(IdentityKey::device(device_id.parse().expect("valid id"))).await
+    }
+
+    pub async fn create_module(&self, device_id: &str, module_id: &str) -> DeviceRecord {
+        let key = IdentityKey::module(device_id.parse().expect("valid id"), module_id.parse().expect("valid id"));
+        self.create_identity(key).await
+    }
+
+    async fn create_identity(&self, key: IdentityKey) -> DeviceRecord {
+        self.hub.services.put_identity(key, sas_spec(DeviceStatus::Enabled), None).await.expect("create identity")
+    }
+
+    pub async fn set_status(&self, record: &DeviceRecord, status: DeviceStatus) {
+        let if_match = fleethub_protocol::ids::IfMatch::Tag(ETag::new(record.identity.etag()));
+        let mut spec = sas_spec(status);
+        spec.authentication.primary_key = record.identity.authentication.primary_key.clone();
+        spec.authentication.secondary_key = record.identity.authentication.secondary_key.clone();
+        self.hub.services.put_identity(record.key.clone(), spec, Some(if_match)).await.expect("update status");
+    }
+
+    /// A raw MQTT/TLS connection to the hub, before CONNECT.
+    pub async fn raw(&self) -> RawClient {
+        RawClient::connect(self.hub.mqtt_address, self.tls_connector()).await
+    }
+
+    /// A raw connection that has completed CONNECT/CONNACK for `record`.
+    pub async fn connected(&self, record: &DeviceRecord) -> RawClient {
+        let mut client = self.raw().await;
+        client.send(&Packet::Connect(connect_for(record, 60))).await;
+        match client.receive().await {
+            Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::Accepted, "CONNACK for {}", record.key),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        client
+    }
+}
+
+pub fn sas_spec(status: DeviceStatus) -> IdentitySpec {
+    IdentitySpec {
+        status,
+        status_reason: None,
+        authentication: Authentication {
+            kind: AuthenticationType::Sas,
+            primary_key: None,
+            secondary_key: None,
+            primary_thumbprint: None,
+            secondary_thumbprint: None,
+        },
+        iot_edge: false,
+        managed_by: None,
+        device_scope: None,
+        parent_scopes: vec![],
+    }
+}
+
+pub fn tls_connector(ca_pem: &str) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(certificate.expect("CA PEM parses")).expect("CA certificate is usable");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// A SAS token for an identity, as the Python device SDK makes it.
+pub fn device_token(record: &DeviceRecord, expiry_unix: u64) -> String {
+    let key = decode_key(record.identity.authentication.primary_key.as_deref().expect("SAS identity"))
+        .expect("stored keys are base64");
+    let resource = match &record.key.module_id {
+        Some(module) => format!("localhost/devices/{}/modules/{module}", record.key.device_id),
+        None => format!("localhost/devices/{}", record.key.device_id),
+    };
+    generate_sas_token(&resource, &key, expiry_unix, None)
+}
+
+pub fn unix_now() -> u64 {
+    time::OffsetDateTime::now_utc().unix_timestamp() as u64
+}
+
+pub fn connect_for(record: &DeviceRecord, keep_alive: u16) -> Connect {
+    let client_id = record.key.client_id().to_string();
+    Connect {
+        protocol_level: 4,
+        clean_session: false,
+        keep_alive,
+        username: Some(format!("localhost/{client_id}/?api-version=2021-04-12")),
+        password: Some(device_token(record, unix_now() + 3600).into_bytes().into()),
+        client_id,
+        will: None,
+    }
+}
+
+pub fn packet_id(id: u16) -> PacketId {
+    PacketId::new(id).expect("non-zero packet id")
+}
+
+pub fn publish_qos1(topic: &str, id: u16, payload: &[u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: topic.into(),
+        packet_id: Some(packet_id(id)),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    })
+}
+
+pub fn subscribe(id: u16, filter: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(Subscribe { packet_id: packet_id(id), filters: vec![(filter.into(), qos)] })
+}
+
+pub struct RawClient {
+    stream: TlsStream<TcpStream>,
+    buffer: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(address: std::net::SocketAddr, connector: TlsConnector) -> Self {
+        let tcp = TcpStream::connect(address).await.expect("tcp connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let name = ServerName::try_from("localhost").expect("valid name");
+        let stream = connector.connect(name, tcp).await.expect("tls handshake");
+        Self { stream, buffer: BytesMut::new() }
+    }
+
+    pub async fn send(&mut self, packet: &Packet) {
+        let mut bytes = BytesMut::new();
+        fleethub_mqtt::encode(packet, &mut bytes).expect("test packets encode");
+        self.send_bytes(&bytes).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        // The hub may already have closed the connection; tests then observe that on receive.
+        let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.flush().await;
+    }
+
+    /// The next packet, or `None` when the hub closed the connection. Panics after `WAIT`.
+    pub async fn receive(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, self.receive_inner()).await.expect("the hub answered or closed in time")
+    }
+
+    async fn receive_inner(&mut self) -> Option<Packet> {
+        loop {
+            match fleethub_mqtt::decode(&mut self.buffer, usize::MAX >> 4) {
+                Ok(Some(packet)) => return Some(packet),
+                Ok(None) => {}
+                Err(error) => panic!("the hub sent a malformed packet: {error}"),
+            }
+            match self.stream.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The next PUBLISH, skipping acknowledgements.
+    pub async fn receive_publish(&mut self) -> Publish {
+        loop {
+            match self.receive().await {
+                Some(Packet::Publish(publish)) => return publish,
+                Some(Packet::PubAck(_) | Packet::SubAck(_)) => continue,
+                other => panic!("expected a PUBLISH, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts the hub closes the connection (after possibly sending some acknowledgements first).
+    pub async fn expect_closed(&mut self) {
+        self.expect_closed_because("the hub should close the connection").await;
+    }
+
+    pub async fn expect_closed_because(&mut self, case: &str) {
+        loop {
+            match tokio::time::timeout(WAIT, self.receive_inner()).await {
+                Err(_) => panic!("{case}: the connection is still open after {WAIT:?}"),
+                Ok(None) => return,
+                Ok(Some(Packet::ConnAck(_) | Packet::PubAck(_) | Packet::SubAck(_))) => continue,
+                Ok(Some(other)) => panic!("{case}: expected the hub to close the connection, got {other:?}"),
+            }
+        }
+    }
+}
