@@ -1,8 +1,6 @@
 //! The MQTT gateway against a real hub over real TLS, driven by a raw client: authentication, sessions,
 //! twin and method topics, and every kind of bad input with its exact outcome.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +8,7 @@ use fleethub_hub::services::MethodInvocation;
 use fleethub_mqtt::{Connect, ConnectReturnCode, Packet, Publish, QoS, SubscribeReturnCode};
 use fleethub_protocol::rest::{ConnectionState, DeviceStatus};
 use serde_json::{Value, json};
-use support::*;
+use fleethub_testkit::*;
 
 fn invocation(method_name: &str, timeout_seconds: u64) -> MethodInvocation {
     MethodInvocation {

@@ -1,48 +1,31 @@
 //! The REST API against a real hub over real HTTPS: authorisation per policy, registry, twins, direct
 //! methods, error shapes, and bad requests with their exact outcome.
 
-mod support;
-
 use std::time::Duration;
 
 use fleethub_core::access::AccessPolicy;
 use fleethub_mqtt::{Packet, QoS};
 use fleethub_protocol::sas::{decode_key, generate_sas_token};
 use reqwest::{Method, StatusCode};
+
 use serde_json::{Value, json};
-use support::*;
+use fleethub_testkit::*;
 
 struct Api {
+    inner: ServiceApi,
     client: reqwest::Client,
     base: String,
     host: String,
 }
 
-struct Reply {
-    status: StatusCode,
-    error_code: Option<String>,
-    body: Value,
-}
-
 impl Api {
     fn new(hub: &TestHub) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
-        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(hub.hub.ca_pem.as_bytes()) {
-            roots.add(certificate.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
-        let port = hub.hub.https_address.port();
-        Self { client, base: format!("https://localhost:{port}"), host: format!("localhost:{port}") }
+        let inner = ServiceApi::for_hub(hub, "iothubowner");
+        Self { client: inner.client.clone(), base: inner.base.clone(), host: inner.host.clone(), inner }
     }
 
     fn policy(hub: &TestHub, name: &str) -> AccessPolicy {
-        hub.hub.services.policies().iter().find(|policy| policy.key_name == name).cloned().expect("built-in policy")
+        hub.policy(name)
     }
 
     /// A service token as the Python SDK makes it (sr = URL-encoded host with port).
@@ -52,28 +35,11 @@ impl Api {
     }
 
     async fn call(&self, token: Option<&str>, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
-        let separator = if path.contains('?') { '&' } else { '?' };
-        let mut request = self.client.request(method, format!("{}{path}{separator}api-version=2021-04-12", self.base));
-        if let Some(token) = token {
-            request = request.header("authorization", token);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(body) = body {
-            request = request.header("content-type", "application/json; charset=utf-8").body(body);
-        }
-        let response = request.send().await.expect("the hub answers");
-        let status = response.status();
-        let error_code = response.headers().get("iothub-errorcode").map(|value| value.to_str().unwrap().to_owned());
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Reply { status, error_code, body }
+        self.inner.call(token, method, path, headers, body).await
     }
 
-    async fn owner(&self, hub: &TestHub, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
-        let token = self.token(&Self::policy(hub, "iothubowner"), unix_now() + 3600);
-        self.call(Some(&token), method, path, headers, body.map(|body| serde_json::to_vec(&body).unwrap())).await
+    async fn owner(&self, _hub: &TestHub, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
+        self.inner.send(method, path, headers, body).await
     }
 }
 

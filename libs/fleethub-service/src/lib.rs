@@ -1,1 +1,106 @@
-//! placeholder
+//! The fleethub service SDK: a typed async client of the Azure IoT Hub service REST API, for back-end code,
+//! tools and tests. It speaks the same wire protocol as Microsoft's service SDKs (api-version `2021-04-12`), so
+//! the same code drives a fleethub hub and a real Azure IoT Hub.
+//!
+//! # Overview
+//!
+//! A [`ServiceClient`] is built from a shared access policy's connection string
+//! (`HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`; `HostName` may carry `:port`) and
+//! [`ServiceClientOptions`] (the CA to trust and a request timeout). It covers:
+//!
+//! - the identity registry: [`create_device`](ServiceClient::create_device),
+//!   [`update_device`](ServiceClient::update_device), [`get_device`](ServiceClient::get_device),
+//!   [`list_devices`](ServiceClient::list_devices), [`delete_device`](ServiceClient::delete_device) and the same
+//!   for modules; [`registry_statistics`](ServiceClient::registry_statistics),
+//!   [`service_statistics`](ServiceClient::service_statistics);
+//! - twins: [`get_twin`](ServiceClient::get_twin), [`update_twin`](ServiceClient::update_twin) (merge patch),
+//!   [`replace_twin`](ServiceClient::replace_twin), and the module-twin variants;
+//! - direct methods: [`invoke_method`](ServiceClient::invoke_method),
+//!   [`invoke_module_method`](ServiceClient::invoke_module_method);
+//! - [`raw`](ServiceClient::raw): any signed request, for endpoints not wrapped yet and for tests.
+//!
+//! The JSON types ([`Device`](protocol::rest::Device), [`Twin`](protocol::rest::Twin), ...) and ids
+//! ([`DeviceId`](protocol::ids::DeviceId), [`ETag`](protocol::ids::ETag)) come from `fleethub-protocol`, re-exported
+//! as [`protocol`].
+//!
+//! ```no_run
+//! use fleethub_service::protocol::ids::DeviceId;
+//! use fleethub_service::protocol::rest::{CloudToDeviceMethod, Device};
+//! use fleethub_service::{ServiceClient, ServiceClientOptions};
+//! use serde_json::json;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let options = ServiceClientOptions {
+//!     // The hub's CA; leave it `None` for Azure IoT Hub.
+//!     ca_pem: Some(std::fs::read_to_string("data/ca.pem")?),
+//!     ..Default::default()
+//! };
+//! let client = ServiceClient::from_connection_string(
+//!     "HostName=localhost:8443;SharedAccessKeyName=iothubowner;SharedAccessKey=...",
+//!     options,
+//! )?;
+//!
+//! let device_id = DeviceId::new("thermostat-1")?;
+//! let device = client.create_device(&Device::new(device_id.clone())).await?; // the hub generates the keys
+//! println!("{}", client.device_connection_string(&device).unwrap_or_default());
+//!
+//! let twin = client.get_twin(&device_id).await?;
+//! let patch = json!({"properties": {"desired": {"telemetryInterval": 5}}});
+//! client.update_twin(&device_id, &patch, twin.etag.as_ref()).await?;
+//!
+//! let request = CloudToDeviceMethod {
+//!     method_name: "reboot".to_owned(),
+//!     payload: json!({"delay": 5}),
+//!     response_timeout_in_seconds: Some(30),
+//!     connect_timeout_in_seconds: Some(5),
+//! };
+//! let result = client.invoke_method(&device_id, &request).await?;
+//! println!("device answered {}: {}", result.status, result.payload);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors
+//!
+//! Every call returns [`ServiceError`]: [`Api`](ServiceError::Api) when the hub refused (HTTP status plus the IoT
+//! Hub error code from the `iothub-errorcode` header or the body, see
+//! [`ServiceError::error_code`]), [`Tls`](ServiceError::Tls) when the hub's certificate is not trusted (wrong
+//! `ca_pem`), [`Transport`](ServiceError::Transport) and [`Timeout`](ServiceError::Timeout) when it could not be
+//! reached, [`Decode`](ServiceError::Decode) when a success answer is not the expected JSON.
+//!
+//! # Performance
+//!
+//! One client holds one connection pool (HTTP/1.1 keep-alive, one connection per concurrent request, idle ones
+//! reused) and one SAS token, valid for an hour and renewed five minutes before it expires; clone the client
+//! rather than building one per task. Requests are not retried: the caller knows whether a write is safe to
+//! repeat ([`ServiceError::is_connectivity`] tells which failures are worth it).
+//!
+//! # Azure IoT Hub
+//!
+//! Against Azure, pass a policy connection string from the portal and `ca_pem: None`: the hub's certificate is
+//! then checked against the operating system's roots (on Linux `SSL_CERT_FILE`/`SSL_CERT_DIR` are honoured).
+//! Everything sent follows the captures of the official Python SDK in PROTOCOL.md §3 (paths escaped with
+//! `quote(id, safe="")`, `If-Match: "etag"`/`"*"`, the same SAS token format), so Azure accepts it; this is not
+//! exercised by our tests, which have no Azure subscription. Azure-specific limits apply there and not here:
+//! `list_devices` returns at most 1000 devices, and twin/method payload limits are Azure's.
+//!
+//! TLS is rustls with the *ring* provider, passed explicitly: the SDK installs no process-wide crypto provider.
+
+mod auth;
+mod client;
+mod error;
+mod methods;
+mod registry;
+mod tls;
+mod twins;
+mod wire;
+
+pub use auth::{RENEW_BEFORE_EXPIRY_SECONDS, TOKEN_LIFETIME_SECONDS};
+pub use client::{RawResponse, ServiceClient, ServiceClientOptions};
+pub use error::{ConfigError, ServiceError};
+pub use wire::API_VERSION;
+
+/// The wire types this client takes and returns (ids, REST JSON shapes, error codes, connection strings).
+pub use fleethub_protocol as protocol;
+/// HTTP types used by [`ServiceClient::raw`] and [`RawResponse`].
+pub use reqwest::{Method, StatusCode, header::HeaderMap};

@@ -1,8 +1,6 @@
 //! Test support: a real hub on loopback with a temporary data directory, and a raw MQTT client that can
 //! send any bytes (valid or not) over real TLS, for tests that must see the hub's exact reaction.
 
-#![allow(dead_code)] // each test binary uses a different part of this module
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +39,10 @@ impl TestHub {
         Self { hub, directory }
     }
 
+    pub fn policy(&self, name: &str) -> fleethub_core::access::AccessPolicy {
+        self.hub.services.policies().iter().find(|policy| policy.key_name == name).cloned().expect("built-in policy")
+    }
+
     pub fn tls_connector(&self) -> TlsConnector {
         tls_connector(&self.hub.ca_pem)
     }
@@ -75,11 +77,7 @@ impl TestHub {
     /// A raw connection that has completed CONNECT/CONNACK for `record`.
     pub async fn connected(&self, record: &DeviceRecord) -> RawClient {
         let mut client = self.raw().await;
-        client.send(&Packet::Connect(connect_for(record, 60))).await;
-        match client.receive().await {
-            Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::Accepted, "CONNACK for {}", record.key),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
+        client.connect_accepted(connect_for(record, 60)).await;
         client
     }
 }
@@ -132,14 +130,25 @@ pub fn unix_now() -> u64 {
 }
 
 pub fn connect_for(record: &DeviceRecord, keep_alive: u16) -> Connect {
-    let client_id = record.key.client_id().to_string();
+    let key = record.identity.authentication.primary_key.as_deref().expect("SAS identity");
+    connect_with_key(&record.key.client_id().to_string(), key, keep_alive)
+}
+
+/// A clean-session-0 CONNECT for `client_id` (`device` or `device/module`) signed with a base64 key, as the
+/// official SDKs send it.
+pub fn connect_with_key(client_id: &str, key_base64: &str, keep_alive: u16) -> Connect {
+    let key = decode_key(key_base64).expect("keys are base64");
+    let resource = match client_id.split_once('/') {
+        Some((device, module)) => format!("localhost/devices/{device}/modules/{module}"),
+        None => format!("localhost/devices/{client_id}"),
+    };
     Connect {
         protocol_level: 4,
         clean_session: false,
         keep_alive,
         username: Some(format!("localhost/{client_id}/?api-version=2021-04-12")),
-        password: Some(device_token(record, unix_now() + 3600).into_bytes().into()),
-        client_id,
+        password: Some(generate_sas_token(&resource, &key, unix_now() + 3600, None).into_bytes().into()),
+        client_id: client_id.to_owned(),
         will: None,
     }
 }
@@ -177,6 +186,19 @@ impl RawClient {
         Self { stream, buffer: BytesMut::new() }
     }
 
+    /// Sends CONNECT and asserts it is accepted; returns the CONNACK's session-present flag.
+    pub async fn connect_accepted(&mut self, connect: Connect) -> bool {
+        let client_id = connect.client_id.clone();
+        self.send(&Packet::Connect(connect)).await;
+        match self.receive().await {
+            Some(Packet::ConnAck(ack)) => {
+                assert_eq!(ack.code, ConnectReturnCode::Accepted, "CONNACK for {client_id}");
+                ack.session_present
+            }
+            other => panic!("expected CONNACK for {client_id}, got {other:?}"),
+        }
+    }
+
     pub async fn send(&mut self, packet: &Packet) {
         let mut bytes = BytesMut::new();
         fleethub_mqtt::encode(packet, &mut bytes).expect("test packets encode");
@@ -192,6 +214,11 @@ impl RawClient {
     /// The next packet, or `None` when the hub closed the connection. Panics after `WAIT`.
     pub async fn receive(&mut self) -> Option<Packet> {
         tokio::time::timeout(WAIT, self.receive_inner()).await.expect("the hub answered or closed in time")
+    }
+
+    /// Like `receive`, but without a deadline: for tasks that run until the hub goes away.
+    pub async fn receive_or_closed(&mut self) -> Option<Packet> {
+        self.receive_inner().await
     }
 
     async fn receive_inner(&mut self) -> Option<Packet> {
@@ -233,5 +260,96 @@ impl RawClient {
                 Ok(Some(other)) => panic!("{case}: expected the hub to close the connection, got {other:?}"),
             }
         }
+    }
+}
+
+/// A REST client for tests: real HTTPS trusting the hub's CA, service SAS tokens signed like the Python SDK
+/// signs them, and replies decoded with Azure's error header.
+pub struct ServiceApi {
+    pub client: reqwest::Client,
+    pub base: String,
+    /// `localhost:port`, the HostName a service connection string would carry.
+    pub host: String,
+    policy_name: String,
+    policy_key: Vec<u8>,
+}
+
+pub struct Reply {
+    pub status: reqwest::StatusCode,
+    pub error_code: Option<String>,
+    pub body: serde_json::Value,
+}
+
+impl ServiceApi {
+    pub fn new(https_address: std::net::SocketAddr, ca_pem: &str, policy_name: &str, policy_key_base64: &str) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(certificate.expect("CA PEM parses")).expect("CA certificate is usable");
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("HTTP client");
+        let port = https_address.port();
+        Self {
+            client,
+            base: format!("https://localhost:{port}"),
+            host: format!("localhost:{port}"),
+            policy_name: policy_name.to_owned(),
+            policy_key: decode_key(policy_key_base64).expect("policy keys are base64"),
+        }
+    }
+
+    /// For a hub in this process, with one of its built-in policies.
+    pub fn for_hub(hub: &TestHub, policy_name: &str) -> Self {
+        let policy = hub.policy(policy_name);
+        Self::new(hub.hub.https_address, &hub.hub.ca_pem, policy_name, &policy.primary_key)
+    }
+
+    /// A token for this client's policy.
+    pub fn token(&self, expiry_unix: u64) -> String {
+        generate_sas_token(&self.host, &self.policy_key, expiry_unix, Some(&self.policy_name))
+    }
+
+    /// A request signed with this client's policy.
+    pub async fn send(&self, method: reqwest::Method, path: &str, headers: &[(&str, &str)], body: Option<serde_json::Value>) -> Reply {
+        let token = self.token(unix_now() + 3600);
+        let body = body.map(|body| serde_json::to_vec(&body).expect("JSON serialises"));
+        self.call(Some(&token), method, path, headers, body).await
+    }
+
+    /// A request with any token (or none) and any body bytes.
+    pub async fn call(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut request = self.client.request(method, format!("{}{path}{separator}api-version=2021-04-12", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json; charset=utf-8").body(body);
+        }
+        let response = request.send().await.expect("the hub answers");
+        let status = response.status();
+        let error_code =
+            response.headers().get("iothub-errorcode").map(|value| value.to_str().expect("ASCII header").to_owned());
+        let text = response.text().await.expect("a readable body");
+        let body = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        Reply { status, error_code, body }
     }
 }
