@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 use crate::{
-    ChangeOperation, CreateIdentity, Store, StoreError, StoredSession, StoredSubscription, TwinChange,
-    UpdateIdentity, UpdateTwin,
+    ChangeOperation, CreateIdentity, Store, StoreError, StoredSession, StoredSubscription,
+    TwinChange, UpdateIdentity, UpdateTwin,
 };
 
 /// Opens the backend under test; every call must see the data written through earlier instances.
@@ -95,29 +95,69 @@ async fn identities_are_created_read_listed_and_deleted(store: &dyn Store) {
     let first = device("crud-a");
     let second = device("crud-b");
     let first_module = module("crud-a", "m1");
-    let created = store.create_identity(create(&first)).await.expect("create device");
+    let created = store
+        .create_identity(create(&first))
+        .await
+        .expect("create device");
     assert_eq!(created.key, first);
-    assert_eq!(created.identity.authentication.primary_key.as_deref(), Some(fresh_keys().primary.as_str()));
-    store.create_identity(create(&second)).await.expect("create second device");
-    store.create_identity(create(&first_module)).await.expect("create module");
+    assert_eq!(
+        created.identity.authentication.primary_key.as_deref(),
+        Some(fresh_keys().primary.as_str())
+    );
+    store
+        .create_identity(create(&second))
+        .await
+        .expect("create second device");
+    store
+        .create_identity(create(&first_module))
+        .await
+        .expect("create module");
 
-    let read = store.get(&first).await.expect("get").expect("device exists");
-    assert_eq!(read, created, "a read returns exactly what the create returned");
+    let read = store
+        .get(&first)
+        .await
+        .expect("get")
+        .expect("device exists");
+    assert_eq!(
+        read, created,
+        "a read returns exactly what the create returned"
+    );
 
-    let listed = store.list_devices(Some("crud-".parse().expect("valid")), 10).await.expect("list");
+    let listed = store
+        .list_devices(Some("crud-".parse().expect("valid")), 10)
+        .await
+        .expect("list");
     let ids: Vec<String> = listed.iter().map(|record| record.key.to_string()).collect();
-    assert!(ids.starts_with(&["crud-a".to_string(), "crud-b".to_string()]), "devices only, by id: {ids:?}");
-    let page = store.list_devices(Some("crud-a".parse().expect("valid")), 1).await.expect("list after");
+    assert!(
+        ids.starts_with(&["crud-a".to_string(), "crud-b".to_string()]),
+        "devices only, by id: {ids:?}"
+    );
+    let page = store
+        .list_devices(Some("crud-a".parse().expect("valid")), 1)
+        .await
+        .expect("list after");
     assert_eq!(page.len(), 1);
-    assert_eq!(page[0].key, second, "paging continues strictly after the given id");
+    assert_eq!(
+        page[0].key, second,
+        "paging continues strictly after the given id"
+    );
 
-    let modules = store.list_modules(&first.device_id).await.expect("list modules");
+    let modules = store
+        .list_modules(&first.device_id)
+        .await
+        .expect("list modules");
     assert_eq!(modules.len(), 1);
     assert_eq!(modules[0].key, first_module);
 
-    store.delete_identity(&first, IfMatch::Any).await.expect("delete device");
+    store
+        .delete_identity(&first, IfMatch::Any)
+        .await
+        .expect("delete device");
     assert!(store.get(&first).await.expect("get").is_none());
-    assert!(store.get(&first_module).await.expect("get").is_none(), "modules go with their device");
+    assert!(
+        store.get(&first_module).await.expect("get").is_none(),
+        "modules go with their device"
+    );
     assert_eq!(
         store.delete_identity(&first, IfMatch::Any).await,
         Err(StoreError::NotFound(first.clone()))
@@ -127,11 +167,16 @@ async fn identities_are_created_read_listed_and_deleted(store: &dyn Store) {
 async fn creating_twice_or_under_a_missing_device_is_refused(store: &dyn Store) {
     let key = device("dup");
     store.create_identity(create(&key)).await.expect("create");
-    assert_eq!(store.create_identity(create(&key)).await, Err(StoreError::AlreadyExists(key.clone())));
+    assert_eq!(
+        store.create_identity(create(&key)).await,
+        Err(StoreError::AlreadyExists(key.clone()))
+    );
     let orphan = module("no-such-device", "m");
     assert_eq!(
         store.create_identity(create(&orphan)).await,
-        Err(StoreError::ParentNotFound("no-such-device".parse().expect("valid")))
+        Err(StoreError::ParentNotFound(
+            "no-such-device".parse().expect("valid")
+        ))
     );
 }
 
@@ -148,17 +193,35 @@ async fn identity_updates_honour_if_match(store: &dyn Store) {
         now: NOW,
     };
     let stale = store.update_identity(update(tag("bm90LWl0".into()))).await;
-    assert!(matches!(stale, Err(StoreError::PreconditionFailed { .. })), "{stale:?}");
-    let updated = store.update_identity(update(tag(created.identity.etag()))).await.expect("update");
+    assert!(
+        matches!(stale, Err(StoreError::PreconditionFailed { .. })),
+        "{stale:?}"
+    );
+    let updated = store
+        .update_identity(update(tag(created.identity.etag())))
+        .await
+        .expect("update");
     assert!(updated.status_changed);
     assert_ne!(updated.record.identity.etag(), created.identity.etag());
-    let again = store.update_identity(update(IfMatch::Any)).await.expect("update any");
+    let again = store
+        .update_identity(update(IfMatch::Any))
+        .await
+        .expect("update any");
     assert!(!again.status_changed);
-    let missing = UpdateIdentity { key: device("upd-missing"), ..update(IfMatch::Any) };
-    assert_eq!(store.update_identity(missing).await.map(|_| ()), Err(StoreError::NotFound(device("upd-missing"))));
+    let missing = UpdateIdentity {
+        key: device("upd-missing"),
+        ..update(IfMatch::Any)
+    };
+    assert_eq!(
+        store.update_identity(missing).await.map(|_| ()),
+        Err(StoreError::NotFound(device("upd-missing")))
+    );
     let stats = store.statistics().await.expect("statistics");
     assert!(stats.disabled_device_count >= 1);
-    assert_eq!(stats.total_device_count, stats.enabled_device_count + stats.disabled_device_count);
+    assert_eq!(
+        stats.total_device_count,
+        stats.enabled_device_count + stats.disabled_device_count
+    );
 }
 
 async fn twin_writes_follow_core_rules_and_etags(store: &dyn Store) {
@@ -169,7 +232,9 @@ async fn twin_writes_follow_core_rules_and_etags(store: &dyn Store) {
     let reported = store
         .update_twin(UpdateTwin {
             key: key.clone(),
-            change: TwinChange::ReportedPatch(json!({"firmwareStatus": "downloading", "nested": {"a": 1}})),
+            change: TwinChange::ReportedPatch(
+                json!({"firmwareStatus": "downloading", "nested": {"a": 1}}),
+            ),
             if_match: IfMatch::Any,
             now: NOW,
             on_commit: None,
@@ -183,16 +248,23 @@ async fn twin_writes_follow_core_rules_and_etags(store: &dyn Store) {
     let desired = store
         .update_twin(UpdateTwin {
             key: key.clone(),
-            change: TwinChange::ServicePatch(json!({"tags": {"site": "a"}, "properties": {"desired": {"fw": "2.0"}}})),
+            change: TwinChange::ServicePatch(
+                json!({"tags": {"site": "a"}, "properties": {"desired": {"fw": "2.0"}}}),
+            ),
             if_match: tag(etag.clone()),
             now: NOW,
             on_commit: None,
         })
         .await
         .expect("desired patch with the current etag");
-    let pushed = desired.desired_patch_for_device.expect("a desired change is pushed to the device");
+    let pushed = desired
+        .desired_patch_for_device
+        .expect("a desired change is pushed to the device");
     assert_eq!(pushed["fw"], json!("2.0"));
-    assert_eq!(pushed["$version"], json!(desired.record.twin.desired_version()));
+    assert_eq!(
+        pushed["$version"],
+        json!(desired.record.twin.desired_version())
+    );
 
     let stale = store
         .update_twin(UpdateTwin {
@@ -203,7 +275,10 @@ async fn twin_writes_follow_core_rules_and_etags(store: &dyn Store) {
             on_commit: None,
         })
         .await;
-    assert!(matches!(stale, Err(StoreError::PreconditionFailed { .. })), "{stale:?}");
+    assert!(
+        matches!(stale, Err(StoreError::PreconditionFailed { .. })),
+        "{stale:?}"
+    );
 
     let invalid = store
         .update_twin(UpdateTwin {
@@ -217,9 +292,15 @@ async fn twin_writes_follow_core_rules_and_etags(store: &dyn Store) {
     assert!(matches!(invalid, Err(StoreError::Twin(_))), "{invalid:?}");
 
     let stored = store.get(&key).await.expect("get").expect("exists");
-    assert_eq!(stored.twin, desired.record.twin, "refused writes leave the twin untouched");
+    assert_eq!(
+        stored.twin, desired.record.twin,
+        "refused writes leave the twin untouched"
+    );
     let properties = stored.twin.properties_json();
-    assert_eq!(properties["reported"]["firmwareStatus"], json!("downloading"));
+    assert_eq!(
+        properties["reported"]["firmwareStatus"],
+        json!("downloading")
+    );
     assert_eq!(properties["desired"]["fw"], json!("2.0"));
     assert_eq!(stored.twin.tags()["site"], json!("a"));
 
@@ -232,11 +313,16 @@ async fn twin_writes_follow_core_rules_and_etags(store: &dyn Store) {
             on_commit: None,
         })
         .await;
-    assert_eq!(missing.map(|_| ()), Err(StoreError::NotFound(device("twin-missing"))));
+    assert_eq!(
+        missing.map(|_| ()),
+        Err(StoreError::NotFound(device("twin-missing")))
+    );
 }
 
 async fn a_failing_write_does_not_disturb_concurrent_writes(store: &Arc<dyn Store>) {
-    let keys: Vec<IdentityKey> = (0..50).map(|index| device(&format!("batch-{index:02}"))).collect();
+    let keys: Vec<IdentityKey> = (0..50)
+        .map(|index| device(&format!("batch-{index:02}")))
+        .collect();
     for key in &keys {
         store.create_identity(create(key)).await.expect("create");
     }
@@ -246,9 +332,19 @@ async fn a_failing_write_does_not_disturb_concurrent_writes(store: &Arc<dyn Stor
         let store = Arc::clone(store);
         let key = key.clone();
         tasks.push(tokio::spawn(async move {
-            let patch = if index % 2 == 0 { json!({"n": index}) } else { json!({"$bad": index}) };
+            let patch = if index % 2 == 0 {
+                json!({"n": index})
+            } else {
+                json!({"$bad": index})
+            };
             let result = store
-                .update_twin(UpdateTwin { key, change: TwinChange::ReportedPatch(patch), if_match: IfMatch::Any, now: NOW, on_commit: None })
+                .update_twin(UpdateTwin {
+                    key,
+                    change: TwinChange::ReportedPatch(patch),
+                    if_match: IfMatch::Any,
+                    now: NOW,
+                    on_commit: None,
+                })
                 .await;
             (index, result.is_ok())
         }));
@@ -279,12 +375,16 @@ async fn commit_hooks_run_in_version_order(store: &Arc<dyn Store>) {
         let seen = Arc::clone(&seen);
         tasks.push(tokio::spawn(async move {
             let hook: crate::TwinCommitHook = Box::new(move |updated| {
-                seen.lock().expect("lock").push(updated.record.twin.desired_version());
+                seen.lock()
+                    .expect("lock")
+                    .push(updated.record.twin.desired_version());
             });
             store
                 .update_twin(UpdateTwin {
                     key,
-                    change: TwinChange::ServicePatch(json!({"properties": {"desired": {"n": index}}})),
+                    change: TwinChange::ServicePatch(
+                        json!({"properties": {"desired": {"n": index}}}),
+                    ),
                     if_match: IfMatch::Any,
                     now: NOW,
                     on_commit: Some(hook),
@@ -298,7 +398,10 @@ async fn commit_hooks_run_in_version_order(store: &Arc<dyn Store>) {
     }
     let seen = seen.lock().expect("lock").clone();
     assert_eq!(seen.len(), 40, "every hook ran once");
-    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "hooks ran in version order: {seen:?}");
+    assert!(
+        seen.windows(2).all(|pair| pair[0] < pair[1]),
+        "hooks ran in version order: {seen:?}"
+    );
 }
 
 async fn change_feed_is_ordered_filtered_and_notified(store: &dyn Store) {
@@ -316,25 +419,65 @@ async fn change_feed_is_ordered_filtered_and_notified(store: &dyn Store) {
         })
         .await
         .expect("patch");
-    store.create_identity(create(&device("feed-other"))).await.expect("create other");
-    assert!(notifier.has_changed().expect("notifier alive"), "durable changes wake watchers");
+    store
+        .create_identity(create(&device("feed-other")))
+        .await
+        .expect("create other");
+    assert!(
+        notifier.has_changed().expect("notifier alive"),
+        "durable changes wake watchers"
+    );
     let newest = *notifier.borrow_and_update();
     assert!(newest > before);
 
-    let all = store.read_changes(before, 100, None).await.expect("read all");
-    assert!(all.windows(2).all(|pair| pair[0].sequence < pair[1].sequence), "strictly increasing");
+    let all = store
+        .read_changes(before, 100, None)
+        .await
+        .expect("read all");
+    assert!(
+        all.windows(2)
+            .all(|pair| pair[0].sequence < pair[1].sequence),
+        "strictly increasing"
+    );
     assert_eq!(all.last().map(|record| record.sequence), Some(newest));
 
-    let mine = store.read_changes(before, 100, Some(key.device_id.clone())).await.expect("read device");
+    let mine = store
+        .read_changes(before, 100, Some(key.device_id.clone()))
+        .await
+        .expect("read device");
     let operations: Vec<ChangeOperation> = mine.iter().map(|record| record.operation).collect();
-    assert_eq!(operations, vec![ChangeOperation::CreateDeviceIdentity, ChangeOperation::UpdateTwin]);
+    assert_eq!(
+        operations,
+        vec![
+            ChangeOperation::CreateDeviceIdentity,
+            ChangeOperation::UpdateTwin
+        ]
+    );
     assert_eq!(mine[1].body["properties"]["reported"]["step"], json!(1));
-    assert_eq!(mine[1].twin_version, Some(store.get(&key).await.expect("get").expect("exists").twin.version()));
+    assert_eq!(
+        mine[1].twin_version,
+        Some(
+            store
+                .get(&key)
+                .await
+                .expect("get")
+                .expect("exists")
+                .twin
+                .version()
+        )
+    );
 
     // Resuming after a sequence number yields exactly the rest: no gap, no repeat.
     let first_half = store.read_changes(before, 1, None).await.expect("page 1");
-    let rest = store.read_changes(first_half[0].sequence, 100, None).await.expect("page 2");
-    let stitched: Vec<u64> = first_half.iter().chain(rest.iter()).map(|record| record.sequence).collect();
+    let rest = store
+        .read_changes(first_half[0].sequence, 100, None)
+        .await
+        .expect("page 2");
+    let stitched: Vec<u64> = first_half
+        .iter()
+        .chain(rest.iter())
+        .map(|record| record.sequence)
+        .collect();
     let expected: Vec<u64> = all.iter().map(|record| record.sequence).collect();
     assert_eq!(stitched, expected);
 }
@@ -343,28 +486,62 @@ async fn sessions_persist_and_die_with_their_identity(store: &dyn Store) {
     let key = device("sess");
     let module_key = module("sess", "m");
     store.create_identity(create(&key)).await.expect("create");
-    store.create_identity(create(&module_key)).await.expect("create module");
+    store
+        .create_identity(create(&module_key))
+        .await
+        .expect("create module");
     let session = StoredSession {
         subscriptions: vec![
-            StoredSubscription { filter: "$iothub/methods/POST/#".into(), qos: 1 },
-            StoredSubscription { filter: "$iothub/twin/res/#".into(), qos: 0 },
+            StoredSubscription {
+                filter: "$iothub/methods/POST/#".into(),
+                qos: 1,
+            },
+            StoredSubscription {
+                filter: "$iothub/twin/res/#".into(),
+                qos: 0,
+            },
         ],
     };
     assert_eq!(store.load_session(&key).await.expect("load"), None);
-    store.save_session(&key, session.clone()).await.expect("save");
-    store.save_session(&module_key, StoredSession::default()).await.expect("save module session");
+    store
+        .save_session(&key, session.clone())
+        .await
+        .expect("save");
+    store
+        .save_session(&module_key, StoredSession::default())
+        .await
+        .expect("save module session");
     assert_eq!(store.load_session(&key).await.expect("load"), Some(session));
-    store.delete_session(&module_key).await.expect("delete session");
+    store
+        .delete_session(&module_key)
+        .await
+        .expect("delete session");
     assert_eq!(store.load_session(&module_key).await.expect("load"), None);
 
     assert_eq!(
-        store.save_session(&device("sess-missing"), StoredSession::default()).await,
+        store
+            .save_session(&device("sess-missing"), StoredSession::default())
+            .await,
         Err(StoreError::NotFound(device("sess-missing")))
     );
-    store.delete_identity(&key, IfMatch::Any).await.expect("delete");
-    assert_eq!(store.load_session(&key).await.expect("load"), None, "sessions are deleted with the device");
-    store.create_identity(create(&key)).await.expect("re-create");
-    assert_eq!(store.load_session(&key).await.expect("load"), None, "a re-created device starts clean");
+    store
+        .delete_identity(&key, IfMatch::Any)
+        .await
+        .expect("delete");
+    assert_eq!(
+        store.load_session(&key).await.expect("load"),
+        None,
+        "sessions are deleted with the device"
+    );
+    store
+        .create_identity(create(&key))
+        .await
+        .expect("re-create");
+    assert_eq!(
+        store.load_session(&key).await.expect("load"),
+        None,
+        "a re-created device starts clean"
+    );
 }
 
 async fn connection_state_and_activity_are_recorded(store: &dyn Store) {
@@ -373,37 +550,73 @@ async fn connection_state_and_activity_are_recorded(store: &dyn Store) {
     let mut notifier = store.change_notifier();
     notifier.borrow_and_update();
     let connected_at = datetime!(2026-05-01 11:00 UTC);
-    store.set_connection_state(&key, ConnectionState::Connected, connected_at).await.expect("connect");
+    store
+        .set_connection_state(&key, ConnectionState::Connected, connected_at)
+        .await
+        .expect("connect");
     let record = store.get(&key).await.expect("get").expect("exists");
     assert_eq!(record.identity.connection_state, ConnectionState::Connected);
-    assert_eq!(record.identity.connection_state_updated_time, Some(connected_at));
+    assert_eq!(
+        record.identity.connection_state_updated_time,
+        Some(connected_at)
+    );
     let sequence = *notifier.borrow_and_update();
     // Setting the same state again writes nothing new.
-    store.set_connection_state(&key, ConnectionState::Connected, NOW).await.expect("again");
+    store
+        .set_connection_state(&key, ConnectionState::Connected, NOW)
+        .await
+        .expect("again");
     assert_eq!(*notifier.borrow(), sequence);
 
     let other = device("conn-other");
-    store.create_identity(create(&other)).await.expect("create other");
-    store.set_connection_state(&other, ConnectionState::Connected, connected_at).await.expect("connect other");
-    let marked = store.mark_all_disconnected(NOW).await.expect("mark all disconnected");
-    assert!(marked >= 2, "both connected identities were marked, got {marked}");
+    store
+        .create_identity(create(&other))
+        .await
+        .expect("create other");
+    store
+        .set_connection_state(&other, ConnectionState::Connected, connected_at)
+        .await
+        .expect("connect other");
+    let marked = store
+        .mark_all_disconnected(NOW)
+        .await
+        .expect("mark all disconnected");
+    assert!(
+        marked >= 2,
+        "both connected identities were marked, got {marked}"
+    );
     for key in [&key, &other] {
         let record = store.get(key).await.expect("get").expect("exists");
-        assert_eq!(record.identity.connection_state, ConnectionState::Disconnected);
+        assert_eq!(
+            record.identity.connection_state,
+            ConnectionState::Disconnected
+        );
     }
     assert_eq!(store.mark_all_disconnected(NOW).await.expect("again"), 0);
-    store.set_connection_state(&key, ConnectionState::Connected, connected_at).await.expect("reconnect");
+    store
+        .set_connection_state(&key, ConnectionState::Connected, connected_at)
+        .await
+        .expect("reconnect");
 
     let active_at = datetime!(2026-05-01 11:30 UTC);
     store
-        .record_activity(vec![(key.clone(), active_at), (device("conn-missing"), active_at)])
+        .record_activity(vec![
+            (key.clone(), active_at),
+            (device("conn-missing"), active_at),
+        ])
         .await
         .expect("activity, unknown keys skipped");
     let record = store.get(&key).await.expect("get").expect("exists");
     assert_eq!(record.identity.last_activity_time, Some(active_at));
     // Deleted while connected: recording the disconnect is a no-op, not an error.
-    store.delete_identity(&key, IfMatch::Any).await.expect("delete");
-    store.set_connection_state(&key, ConnectionState::Disconnected, NOW).await.expect("disconnect after delete");
+    store
+        .delete_identity(&key, IfMatch::Any)
+        .await
+        .expect("delete");
+    store
+        .set_connection_state(&key, ConnectionState::Disconnected, NOW)
+        .await
+        .expect("disconnect after delete");
 }
 
 async fn policies_and_meta_round_trip(store: &dyn Store) {
@@ -420,27 +633,59 @@ async fn policies_and_meta_round_trip(store: &dyn Store) {
     }
     let policies = store.policies().await.expect("policies");
     assert_eq!(policies.len(), BUILT_IN_POLICIES.len());
-    let owner = policies.iter().find(|policy| policy.key_name == "iothubowner").expect("owner policy");
+    let owner = policies
+        .iter()
+        .find(|policy| policy.key_name == "iothubowner")
+        .expect("owner policy");
     assert_eq!(owner.rights, BUILT_IN_POLICIES[0].1);
 
     assert_eq!(store.get_meta("https_port").await.expect("meta"), None);
-    store.set_meta("https_port", "8443").await.expect("set meta");
-    store.set_meta("https_port", "443").await.expect("overwrite meta");
-    assert_eq!(store.get_meta("https_port").await.expect("meta").as_deref(), Some("443"));
+    store
+        .set_meta("https_port", "8443")
+        .await
+        .expect("set meta");
+    store
+        .set_meta("https_port", "443")
+        .await
+        .expect("overwrite meta");
+    assert_eq!(
+        store.get_meta("https_port").await.expect("meta").as_deref(),
+        Some("443")
+    );
 }
 
 async fn everything_survives_reopening(factory: &dyn StoreFactory) {
     let store = factory.open();
-    let record = store.get(&device("twin")).await.expect("get").expect("twin device survived");
+    let record = store
+        .get(&device("twin"))
+        .await
+        .expect("get")
+        .expect("twin device survived");
     assert_eq!(record.twin.properties_json()["desired"]["fw"], json!("2.0"));
-    assert_eq!(store.get_meta("https_port").await.expect("meta").as_deref(), Some("443"));
-    assert_eq!(store.policies().await.expect("policies").len(), BUILT_IN_POLICIES.len());
+    assert_eq!(
+        store.get_meta("https_port").await.expect("meta").as_deref(),
+        Some("443")
+    );
+    assert_eq!(
+        store.policies().await.expect("policies").len(),
+        BUILT_IN_POLICIES.len()
+    );
     let newest = *store.change_notifier().borrow();
     assert!(newest > 0, "the change feed position is restored");
-    let tail = store.read_changes(newest.saturating_sub(1), 10, None).await.expect("tail");
+    let tail = store
+        .read_changes(newest.saturating_sub(1), 10, None)
+        .await
+        .expect("tail");
     assert_eq!(tail.len(), 1);
     let key = device("after-reopen");
-    store.create_identity(create(&key)).await.expect("writes work after reopening");
+    store
+        .create_identity(create(&key))
+        .await
+        .expect("writes work after reopening");
     let next = store.read_changes(newest, 10, None).await.expect("next");
-    assert_eq!(next[0].sequence, newest + 1, "sequence numbers continue without reuse");
+    assert_eq!(
+        next[0].sequence,
+        newest + 1,
+        "sequence numbers continue without reuse"
+    );
 }

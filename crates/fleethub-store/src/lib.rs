@@ -43,9 +43,16 @@ pub trait Store: Send + Sync + 'static {
     fn list_modules(&self, device_id: &DeviceId) -> BoxFuture<'_, StoreResult<Vec<DeviceRecord>>>;
     /// Creates an identity with a fresh twin. A module needs its device (`ParentNotFound`).
     fn create_identity(&self, request: CreateIdentity) -> BoxFuture<'_, StoreResult<DeviceRecord>>;
-    fn update_identity(&self, request: UpdateIdentity) -> BoxFuture<'_, StoreResult<IdentityUpdated>>;
+    fn update_identity(
+        &self,
+        request: UpdateIdentity,
+    ) -> BoxFuture<'_, StoreResult<IdentityUpdated>>;
     /// Deletes an identity, its twin and its persisted sessions; a device's modules go with it.
-    fn delete_identity(&self, key: &IdentityKey, if_match: IfMatch) -> BoxFuture<'_, StoreResult<()>>;
+    fn delete_identity(
+        &self,
+        key: &IdentityKey,
+        if_match: IfMatch,
+    ) -> BoxFuture<'_, StoreResult<()>>;
     fn update_twin(&self, request: UpdateTwin) -> BoxFuture<'_, StoreResult<TwinUpdated>>;
     /// Records a connection-state change (and its change-feed record) if it differs from the stored one.
     fn set_connection_state(
@@ -58,12 +65,19 @@ pub trait Store: Send + Sync + 'static {
     /// that was killed) as disconnected. Returns how many were.
     fn mark_all_disconnected(&self, now: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>>;
     /// Coalesced `lastActivityTime` updates; unknown keys are skipped. No change-feed records.
-    fn record_activity(&self, batch: Vec<(IdentityKey, OffsetDateTime)>) -> BoxFuture<'_, StoreResult<()>>;
+    fn record_activity(
+        &self,
+        batch: Vec<(IdentityKey, OffsetDateTime)>,
+    ) -> BoxFuture<'_, StoreResult<()>>;
     fn statistics(&self) -> BoxFuture<'_, StoreResult<RegistryCounts>>;
 
     // ---- persistent MQTT sessions (clean-session 0) ----
     fn load_session(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<Option<StoredSession>>>;
-    fn save_session(&self, key: &IdentityKey, session: StoredSession) -> BoxFuture<'_, StoreResult<()>>;
+    fn save_session(
+        &self,
+        key: &IdentityKey,
+        session: StoredSession,
+    ) -> BoxFuture<'_, StoreResult<()>>;
     fn delete_session(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<()>>;
 
     // ---- access policies and hub metadata ----
