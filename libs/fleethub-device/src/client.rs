@@ -1,0 +1,280 @@
+//! [`DeviceClient`], the handle applications hold: connect, twin requests, desired patches, direct methods,
+//! disconnect. Every operation is a message to the connection task and an answer back.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleethub_protocol::ids::ClientId;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::connection::{Connection, ConnectionState, establish};
+use crate::credentials::Identity;
+use crate::desired::{DesiredPatchStream, patch_channel};
+use crate::error::{ConnectError, DisconnectError, SubscribeError, TwinError};
+use crate::methods::{MethodRequest, MethodResponse, erase_handler};
+use crate::options::DeviceClientOptions;
+use crate::session::{
+    Command, DesiredPatchesCommand, OnMethodCommand, Request, Session, SubscribeReply, TwinCommand,
+};
+use crate::transport::tls_config;
+use crate::twin::{
+    MAX_CONCURRENT_TWIN_REQUESTS, TwinRequest, TwinResponse, reported_version_from_response,
+    twin_from_response,
+};
+
+/// Commands waiting for the connection task. It takes them as they come, so a few slots suffice.
+const COMMAND_QUEUE: usize = 8;
+
+/// A device or module connected to IoT Hub over MQTT.
+///
+/// Cheap to clone; all clones share one connection and one task. The connection stays open until
+/// [`disconnect`](Self::disconnect) is called on any clone, the hub closes it, or every clone (and every
+/// [`DesiredPatchStream`]) is dropped; in the last case the task still sends DISCONNECT. A method handler
+/// that captures a clone keeps the connection open until `disconnect` is called.
+///
+/// Operations fail with a `Disconnected` error once the connection is closed; this version does not
+/// reconnect (watch [`connection_state`](Self::connection_state) to notice).
+#[derive(Clone)]
+pub struct DeviceClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<ConnectionState>,
+    client_id: ClientId,
+    operation_timeout: Duration,
+    twin_permits: Semaphore,
+}
+
+impl std::fmt::Debug for DeviceClient {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DeviceClient")
+            .field("client_id", &self.inner.client_id)
+            .field("state", &*self.inner.state.borrow())
+            .finish()
+    }
+}
+
+impl DeviceClient {
+    /// Connects with a device (`HostName=..;DeviceId=..;SharedAccessKey=..`) or module (`..;ModuleId=..`)
+    /// connection string. `GatewayHostName` is dialled when present; `HostName` always goes into the MQTT
+    /// user name and the SAS token. A `SharedAccessSignature` in the string is used as is.
+    ///
+    /// Resolves once the hub has accepted the connection (CONNACK 0). The connection string is read before
+    /// the future is returned, so the future borrows nothing and can be spawned (the load tool connects
+    /// thousands of clients that way). Must run within a Tokio runtime: it spawns the connection task.
+    pub fn connect(
+        connection_string: &str,
+        options: DeviceClientOptions,
+    ) -> impl Future<Output = Result<Self, ConnectError>> + Send + 'static {
+        let identity = Identity::from_connection_string(connection_string);
+        async move { Self::connect_identity(identity?, options).await }
+    }
+
+    async fn connect_identity(
+        identity: Identity,
+        options: DeviceClientOptions,
+    ) -> Result<Self, ConnectError> {
+        let ca_pem = options
+            .ca_pem
+            .as_deref()
+            .ok_or(ConnectError::MissingCaCertificate)?;
+        let tls = tls_config(ca_pem)?;
+        let established = establish(&identity, &options, tls).await?;
+        tracing::debug!(
+            client_id = %identity.client_id,
+            session_present = established.session_present,
+            "connected to the hub"
+        );
+
+        let (command_sender, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (state_sender, state) = watch::channel(ConnectionState::Connected);
+        let keep_alive = Duration::from_secs(u64::from(options.keep_alive_seconds()));
+        let session = Session::new(identity.client_id.clone(), keep_alive, Instant::now());
+        let connection = Connection::new(
+            established,
+            session,
+            commands,
+            command_sender.downgrade(),
+            state_sender,
+            options.operation_timeout,
+        );
+        tokio::spawn(connection.run());
+
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                commands: command_sender,
+                state,
+                client_id: identity.client_id,
+                operation_timeout: options.operation_timeout,
+                twin_permits: Semaphore::new(MAX_CONCURRENT_TWIN_REQUESTS),
+            }),
+        })
+    }
+
+    /// `dev` or `dev/mod`: the MQTT client id, naming this device or module.
+    pub fn client_id(&self) -> &ClientId {
+        &self.inner.client_id
+    }
+
+    /// The connection state now and its changes: `Connected`, then `Disconnected(reason)` once. A watch
+    /// holds only the latest value, so it costs nothing per change and a slow observer skips nothing that
+    /// matters.
+    pub fn connection_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(*self.inner.state.borrow(), ConnectionState::Connected)
+    }
+
+    /// The twin's properties document, `{"desired": {..., "$version": n}, "reported": {..., "$version": m}}`
+    /// (with `$metadata`), as IoT Hub sends it to devices. Tags are not visible to devices.
+    ///
+    /// The first twin request subscribes to `$iothub/twin/res/#`. Fails after `operation_timeout`.
+    pub async fn get_twin(&self) -> Result<Value, TwinError> {
+        twin_from_response(self.twin_request(TwinRequest::Get).await?)
+    }
+
+    /// Sends a JSON merge patch of the reported properties (`null` deletes a key) and returns the new
+    /// reported `$version`.
+    ///
+    /// Dropping the future or a timeout does not withdraw the patch: once sent, the hub may apply it.
+    pub async fn patch_reported(&self, patch: &Value) -> Result<u64, TwinError> {
+        let body = Bytes::from(serde_json::to_vec(patch).expect("a JSON value always serialises"));
+        reported_version_from_response(self.twin_request(TwinRequest::PatchReported(body)).await?)
+    }
+
+    /// Subscribes to desired-property patches and returns them as a stream, in `$version` order.
+    ///
+    /// To follow the desired state without a gap: subscribe first, then [`get_twin`](Self::get_twin), then
+    /// apply the patches whose `$version` is above the twin's `desired.$version`. One stream per client at a
+    /// time; a second call fails with [`SubscribeError::AlreadyActive`] until the first stream is dropped.
+    pub async fn desired_patches(&self) -> Result<DesiredPatchStream, SubscribeError> {
+        let (sink, stream) = patch_channel(self.clone());
+        self.subscribe(|reply| {
+            Request::DesiredPatches(Box::new(DesiredPatchesCommand { sink, reply }))
+        })
+        .await?;
+        Ok(stream)
+    }
+
+    /// Subscribes to direct methods and answers each request with `handler`'s response
+    /// (`$iothub/methods/res/{status}/?$rid=..`).
+    ///
+    /// Each request runs in its own task, so a slow method does not hold up others; at most 32 run at once
+    /// and further requests are answered 429. A request whose payload is not JSON is answered 400 and a
+    /// handler that panics 500, so the caller never waits for a timeout. Calling `on_method` again replaces
+    /// the handler. For work that outlives the response (the firmware-update pattern), spawn it from the
+    /// handler and return at once.
+    ///
+    /// ```no_run
+    /// # async fn example(client: fleethub_device::DeviceClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// use fleethub_device::{MethodRequest, MethodResponse};
+    /// use serde_json::json;
+    ///
+    /// client
+    ///     .on_method(|request: MethodRequest| async move {
+    ///         match request.method_name.as_str() {
+    ///             "reboot" => MethodResponse::ok(json!({ "Response": "rebooting" })),
+    ///             _ => MethodResponse::new(404, json!({ "message": "unknown method" })),
+    ///         }
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn on_method<F, Fut>(&self, handler: F) -> Result<(), SubscribeError>
+    where
+        F: Fn(MethodRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = MethodResponse> + Send + 'static,
+    {
+        let handler = erase_handler(handler);
+        self.subscribe(|reply| Request::OnMethod(Box::new(OnMethodCommand { handler, reply })))
+            .await
+    }
+
+    /// Sends MQTT DISCONNECT and closes the connection (every clone's). Requests still waiting fail with
+    /// `Disconnected`; responses already queued are sent first. A connection that is already closed is
+    /// not an error.
+    pub async fn disconnect(self) -> Result<(), DisconnectError> {
+        if !self.is_connected() {
+            return Ok(());
+        }
+        let (reply, outcome) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::Disconnect(reply))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        // The task bounds the close itself by `operation_timeout`; this only guards against a task that
+        // never gets to the command.
+        let timeout = self.inner.operation_timeout.saturating_mul(2);
+        match tokio::time::timeout(timeout, outcome).await {
+            Ok(Ok(result)) => result,
+            // The connection ended for another reason before taking the command.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(DisconnectError::Timeout(timeout)),
+        }
+    }
+
+    /// One twin request, start to finish, within `operation_timeout` (waiting for a free slot included).
+    async fn twin_request(&self, request: TwinRequest) -> Result<TwinResponse, TwinError> {
+        let timeout = self.inner.operation_timeout;
+        let deadline = Instant::now() + timeout;
+        let exchange = async {
+            // The semaphore is never closed.
+            let _permit = self
+                .inner
+                .twin_permits
+                .acquire()
+                .await
+                .map_err(|_| TwinError::Disconnected)?;
+            let (reply, response) = oneshot::channel();
+            let command = TwinCommand {
+                request,
+                deadline,
+                timeout,
+                reply,
+            };
+            self.send(Request::Twin(Box::new(command)))
+                .await
+                .map_err(|_| TwinError::Disconnected)?;
+            response.await.map_err(|_| TwinError::Disconnected)?
+        };
+        tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or(Err(TwinError::Timeout(timeout)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: impl FnOnce(SubscribeReply) -> Request,
+    ) -> Result<(), SubscribeError> {
+        let timeout = self.inner.operation_timeout;
+        let exchange = async {
+            let (reply, response) = oneshot::channel();
+            self.send(request(reply))
+                .await
+                .map_err(|_| SubscribeError::Disconnected)?;
+            response.await.map_err(|_| SubscribeError::Disconnected)?
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(SubscribeError::Timeout(timeout)))
+    }
+
+    async fn send(&self, request: Request) -> Result<(), mpsc::error::SendError<Command>> {
+        self.inner.commands.send(Command::Request(request)).await
+    }
+}

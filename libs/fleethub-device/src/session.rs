@@ -1,0 +1,1171 @@
+//! The client side of one MQTT session with IoT Hub as a state machine without I/O: requests from the
+//! application and packets from the hub go in, packets to send come out, and time is passed in.
+//!
+//! It owns packet-id allocation and PUBACK/SUBACK tracking, `$rid` correlation of twin requests, lazy
+//! subscriptions (the first twin request subscribes `$iothub/twin/res/#` and is sent only after the SUBACK,
+//! as Azure's C SDK does), keep-alive, and the hand-over of desired patches and method requests.
+//!
+//! Invariants: every request that enters gets exactly one answer on its reply channel (response, error,
+//! timeout, or `Disconnected` from [`Session::fail_all`]); no entry outlives its deadline; packet ids in
+//! flight are unique. The number of entries is bounded by the callers' permits (twin requests, method
+//! calls) plus one SUBSCRIBE per subscription kind.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleethub_mqtt::{Packet, PacketId, Publish, QoS, SubAck, Subscribe, SubscribeReturnCode};
+use fleethub_protocol::ids::ClientId;
+use fleethub_protocol::topics::{self, HubTopic, Subscription};
+use serde_json::json;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
+
+use crate::connection::DisconnectReason;
+use crate::desired::{Delivery, DesiredPatchMessage, DesiredSink};
+use crate::error::{DisconnectError, SubscribeError, TwinError};
+use crate::methods::{
+    MAX_CONCURRENT_METHOD_CALLS, MethodCall, MethodHandler, MethodResponseMessage,
+};
+use crate::twin::{TwinRequest, TwinResponse};
+
+pub(crate) type SubscribeReply = oneshot::Sender<Result<(), SubscribeError>>;
+pub(crate) type TwinReply = oneshot::Sender<Result<TwinResponse, TwinError>>;
+pub(crate) type DisconnectReply = oneshot::Sender<Result<(), DisconnectError>>;
+
+/// What client handles send to the connection task. Variants are boxed so that the channel's slots (allocated
+/// up front, per client) stay one pointer wide.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Request(Request),
+    Disconnect(DisconnectReply),
+}
+
+/// The commands the session itself handles.
+pub(crate) enum Request {
+    Twin(Box<TwinCommand>),
+    DesiredPatches(Box<DesiredPatchesCommand>),
+    OnMethod(Box<OnMethodCommand>),
+    MethodResponse(Box<MethodResponseMessage>),
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Request::Twin(_) => "Twin",
+            Request::DesiredPatches(_) => "DesiredPatches",
+            Request::OnMethod(_) => "OnMethod",
+            Request::MethodResponse(_) => "MethodResponse",
+        })
+    }
+}
+
+pub(crate) struct TwinCommand {
+    pub request: TwinRequest,
+    /// The caller gives up at the same instant; the session drops the entry then.
+    pub deadline: Instant,
+    pub timeout: Duration,
+    pub reply: TwinReply,
+}
+
+pub(crate) struct DesiredPatchesCommand {
+    pub sink: DesiredSink,
+    pub reply: SubscribeReply,
+}
+
+pub(crate) struct OnMethodCommand {
+    pub handler: MethodHandler,
+    pub reply: SubscribeReply,
+}
+
+/// A packet we sent that the hub has not acknowledged yet.
+#[derive(Debug)]
+enum InFlight {
+    /// Kept whole so that the reconnect logic can resend it with DUP set.
+    Publish(Publish),
+    Subscribe(Subscription),
+}
+
+#[derive(Debug)]
+enum SubscriptionState {
+    Pending(Vec<SubscribeWaiter>),
+    Active,
+}
+
+/// Who is waiting for a SUBACK.
+#[derive(Debug)]
+enum SubscribeWaiter {
+    Caller(SubscribeReply),
+    /// A twin request held back until `$iothub/twin/res/#` is active.
+    TwinRequest(u64),
+}
+
+struct PendingTwinRequest {
+    deadline: Instant,
+    timeout: Duration,
+    reply: TwinReply,
+    /// Topic and payload until the request is published.
+    unsent: Option<(String, Bytes)>,
+}
+
+struct MethodDispatcher {
+    handler: MethodHandler,
+    permits: Arc<Semaphore>,
+}
+
+pub(crate) struct Session {
+    client_id: ClientId,
+    keep_alive: Option<Duration>,
+    last_sent: Instant,
+    ping_sent_at: Option<Instant>,
+    last_packet_id: u16,
+    last_request_id: u64,
+    outgoing: VecDeque<Packet>,
+    in_flight: HashMap<PacketId, InFlight>,
+    twin_requests: HashMap<u64, PendingTwinRequest>,
+    subscriptions: HashMap<Subscription, SubscriptionState>,
+    desired: Option<DesiredSink>,
+    methods: Option<MethodDispatcher>,
+}
+
+impl Session {
+    /// A session for a connection that was just accepted at `now`. `keep_alive` of zero turns pings off.
+    pub fn new(client_id: ClientId, keep_alive: Duration, now: Instant) -> Self {
+        Self {
+            client_id,
+            keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
+            last_sent: now,
+            ping_sent_at: None,
+            last_packet_id: 0,
+            last_request_id: 0,
+            outgoing: VecDeque::new(),
+            in_flight: HashMap::new(),
+            twin_requests: HashMap::new(),
+            subscriptions: HashMap::new(),
+            desired: None,
+            methods: None,
+        }
+    }
+
+    /// The next packet to write. Writing counts as activity for keep-alive.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Packet> {
+        let packet = self.outgoing.pop_front()?;
+        self.last_sent = now;
+        Some(packet)
+    }
+
+    /// When [`Session::on_timer`] must run next: the earliest twin deadline or keep-alive event.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let keep_alive = self
+            .keep_alive
+            .map(|interval| self.ping_sent_at.unwrap_or(self.last_sent) + interval);
+        let twin = self
+            .twin_requests
+            .values()
+            .map(|request| request.deadline)
+            .min();
+        keep_alive.into_iter().chain(twin).min()
+    }
+
+    /// Expires twin requests and drives keep-alive. An error means the hub stopped answering pings.
+    pub fn on_timer(&mut self, now: Instant) -> Result<(), DisconnectReason> {
+        let expired: Vec<u64> = self
+            .twin_requests
+            .iter()
+            .filter(|(_, request)| request.deadline <= now)
+            .map(|(request_id, _)| *request_id)
+            .collect();
+        for request_id in expired {
+            if let Some(request) = self.twin_requests.remove(&request_id) {
+                let _ = request.reply.send(Err(TwinError::Timeout(request.timeout)));
+            }
+        }
+        if let Some(interval) = self.keep_alive {
+            match self.ping_sent_at {
+                Some(sent) if now >= sent + interval => {
+                    return Err(DisconnectReason::KeepAliveTimeout);
+                }
+                Some(_) => {}
+                None if now >= self.last_sent + interval => {
+                    self.outgoing.push_back(Packet::PingReq);
+                    self.ping_sent_at = Some(now);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Twin(command) => self.start_twin_request(*command),
+            Request::DesiredPatches(command) => {
+                let DesiredPatchesCommand { sink, reply } = *command;
+                if self
+                    .desired
+                    .as_ref()
+                    .is_some_and(|current| !current.is_closed())
+                {
+                    let _ = reply.send(Err(SubscribeError::AlreadyActive));
+                    return;
+                }
+                self.desired = Some(sink);
+                self.ensure_subscribed(
+                    Subscription::DesiredPatches,
+                    SubscribeWaiter::Caller(reply),
+                );
+            }
+            Request::OnMethod(command) => {
+                let OnMethodCommand { handler, reply } = *command;
+                let permits = match self.methods.take() {
+                    Some(previous) => previous.permits,
+                    None => Arc::new(Semaphore::new(MAX_CONCURRENT_METHOD_CALLS)),
+                };
+                self.methods = Some(MethodDispatcher { handler, permits });
+                self.ensure_subscribed(Subscription::Methods, SubscribeWaiter::Caller(reply));
+            }
+            Request::MethodResponse(message) => {
+                let MethodResponseMessage {
+                    status,
+                    request_id,
+                    payload,
+                } = *message;
+                self.publish(topics::method_response_topic(status, &request_id), payload);
+            }
+        }
+    }
+
+    /// Handles one packet from the hub. Returns a method call for the caller to run, or the reason to close
+    /// the connection when the hub broke the protocol.
+    pub fn handle_packet(
+        &mut self,
+        packet: Packet,
+    ) -> Result<Option<MethodCall>, DisconnectReason> {
+        match packet {
+            Packet::Publish(publish) => return self.handle_publish(publish),
+            Packet::PubAck(packet_id) => match self.in_flight.get(&packet_id) {
+                Some(InFlight::Publish(_)) => {
+                    self.in_flight.remove(&packet_id);
+                }
+                Some(InFlight::Subscribe(_)) => {
+                    return Err(violation(format!("PUBACK {packet_id} answers a SUBSCRIBE")));
+                }
+                None => tracing::debug!(%packet_id, "ignoring a PUBACK for a packet not in flight"),
+            },
+            Packet::SubAck(suback) => self.handle_suback(suback)?,
+            Packet::PingResp => self.ping_sent_at = None,
+            Packet::UnsubAck(packet_id) => {
+                tracing::debug!(%packet_id, "ignoring an UNSUBACK; nothing was unsubscribed")
+            }
+            other @ (Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::PubRec(_)
+            | Packet::PubRel(_)
+            | Packet::PubComp(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)
+            | Packet::PingReq
+            | Packet::Disconnect) => {
+                return Err(violation(format!(
+                    "unexpected {} from the hub",
+                    other.name()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Answers everything still waiting with `Disconnected` and forgets the connection's state: in-flight
+    /// packets, subscriptions, the desired sink (ending its stream) and the method handler.
+    pub fn fail_all(&mut self) {
+        for (_, request) in self.twin_requests.drain() {
+            let _ = request.reply.send(Err(TwinError::Disconnected));
+        }
+        for (_, state) in self.subscriptions.drain() {
+            if let SubscriptionState::Pending(waiters) = state {
+                for waiter in waiters {
+                    if let SubscribeWaiter::Caller(reply) = waiter {
+                        let _ = reply.send(Err(SubscribeError::Disconnected));
+                    }
+                }
+            }
+        }
+        for (_, packet) in self.in_flight.drain() {
+            if let InFlight::Publish(publish) = packet {
+                tracing::debug!(topic = %publish.topic, "publish not acknowledged before the connection closed");
+            }
+        }
+        self.desired = None;
+        self.methods = None;
+    }
+
+    fn start_twin_request(&mut self, command: TwinCommand) {
+        self.last_request_id += 1;
+        let request_id = self.last_request_id;
+        let rid = request_id.to_string();
+        let unsent = match command.request {
+            TwinRequest::Get => (topics::twin_get_topic(&rid), Bytes::new()),
+            TwinRequest::PatchReported(patch) => (topics::twin_patch_reported_topic(&rid), patch),
+        };
+        self.twin_requests.insert(
+            request_id,
+            PendingTwinRequest {
+                deadline: command.deadline,
+                timeout: command.timeout,
+                reply: command.reply,
+                unsent: Some(unsent),
+            },
+        );
+        self.ensure_subscribed(
+            Subscription::TwinResponses,
+            SubscribeWaiter::TwinRequest(request_id),
+        );
+    }
+
+    fn ensure_subscribed(&mut self, subscription: Subscription, waiter: SubscribeWaiter) {
+        match self.subscriptions.get_mut(&subscription) {
+            Some(SubscriptionState::Active) => self.subscribed(waiter),
+            Some(SubscriptionState::Pending(waiters)) => waiters.push(waiter),
+            None => {
+                let Some(filter) = subscription.filter_for(&self.client_id) else {
+                    // Only module-input subscriptions lack a filter for device clients; none is requested yet.
+                    self.subscription_refused(waiter, &format!("{subscription:?}"));
+                    return;
+                };
+                let packet_id = self.allocate_packet_id();
+                self.in_flight
+                    .insert(packet_id, InFlight::Subscribe(subscription));
+                self.subscriptions
+                    .insert(subscription, SubscriptionState::Pending(vec![waiter]));
+                self.outgoing.push_back(Packet::Subscribe(Subscribe {
+                    packet_id,
+                    filters: vec![(filter, QoS::AtLeastOnce)],
+                }));
+            }
+        }
+    }
+
+    fn handle_suback(&mut self, suback: SubAck) -> Result<(), DisconnectReason> {
+        let subscription = match self.in_flight.get(&suback.packet_id) {
+            Some(InFlight::Subscribe(subscription)) => *subscription,
+            Some(InFlight::Publish(_)) => {
+                return Err(violation(format!(
+                    "SUBACK {} answers a PUBLISH",
+                    suback.packet_id
+                )));
+            }
+            None => {
+                tracing::debug!(packet_id = %suback.packet_id, "ignoring a SUBACK for a packet not in flight");
+                return Ok(());
+            }
+        };
+        self.in_flight.remove(&suback.packet_id);
+        // One filter per SUBSCRIBE, so the first return code is the answer.
+        let granted = matches!(
+            suback.return_codes.first(),
+            Some(SubscribeReturnCode::Success(_))
+        );
+        let waiters = match self.subscriptions.remove(&subscription) {
+            Some(SubscriptionState::Pending(waiters)) => waiters,
+            Some(SubscriptionState::Active) | None => Vec::new(),
+        };
+        if granted {
+            self.subscriptions
+                .insert(subscription, SubscriptionState::Active);
+            for waiter in waiters {
+                self.subscribed(waiter);
+            }
+        } else {
+            let filter = subscription.filter_for(&self.client_id).unwrap_or_default();
+            tracing::warn!(%filter, "the hub refused a subscription");
+            for waiter in waiters {
+                self.subscription_refused(waiter, &filter);
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribed(&mut self, waiter: SubscribeWaiter) {
+        match waiter {
+            SubscribeWaiter::Caller(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            SubscribeWaiter::TwinRequest(request_id) => self.send_twin_request(request_id),
+        }
+    }
+
+    fn subscription_refused(&mut self, waiter: SubscribeWaiter, filter: &str) {
+        match waiter {
+            SubscribeWaiter::Caller(reply) => {
+                let _ = reply.send(Err(SubscribeError::Refused {
+                    filter: filter.to_owned(),
+                }));
+            }
+            SubscribeWaiter::TwinRequest(request_id) => {
+                if let Some(request) = self.twin_requests.remove(&request_id) {
+                    let _ = request.reply.send(Err(TwinError::SubscriptionRefused));
+                }
+            }
+        }
+    }
+
+    fn send_twin_request(&mut self, request_id: u64) {
+        // Absent when it expired while the subscription was pending.
+        let Some((topic, payload)) = self
+            .twin_requests
+            .get_mut(&request_id)
+            .and_then(|request| request.unsent.take())
+        else {
+            return;
+        };
+        self.publish(topic, payload);
+    }
+
+    /// Queues a QoS 1 publish and tracks it until its PUBACK.
+    fn publish(&mut self, topic: String, payload: Bytes) {
+        let packet_id = self.allocate_packet_id();
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic,
+            packet_id: Some(packet_id),
+            payload,
+        };
+        self.in_flight
+            .insert(packet_id, InFlight::Publish(publish.clone()));
+        self.outgoing.push_back(Packet::Publish(publish));
+    }
+
+    fn handle_publish(&mut self, publish: Publish) -> Result<Option<MethodCall>, DisconnectReason> {
+        if publish.qos == QoS::ExactlyOnce {
+            return Err(violation(format!(
+                "QoS 2 PUBLISH on {} although every subscription is QoS 1",
+                publish.topic
+            )));
+        }
+        let topic = match topics::parse_hub_publish(&publish.topic) {
+            Ok(topic) => topic,
+            Err(error) => {
+                tracing::debug!(%error, "ignoring a publish on a topic this client does not know");
+                self.acknowledge(&publish);
+                return Ok(None);
+            }
+        };
+        match topic {
+            HubTopic::TwinResponse {
+                status,
+                request_id,
+                version,
+            } => {
+                self.acknowledge(&publish);
+                let pending = request_id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.twin_requests.remove(&id));
+                match pending {
+                    Some(request) => {
+                        let _ = request.reply.send(Ok(TwinResponse {
+                            status,
+                            version,
+                            body: publish.payload,
+                        }));
+                    }
+                    None => {
+                        tracing::debug!(%request_id, "ignoring a twin response to an unknown or expired request")
+                    }
+                }
+                Ok(None)
+            }
+            HubTopic::DesiredPatch { version } => {
+                self.acknowledge(&publish);
+                self.deliver_desired_patch(DesiredPatchMessage {
+                    payload: publish.payload,
+                    topic_version: version,
+                });
+                Ok(None)
+            }
+            HubTopic::MethodRequest {
+                method_name,
+                request_id,
+            } => {
+                self.acknowledge(&publish);
+                Ok(self.dispatch_method(method_name, request_id, publish.payload))
+            }
+            HubTopic::CloudToDevice { .. } | HubTopic::ModuleInput { .. } => {
+                // Left unacknowledged so that the hub keeps the message for a client that reads them; a
+                // persistent session from an earlier program may deliver them before anything subscribes.
+                tracing::debug!(topic = %publish.topic, "not acknowledging a message this client does not read yet");
+                Ok(None)
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, publish: &Publish) {
+        if let Some(packet_id) = publish.packet_id {
+            self.outgoing.push_back(Packet::PubAck(packet_id));
+        }
+    }
+
+    fn deliver_desired_patch(&mut self, message: DesiredPatchMessage) {
+        let Some(sink) = &self.desired else {
+            tracing::debug!("dropping a desired patch: nobody reads desired patches");
+            return;
+        };
+        match sink.deliver(message) {
+            Delivery::Delivered => {}
+            Delivery::Dropped => {
+                tracing::debug!("dropping a desired patch: the application is behind")
+            }
+            Delivery::Closed => self.desired = None,
+        }
+    }
+
+    fn dispatch_method(
+        &mut self,
+        method_name: String,
+        request_id: String,
+        payload: Bytes,
+    ) -> Option<MethodCall> {
+        let Some(dispatcher) = &self.methods else {
+            // Only possible with a session kept from an earlier program: answer rather than let the caller wait.
+            self.answer_method(
+                &request_id,
+                501,
+                "the device has no handler for direct methods",
+            );
+            return None;
+        };
+        match Arc::clone(&dispatcher.permits).try_acquire_owned() {
+            Ok(permit) => Some(MethodCall {
+                handler: Arc::clone(&dispatcher.handler),
+                method_name,
+                request_id,
+                payload,
+                permit,
+            }),
+            Err(_) => {
+                tracing::warn!(method = %method_name, "answering 429: too many method calls in progress");
+                self.answer_method(
+                    &request_id,
+                    429,
+                    "the device is busy with other method calls",
+                );
+                None
+            }
+        }
+    }
+
+    fn answer_method(&mut self, request_id: &str, status: i32, message: &str) {
+        let payload = Bytes::from(json!({ "message": message }).to_string());
+        self.publish(topics::method_response_topic(status, request_id), payload);
+    }
+
+    /// The next packet id not in flight. In-flight packets are bounded far below 65535 (see the module
+    /// docs), so the search ends quickly.
+    fn allocate_packet_id(&mut self) -> PacketId {
+        loop {
+            self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
+            let packet_id = PacketId::new(self.last_packet_id).expect("packet ids skip zero");
+            if !self.in_flight.contains_key(&packet_id) {
+                return packet_id;
+            }
+        }
+    }
+}
+
+fn violation(message: String) -> DisconnectReason {
+    DisconnectReason::ProtocolViolation(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use fleethub_mqtt::{ConnectReturnCode, SubscribeReturnCode};
+    use serde_json::Value;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+    use crate::methods::{MethodRequest, MethodResponse, erase_handler};
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    const KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+    fn session(now: Instant) -> Session {
+        Session::new(ClientId::parse("dev1").expect("valid id"), KEEP_ALIVE, now)
+    }
+
+    fn drain(session: &mut Session, now: Instant) -> Vec<Packet> {
+        std::iter::from_fn(|| session.poll_transmit(now)).collect()
+    }
+
+    fn twin_command(
+        request: TwinRequest,
+        now: Instant,
+    ) -> (Request, oneshot::Receiver<Result<TwinResponse, TwinError>>) {
+        let (reply, receiver) = oneshot::channel();
+        let command = TwinCommand {
+            request,
+            deadline: now + TIMEOUT,
+            timeout: TIMEOUT,
+            reply,
+        };
+        (Request::Twin(Box::new(command)), receiver)
+    }
+
+    fn hub_publish(topic: &str, packet_id: Option<u16>, payload: &str) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: if packet_id.is_some() {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            },
+            retain: false,
+            topic: topic.to_owned(),
+            packet_id: packet_id.map(|id| PacketId::new(id).expect("non-zero")),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+        })
+    }
+
+    fn suback(packet_id: PacketId, code: SubscribeReturnCode) -> Packet {
+        Packet::SubAck(SubAck {
+            packet_id,
+            return_codes: vec![code],
+        })
+    }
+
+    fn expect_subscribe(packet: &Packet, filter: &str) -> PacketId {
+        match packet {
+            Packet::Subscribe(subscribe) => {
+                assert_eq!(
+                    subscribe.filters,
+                    vec![(filter.to_owned(), QoS::AtLeastOnce)]
+                );
+                subscribe.packet_id
+            }
+            other => panic!("expected SUBSCRIBE {filter}, got {other:?}"),
+        }
+    }
+
+    fn expect_publish(packet: &Packet) -> &Publish {
+        match packet {
+            Packet::Publish(publish) => {
+                assert_eq!(publish.qos, QoS::AtLeastOnce);
+                publish
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Subscribes `$iothub/twin/res/#` through a first GET and answers it, leaving the session ready.
+    fn session_with_twin_responses(now: Instant) -> Session {
+        let mut session = session(now);
+        let (request, mut reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(request);
+        let sent = drain(&mut session, now);
+        let subscribe_id = expect_subscribe(&sent[0], "$iothub/twin/res/#");
+        session
+            .handle_packet(suback(
+                subscribe_id,
+                SubscribeReturnCode::Success(QoS::AtLeastOnce),
+            ))
+            .expect("valid");
+        let sent = drain(&mut session, now);
+        let get = expect_publish(&sent[0]);
+        session
+            .handle_packet(Packet::PubAck(get.packet_id.expect("QoS 1")))
+            .expect("valid");
+        let topic = format!(
+            "$iothub/twin/res/200/?$rid={}",
+            &get.topic["$iothub/twin/GET/?$rid=".len()..]
+        );
+        session
+            .handle_packet(hub_publish(&topic, None, "{}"))
+            .expect("valid");
+        assert!(reply.try_recv().expect("answered").is_ok());
+        session
+    }
+
+    #[test]
+    fn first_twin_request_subscribes_and_waits_for_the_suback() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let (request, mut reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(request);
+        let sent = drain(&mut session, now);
+        assert_eq!(
+            sent.len(),
+            1,
+            "only the SUBSCRIBE goes out before the SUBACK: {sent:?}"
+        );
+        let subscribe_id = expect_subscribe(&sent[0], "$iothub/twin/res/#");
+
+        session
+            .handle_packet(suback(
+                subscribe_id,
+                SubscribeReturnCode::Success(QoS::AtLeastOnce),
+            ))
+            .expect("valid");
+        let sent = drain(&mut session, now);
+        let get = expect_publish(&sent[0]);
+        assert_eq!(get.topic, "$iothub/twin/GET/?$rid=1");
+        assert!(get.payload.is_empty());
+        assert!(matches!(reply.try_recv(), Err(TryRecvError::Empty)));
+
+        let body = r#"{"desired":{"$version":1},"reported":{"$version":1}}"#;
+        session
+            .handle_packet(hub_publish("$iothub/twin/res/200/?$rid=1", Some(9), body))
+            .expect("valid");
+        assert_eq!(
+            drain(&mut session, now),
+            vec![Packet::PubAck(PacketId::new(9).expect("non-zero"))]
+        );
+        let response = reply.try_recv().expect("answered").expect("success");
+        assert_eq!(
+            response,
+            TwinResponse {
+                status: 200,
+                version: None,
+                body: Bytes::from_static(body.as_bytes())
+            }
+        );
+    }
+
+    #[test]
+    fn responses_are_correlated_by_rid_in_any_order() {
+        let now = Instant::now();
+        let mut session = session_with_twin_responses(now);
+        let (first, mut first_reply) = twin_command(
+            TwinRequest::PatchReported(Bytes::from_static(b"{\"a\":1}")),
+            now,
+        );
+        let (second, mut second_reply) = twin_command(
+            TwinRequest::PatchReported(Bytes::from_static(b"{\"b\":2}")),
+            now,
+        );
+        session.handle_request(first);
+        session.handle_request(second);
+        let sent = drain(&mut session, now);
+        let topics: Vec<&str> = sent
+            .iter()
+            .map(|packet| expect_publish(packet).topic.as_str())
+            .collect();
+        assert_eq!(
+            topics,
+            [
+                "$iothub/twin/PATCH/properties/reported/?$rid=2",
+                "$iothub/twin/PATCH/properties/reported/?$rid=3"
+            ]
+        );
+        assert_ne!(
+            expect_publish(&sent[0]).packet_id,
+            expect_publish(&sent[1]).packet_id
+        );
+        assert_eq!(&expect_publish(&sent[0]).payload[..], b"{\"a\":1}");
+
+        // The second answer comes first, before any PUBACK; an unknown rid is ignored.
+        session
+            .handle_packet(hub_publish(
+                "$iothub/twin/res/204/?$rid=3&$version=8",
+                None,
+                "",
+            ))
+            .expect("valid");
+        session
+            .handle_packet(hub_publish(
+                "$iothub/twin/res/204/?$rid=99&$version=9",
+                None,
+                "",
+            ))
+            .expect("valid");
+        session
+            .handle_packet(hub_publish("$iothub/twin/res/400/?$rid=2", None, "bad"))
+            .expect("valid");
+        assert_eq!(
+            second_reply
+                .try_recv()
+                .expect("answered")
+                .expect("response")
+                .version,
+            Some(8)
+        );
+        assert_eq!(
+            first_reply
+                .try_recv()
+                .expect("answered")
+                .expect("response")
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn twin_request_times_out_at_its_deadline_and_late_response_is_ignored() {
+        let now = Instant::now();
+        let mut session = session_with_twin_responses(now);
+        let (request, mut reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(request);
+        drain(&mut session, now);
+        assert_eq!(session.next_deadline(), Some(now + TIMEOUT));
+
+        session
+            .on_timer(now + TIMEOUT - Duration::from_millis(1))
+            .expect("no keep-alive failure");
+        assert!(matches!(reply.try_recv(), Err(TryRecvError::Empty)));
+        session
+            .on_timer(now + TIMEOUT)
+            .expect("no keep-alive failure");
+        assert!(
+            matches!(reply.try_recv(), Ok(Err(TwinError::Timeout(timeout))) if timeout == TIMEOUT)
+        );
+        session
+            .handle_packet(hub_publish("$iothub/twin/res/200/?$rid=2", None, "{}"))
+            .expect("ignored");
+        assert_eq!(session.next_deadline(), Some(now + KEEP_ALIVE));
+    }
+
+    #[test]
+    fn refused_twin_subscription_fails_the_waiting_requests_and_is_retried_later() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let (first, mut first_reply) = twin_command(TwinRequest::Get, now);
+        let (second, mut second_reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(first);
+        session.handle_request(second);
+        let sent = drain(&mut session, now);
+        assert_eq!(sent.len(), 1, "one SUBSCRIBE for both requests");
+        let subscribe_id = expect_subscribe(&sent[0], "$iothub/twin/res/#");
+        session
+            .handle_packet(suback(subscribe_id, SubscribeReturnCode::Failure))
+            .expect("valid");
+        assert!(drain(&mut session, now).is_empty());
+        assert!(matches!(
+            first_reply.try_recv(),
+            Ok(Err(TwinError::SubscriptionRefused))
+        ));
+        assert!(matches!(
+            second_reply.try_recv(),
+            Ok(Err(TwinError::SubscriptionRefused))
+        ));
+
+        let (third, _third_reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(third);
+        expect_subscribe(&drain(&mut session, now)[0], "$iothub/twin/res/#");
+    }
+
+    #[test]
+    fn fail_all_answers_every_waiter_with_disconnected() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let (twin, mut twin_reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(twin);
+        let (reply, mut subscribe_reply) = oneshot::channel();
+        let handler =
+            erase_handler(|_request: MethodRequest| async { MethodResponse::ok(Value::Null) });
+        session.handle_request(Request::OnMethod(Box::new(OnMethodCommand {
+            handler,
+            reply,
+        })));
+        assert_eq!(drain(&mut session, now).len(), 2);
+
+        session.fail_all();
+        assert!(matches!(
+            twin_reply.try_recv(),
+            Ok(Err(TwinError::Disconnected))
+        ));
+        assert!(matches!(
+            subscribe_reply.try_recv(),
+            Ok(Err(SubscribeError::Disconnected))
+        ));
+        assert_eq!(session.next_deadline(), Some(now + KEEP_ALIVE));
+    }
+
+    #[test]
+    fn method_requests_are_acknowledged_and_dispatched_to_the_handler() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let (reply, mut subscribe_reply) = oneshot::channel();
+        let handler =
+            erase_handler(|_request: MethodRequest| async { MethodResponse::ok(Value::Null) });
+        session.handle_request(Request::OnMethod(Box::new(OnMethodCommand {
+            handler,
+            reply,
+        })));
+        let subscribe_id = expect_subscribe(&drain(&mut session, now)[0], "$iothub/methods/POST/#");
+        session
+            .handle_packet(suback(
+                subscribe_id,
+                SubscribeReturnCode::Success(QoS::AtLeastOnce),
+            ))
+            .expect("valid");
+        assert!(matches!(subscribe_reply.try_recv(), Ok(Ok(()))));
+
+        let call = session
+            .handle_packet(hub_publish(
+                "$iothub/methods/POST/reboot/?$rid=abc",
+                Some(4),
+                r#"{"delay":5}"#,
+            ))
+            .expect("valid")
+            .expect("dispatched");
+        assert_eq!(
+            (call.method_name.as_str(), call.request_id.as_str()),
+            ("reboot", "abc")
+        );
+        assert_eq!(&call.payload[..], br#"{"delay":5}"#);
+        assert_eq!(
+            drain(&mut session, now),
+            vec![Packet::PubAck(PacketId::new(4).expect("non-zero"))]
+        );
+
+        let message = MethodResponseMessage {
+            status: 200,
+            request_id: "abc".into(),
+            payload: Bytes::from_static(b"{}"),
+        };
+        session.handle_request(Request::MethodResponse(Box::new(message)));
+        let sent = drain(&mut session, now);
+        let response = expect_publish(&sent[0]);
+        assert_eq!(response.topic, "$iothub/methods/res/200/?$rid=abc");
+        session
+            .handle_packet(Packet::PubAck(response.packet_id.expect("QoS 1")))
+            .expect("valid");
+        assert!(session.in_flight.is_empty());
+    }
+
+    #[test]
+    fn method_request_without_handler_is_answered_501() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let call = session
+            .handle_packet(hub_publish("$iothub/methods/POST/reboot/?$rid=1", None, ""))
+            .expect("valid");
+        assert!(call.is_none());
+        let sent = drain(&mut session, now);
+        assert_eq!(
+            expect_publish(&sent[0]).topic,
+            "$iothub/methods/res/501/?$rid=1"
+        );
+    }
+
+    #[test]
+    fn method_requests_beyond_the_concurrency_cap_are_answered_429() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let (reply, _subscribe_reply) = oneshot::channel();
+        let handler =
+            erase_handler(|_request: MethodRequest| async { MethodResponse::ok(Value::Null) });
+        session.handle_request(Request::OnMethod(Box::new(OnMethodCommand {
+            handler,
+            reply,
+        })));
+        drain(&mut session, now);
+        let calls: Vec<MethodCall> = (0..MAX_CONCURRENT_METHOD_CALLS)
+            .map(|index| {
+                let topic = format!("$iothub/methods/POST/m/?$rid={index}");
+                session
+                    .handle_packet(hub_publish(&topic, None, ""))
+                    .expect("valid")
+                    .expect("dispatched")
+            })
+            .collect();
+        let refused = session
+            .handle_packet(hub_publish("$iothub/methods/POST/m/?$rid=x", None, ""))
+            .expect("valid");
+        assert!(refused.is_none());
+        assert_eq!(
+            expect_publish(&drain(&mut session, now)[0]).topic,
+            "$iothub/methods/res/429/?$rid=x"
+        );
+        drop(calls);
+        let admitted = session
+            .handle_packet(hub_publish("$iothub/methods/POST/m/?$rid=y", None, ""))
+            .expect("valid");
+        assert!(admitted.is_some(), "permits return when calls finish");
+    }
+
+    #[test]
+    fn desired_patches_reach_the_sink_and_a_second_stream_is_refused() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
+        let sink = crate::desired::tests_support::sink(sender);
+        let (reply, mut subscribe_reply) = oneshot::channel();
+        session.handle_request(Request::DesiredPatches(Box::new(DesiredPatchesCommand {
+            sink,
+            reply,
+        })));
+        let subscribe_id = expect_subscribe(
+            &drain(&mut session, now)[0],
+            "$iothub/twin/PATCH/properties/desired/#",
+        );
+        session
+            .handle_packet(suback(
+                subscribe_id,
+                SubscribeReturnCode::Success(QoS::AtMostOnce),
+            ))
+            .expect("valid");
+        assert!(matches!(subscribe_reply.try_recv(), Ok(Ok(()))));
+
+        session
+            .handle_packet(hub_publish(
+                "$iothub/twin/PATCH/properties/desired/?$version=3",
+                Some(5),
+                r#"{"$version":3}"#,
+            ))
+            .expect("valid");
+        let patch = receiver.try_recv().expect("delivered");
+        assert_eq!(
+            (patch.topic_version, &patch.payload[..]),
+            (Some(3), &br#"{"$version":3}"#[..])
+        );
+
+        let (other_sender, _other_receiver) = tokio::sync::mpsc::channel(4);
+        let (reply, mut second_reply) = oneshot::channel();
+        let sink = crate::desired::tests_support::sink(other_sender);
+        session.handle_request(Request::DesiredPatches(Box::new(DesiredPatchesCommand {
+            sink,
+            reply,
+        })));
+        assert!(matches!(
+            second_reply.try_recv(),
+            Ok(Err(SubscribeError::AlreadyActive))
+        ));
+
+        // Once the first stream is gone a new one is accepted without subscribing again.
+        drop(receiver);
+        let (third_sender, _third_receiver) = tokio::sync::mpsc::channel(4);
+        let (reply, mut third_reply) = oneshot::channel();
+        let sink = crate::desired::tests_support::sink(third_sender);
+        session.handle_request(Request::DesiredPatches(Box::new(DesiredPatchesCommand {
+            sink,
+            reply,
+        })));
+        assert!(matches!(third_reply.try_recv(), Ok(Ok(()))));
+        let sent = drain(&mut session, now);
+        assert_eq!(
+            sent,
+            vec![Packet::PubAck(PacketId::new(5).expect("non-zero"))]
+        );
+    }
+
+    #[test]
+    fn cloud_to_device_messages_are_left_unacknowledged_and_unknown_topics_acknowledged() {
+        let now = Instant::now();
+        let mut session = session(now);
+        session
+            .handle_packet(hub_publish(
+                "devices/dev1/messages/devicebound/%24.mid=1",
+                Some(7),
+                "x",
+            ))
+            .expect("valid");
+        assert!(drain(&mut session, now).is_empty());
+        session
+            .handle_packet(hub_publish("somewhere/else", Some(8), "x"))
+            .expect("valid");
+        assert_eq!(
+            drain(&mut session, now),
+            vec![Packet::PubAck(PacketId::new(8).expect("non-zero"))]
+        );
+    }
+
+    #[test]
+    fn protocol_violations_from_the_hub_close_the_connection() {
+        let now = Instant::now();
+        let violations = [
+            Packet::PingReq,
+            Packet::Disconnect,
+            Packet::ConnAck(fleethub_mqtt::ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Accepted,
+            }),
+            Packet::PubRel(PacketId::new(1).expect("non-zero")),
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: "$iothub/twin/res/200/?$rid=1".into(),
+                packet_id: PacketId::new(1),
+                payload: Bytes::new(),
+            }),
+        ];
+        for packet in violations {
+            let name = packet.name();
+            let result = session(now).handle_packet(packet);
+            assert!(
+                matches!(result, Err(DisconnectReason::ProtocolViolation(_))),
+                "{name}"
+            );
+        }
+        let mut lenient = session(now);
+        lenient
+            .handle_packet(Packet::PubAck(PacketId::new(3).expect("non-zero")))
+            .expect("unknown PUBACK is ignored");
+        lenient
+            .handle_packet(suback(
+                PacketId::new(3).expect("non-zero"),
+                SubscribeReturnCode::Failure,
+            ))
+            .expect("ignored");
+    }
+
+    #[test]
+    fn keep_alive_pings_when_idle_and_fails_without_pingresp() {
+        let start = Instant::now();
+        let mut session = session(start);
+        assert_eq!(session.next_deadline(), Some(start + KEEP_ALIVE));
+
+        // Sending postpones the ping.
+        let later = start + Duration::from_secs(30);
+        session.outgoing.push_back(Packet::PingResp);
+        drain(&mut session, later);
+        session.on_timer(start + KEEP_ALIVE).expect("not yet");
+        assert!(drain(&mut session, start + KEEP_ALIVE).is_empty());
+
+        let ping_at = later + KEEP_ALIVE;
+        assert_eq!(session.next_deadline(), Some(ping_at));
+        session.on_timer(ping_at).expect("ping");
+        assert_eq!(drain(&mut session, ping_at), vec![Packet::PingReq]);
+        session.handle_packet(Packet::PingResp).expect("valid");
+        assert_eq!(session.next_deadline(), Some(ping_at + KEEP_ALIVE));
+
+        let second_ping = ping_at + KEEP_ALIVE;
+        session.on_timer(second_ping).expect("ping");
+        drain(&mut session, second_ping);
+        assert_eq!(session.next_deadline(), Some(second_ping + KEEP_ALIVE));
+        assert_eq!(
+            session.on_timer(second_ping + KEEP_ALIVE),
+            Err(DisconnectReason::KeepAliveTimeout)
+        );
+    }
+
+    #[test]
+    fn zero_keep_alive_never_pings() {
+        let now = Instant::now();
+        let mut session =
+            Session::new(ClientId::parse("dev1").expect("valid"), Duration::ZERO, now);
+        assert_eq!(session.next_deadline(), None);
+        session
+            .on_timer(now + Duration::from_secs(100_000))
+            .expect("no keep-alive");
+        assert!(drain(&mut session, now).is_empty());
+    }
+
+    #[test]
+    fn packet_ids_wrap_and_skip_ids_still_in_flight() {
+        let now = Instant::now();
+        let mut session = session(now);
+        session.last_packet_id = u16::MAX - 1;
+        session.publish("a".into(), Bytes::new());
+        session.publish("b".into(), Bytes::new());
+        session.last_packet_id = u16::MAX - 1;
+        session.publish("c".into(), Bytes::new());
+        let ids: Vec<u16> = drain(&mut session, now)
+            .iter()
+            .map(|packet| expect_publish(packet).packet_id.expect("QoS 1").get())
+            .collect();
+        assert_eq!(ids, [u16::MAX, 1, 2]);
+    }
+}
