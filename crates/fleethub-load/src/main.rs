@@ -1,1 +1,458 @@
-fn main() {}
+//! `fleethub-load`: starts a real `fleethub serve` process on loopback, drives it with real device
+//! connections (our device SDK over MQTT/TLS) and real service calls (our service SDK over HTTPS), and
+//! reports what it measured. Every number in BENCHMARKS.md comes from here (see `bench/run.sh`).
+//!
+//! Hub and load generator share the machine, so numbers are for the pair on one box; the report records the
+//! machine's cores and memory next to them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use fleethub_device::{DeviceClient, DeviceClientOptions, MethodResponse};
+use fleethub_protocol::ids::DeviceId;
+use fleethub_protocol::rest::{CloudToDeviceMethod, Device};
+use fleethub_service::{ServiceClient, ServiceClientOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+#[derive(Parser)]
+#[command(name = "fleethub-load", about = "Measure a real fleethub hub under load on this machine")]
+struct Cli {
+    /// The `fleethub` binary to start (default: next to this executable).
+    #[arg(long, global = true)]
+    hub_bin: Option<PathBuf>,
+    /// Also write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Clone)]
+enum Scenario {
+    /// Direct-method round trip REST -> hub -> device -> hub -> REST at several concurrency levels.
+    Methods {
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Calls in flight, one run per value.
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        in_flight: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Durable reported-property patches: every device patches as fast as its previous patch is acknowledged.
+    Patches {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Connect rate and resident memory per idle device connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Seconds to let the hub settle before reading its memory.
+        #[arg(long, default_value_t = 3)]
+        settle_seconds: u64,
+    },
+    /// Everything BENCHMARKS.md reports for the hub core, with its default parameters.
+    All {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: Machine,
+    results: Vec<Measurement>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cores: usize,
+    memory_gib: f64,
+    kernel: String,
+    note: &'static str,
+}
+
+#[derive(Serialize, Clone)]
+struct Measurement {
+    scenario: String,
+    parameters: String,
+    operations: u64,
+    seconds: f64,
+    per_second: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    p999_ms: Option<f64>,
+    errors: u64,
+    /// For the idle scenario: hub resident memory added per connection.
+    bytes_per_connection: Option<f64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let hub_bin = match cli.hub_bin {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("fleethub"),
+    };
+    if !hub_bin.exists() {
+        bail!("no hub binary at {}: build it (cargo build --release -p fleethub) or pass --hub-bin", hub_bin.display());
+    }
+    let mut results = Vec::new();
+    match cli.scenario {
+        Scenario::Methods { devices, in_flight, seconds } => {
+            results.extend(methods(&hub_bin, devices, &in_flight, seconds).await?);
+        }
+        Scenario::Patches { devices, seconds } => results.push(patches(&hub_bin, devices, seconds).await?),
+        Scenario::Idle { devices, settle_seconds } => results.push(idle(&hub_bin, devices, settle_seconds).await?),
+        Scenario::All { seconds } => {
+            results.extend(methods(&hub_bin, 100, &[1, 100, 1000], seconds).await?);
+            results.push(patches(&hub_bin, 1000, seconds).await?);
+            results.push(idle(&hub_bin, 10_000, 3).await?);
+        }
+    }
+    let report = Report { machine: machine(), results };
+    print_table(&report);
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The hub under test
+
+struct Hub {
+    child: Child,
+    _directory: tempfile::TempDir,
+    ca_pem: String,
+    mqtt_port: u16,
+    service: ServiceClient,
+}
+
+impl Hub {
+    async fn start(hub_bin: &Path) -> anyhow::Result<Self> {
+        let directory = tempfile::tempdir()?;
+        let data_dir = directory.path().join("data");
+        let (mqtt_port, https_port) = (free_port()?, free_port()?);
+        let log = std::fs::File::create(directory.path().join("hub.log"))?;
+        let child = Command::new(hub_bin)
+            .args(["serve", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}"), "--https-listen", &format!("127.0.0.1:{https_port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", hub_bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let connection_string = loop {
+            let output = Command::new(hub_bin).args(["connection-string", "--data-dir"]).arg(&data_dir).output()?;
+            let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if output.status.success() && text.contains(&format!(":{https_port};")) {
+                break text;
+            }
+            if Instant::now() > deadline {
+                bail!("the hub did not start; see its log");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem"))?;
+        let options = ServiceClientOptions { ca_pem: Some(ca_pem.clone()), ..ServiceClientOptions::default() };
+        let service = ServiceClient::from_connection_string(&connection_string, options)?;
+        service.registry_statistics().await.context("the hub answers REST")?;
+        Ok(Self { child, _directory: directory, ca_pem, mqtt_port, service })
+    }
+
+    fn resident_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS in /proc/PID/status")?;
+        Ok(kib * 1024)
+    }
+
+    /// Registers `count` devices and returns their connection strings.
+    async fn create_devices(&self, prefix: &str, count: usize) -> anyhow::Result<Vec<String>> {
+        let progress = progress(count as u64, "creating devices");
+        let limit = Arc::new(Semaphore::new(64));
+        let mut tasks = JoinSet::new();
+        for index in 0..count {
+            let service = self.service.clone();
+            let permit = Arc::clone(&limit).acquire_owned().await?;
+            let progress = progress.clone();
+            let id: DeviceId = format!("{prefix}-{index:06}").parse()?;
+            tasks.spawn(async move {
+                let _permit = permit;
+                let device = service.create_device(&Device::new(id)).await?;
+                progress.inc(1);
+                let connection_string =
+                    service.device_connection_string(&device).context("the hub generated SAS keys")?;
+                anyhow::Ok((index, connection_string))
+            });
+        }
+        let mut strings = vec![String::new(); count];
+        while let Some(joined) = tasks.join_next().await {
+            let (index, connection_string) = joined??;
+            strings[index] = connection_string;
+        }
+        progress.finish_and_clear();
+        Ok(strings)
+    }
+
+    fn device_options(&self) -> DeviceClientOptions {
+        DeviceClientOptions::default().with_ca_pem(self.ca_pem.clone()).with_port(self.mqtt_port)
+    }
+
+    /// Connects a device for every connection string, `parallel` handshakes at a time.
+    async fn connect_devices(&self, strings: &[String], answer_methods: bool) -> anyhow::Result<(Vec<DeviceClient>, Duration)> {
+        let progress = progress(strings.len() as u64, "connecting devices");
+        let limit = Arc::new(Semaphore::new(100));
+        let started = Instant::now();
+        let mut tasks = JoinSet::new();
+        for (index, connection_string) in strings.iter().enumerate() {
+            let permit = Arc::clone(&limit).acquire_owned().await?;
+            let connect = DeviceClient::connect(connection_string, self.device_options());
+            let progress = progress.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let client = connect.await?;
+                if answer_methods {
+                    client.on_method(|_request| async { MethodResponse::ok(json!({"ok": true})) }).await?;
+                }
+                progress.inc(1);
+                anyhow::Ok((index, client))
+            });
+        }
+        let mut clients = Vec::with_capacity(strings.len());
+        while let Some(joined) = tasks.join_next().await {
+            clients.push(joined??);
+        }
+        let elapsed = started.elapsed();
+        progress.finish_and_clear();
+        clients.sort_by_key(|(index, _)| *index);
+        Ok((clients.into_iter().map(|(_, client)| client).collect(), elapsed))
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn progress(length: u64, message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:20} [{bar:40}] {pos}/{len} {per_sec}").expect("valid template").progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scenarios
+
+async fn methods(hub_bin: &Path, devices: usize, in_flight: &[usize], seconds: u64) -> anyhow::Result<Vec<Measurement>> {
+    let hub = Hub::start(hub_bin).await?;
+    let strings = hub.create_devices("method", devices).await?;
+    let (clients, _) = hub.connect_devices(&strings, true).await?;
+    let ids: Arc<Vec<DeviceId>> = Arc::new(clients.iter().map(|client| client.client_id().device.clone()).collect());
+    let mut results = Vec::new();
+    for &concurrency in in_flight {
+        // Warm up connections (HTTPS pool, TLS sessions) before measuring.
+        run_method_calls(&hub.service, &ids, concurrency, Duration::from_secs(1)).await;
+        let (latencies, errors, elapsed) = run_method_calls(&hub.service, &ids, concurrency, Duration::from_secs(seconds)).await;
+        results.push(measurement("direct method round trip", format!("{concurrency} in flight, {devices} devices"), latencies, errors, elapsed));
+    }
+    drop(clients);
+    Ok(results)
+}
+
+async fn run_method_calls(service: &ServiceClient, ids: &Arc<Vec<DeviceId>>, concurrency: usize, length: Duration) -> (Vec<u32>, u64, Duration) {
+    let started = Instant::now();
+    let deadline = started + length;
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for worker in 0..concurrency {
+        let service = service.clone();
+        let ids = Arc::clone(ids);
+        let errors = Arc::clone(&errors);
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut call = worker;
+            let request = CloudToDeviceMethod {
+                method_name: "ping".into(),
+                payload: json!({"n": 1}),
+                response_timeout_in_seconds: Some(30),
+                connect_timeout_in_seconds: Some(0),
+            };
+            while Instant::now() < deadline {
+                let id = &ids[call % ids.len()];
+                call += concurrency;
+                let sent = Instant::now();
+                match service.invoke_method(id, &request).await {
+                    Ok(result) if result.status == 200 => latencies.push(sent.elapsed().as_micros() as u32),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        latencies.extend(joined.unwrap_or_default());
+    }
+    (latencies, errors.load(Ordering::Relaxed) as u64, started.elapsed())
+}
+
+async fn patches(hub_bin: &Path, devices: usize, seconds: u64) -> anyhow::Result<Measurement> {
+    let hub = Hub::start(hub_bin).await?;
+    let strings = hub.create_devices("patch", devices).await?;
+    let (clients, _) = hub.connect_devices(&strings, false).await?;
+    // One patch each first: the SDK subscribes to twin responses on first use.
+    for client in &clients {
+        client.patch_reported(&json!({"warm": true})).await?;
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for client in clients {
+        let errors = Arc::clone(&errors);
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut sequence = 0u64;
+            while Instant::now() < deadline {
+                sequence += 1;
+                let patch = json!({"firmwareStatus": "downloading", "progress": sequence % 100, "sequence": sequence});
+                let sent = Instant::now();
+                match client.patch_reported(&patch).await {
+                    Ok(_) => latencies.push(sent.elapsed().as_micros() as u32),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        latencies.extend(joined.unwrap_or_default());
+    }
+    let elapsed = started.elapsed();
+    Ok(measurement(
+        "durable reported patches",
+        format!("{devices} devices, each waits for its 204"),
+        latencies,
+        errors.load(Ordering::Relaxed) as u64,
+        elapsed,
+    ))
+}
+
+async fn idle(hub_bin: &Path, devices: usize, settle_seconds: u64) -> anyhow::Result<Measurement> {
+    let hub = Hub::start(hub_bin).await?;
+    let strings = hub.create_devices("idle", devices).await?;
+    // Let the hub's allocator settle after creating the devices, then take the baseline.
+    tokio::time::sleep(Duration::from_secs(settle_seconds)).await;
+    let baseline = hub.resident_bytes()?;
+    let (clients, elapsed) = hub.connect_devices(&strings, false).await?;
+    tokio::time::sleep(Duration::from_secs(settle_seconds)).await;
+    let connected = hub.resident_bytes()?;
+    let per_connection = connected.saturating_sub(baseline) as f64 / devices as f64;
+    let mut result = measurement("idle connections", format!("{devices} MQTT/TLS devices, connect rate"), Vec::new(), 0, elapsed);
+    result.operations = devices as u64;
+    result.per_second = devices as f64 / elapsed.as_secs_f64();
+    result.bytes_per_connection = Some(per_connection);
+    drop(clients);
+    Ok(result)
+}
+
+fn measurement(scenario: &str, parameters: String, mut latencies: Vec<u32>, errors: u64, elapsed: Duration) -> Measurement {
+    latencies.sort_unstable();
+    let percentile = |fraction: f64| -> Option<f64> {
+        if latencies.is_empty() {
+            return None;
+        }
+        let index = ((latencies.len() as f64 * fraction).ceil() as usize).clamp(1, latencies.len()) - 1;
+        Some(latencies[index] as f64 / 1000.0)
+    };
+    let seconds = elapsed.as_secs_f64();
+    Measurement {
+        scenario: scenario.into(),
+        parameters,
+        operations: latencies.len() as u64,
+        seconds,
+        per_second: latencies.len() as f64 / seconds,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        p999_ms: percentile(0.999),
+        errors,
+        bytes_per_connection: None,
+    }
+}
+
+fn machine() -> Machine {
+    let memory_kib: f64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0.0);
+    Machine {
+        cores: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        note: "hub and load generator on the same machine, over loopback",
+    }
+}
+
+fn print_table(report: &Report) {
+    let machine = &report.machine;
+    println!("machine: {} cores, {} GiB, Linux {} ({})", machine.cores, machine.memory_gib, machine.kernel, machine.note);
+    println!();
+    println!("| scenario | parameters | ops | ops/s | p50 ms | p99 ms | p99.9 ms | errors | bytes/conn |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let show = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}"));
+    for result in &report.results {
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            result.scenario,
+            result.parameters,
+            result.operations,
+            result.per_second,
+            show(result.p50_ms),
+            show(result.p99_ms),
+            show(result.p999_ms),
+            result.errors,
+            result.bytes_per_connection.map_or_else(|| "-".to_owned(), |bytes| format!("{bytes:.0}")),
+        );
+    }
+}
