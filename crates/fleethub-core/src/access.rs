@@ -13,8 +13,12 @@ pub enum AccessRight {
 }
 
 impl AccessRight {
-    pub const ALL: [AccessRight; 4] =
-        [Self::RegistryRead, Self::RegistryWrite, Self::ServiceConnect, Self::DeviceConnect];
+    pub const ALL: [AccessRight; 4] = [
+        Self::RegistryRead,
+        Self::RegistryWrite,
+        Self::ServiceConnect,
+        Self::DeviceConnect,
+    ];
 
     const fn bit(self) -> u8 {
         match self {
@@ -61,7 +65,9 @@ impl AccessRights {
     }
 
     pub fn iter(self) -> impl Iterator<Item = AccessRight> {
-        AccessRight::ALL.into_iter().filter(move |right| self.contains(*right))
+        AccessRight::ALL
+            .into_iter()
+            .filter(move |right| self.contains(*right))
     }
 }
 
@@ -116,8 +122,14 @@ pub const BUILT_IN_POLICIES: [(&str, AccessRights); 5] = [
         ]),
     ),
     ("service", AccessRights::of(&[AccessRight::ServiceConnect])),
-    ("registryRead", AccessRights::of(&[AccessRight::RegistryRead])),
-    ("registryReadWrite", AccessRights::of(&[AccessRight::RegistryWrite])),
+    (
+        "registryRead",
+        AccessRights::of(&[AccessRight::RegistryRead]),
+    ),
+    (
+        "registryReadWrite",
+        AccessRights::of(&[AccessRight::RegistryWrite]),
+    ),
     ("device", AccessRights::of(&[AccessRight::DeviceConnect])),
 ];
 
@@ -136,7 +148,10 @@ mod tests {
     fn rights_serialise_as_names_and_back() {
         let rights = BUILT_IN_POLICIES[0].1;
         let json = serde_json::to_string(&rights).unwrap();
-        assert_eq!(json, r#"["RegistryRead","RegistryWrite","ServiceConnect","DeviceConnect"]"#);
+        assert_eq!(
+            json,
+            r#"["RegistryRead","RegistryWrite","ServiceConnect","DeviceConnect"]"#
+        );
         assert_eq!(serde_json::from_str::<AccessRights>(&json).unwrap(), rights);
         assert!(serde_json::from_str::<AccessRights>(r#"["Root"]"#).is_err());
     }

@@ -17,20 +17,32 @@ pub struct IdentityKey {
 
 impl IdentityKey {
     pub fn device(device_id: DeviceId) -> Self {
-        Self { device_id, module_id: None }
+        Self {
+            device_id,
+            module_id: None,
+        }
     }
 
     pub fn module(device_id: DeviceId, module_id: ModuleId) -> Self {
-        Self { device_id, module_id: Some(module_id) }
+        Self {
+            device_id,
+            module_id: Some(module_id),
+        }
     }
 
     /// The MQTT client id of this identity: `device` or `device/module`.
     pub fn client_id(&self) -> ClientId {
-        ClientId { device: self.device_id.clone(), module: self.module_id.clone() }
+        ClientId {
+            device: self.device_id.clone(),
+            module: self.module_id.clone(),
+        }
     }
 
     pub fn from_client_id(client_id: &ClientId) -> Self {
-        Self { device_id: client_id.device.clone(), module_id: client_id.module.clone() }
+        Self {
+            device_id: client_id.device.clone(),
+            module_id: client_id.module.clone(),
+        }
     }
 }
 
@@ -111,7 +123,10 @@ pub enum IdentitySpecError {
     #[error("{which} thumbprint must be 40 (SHA-1) or 64 (SHA-256) hexadecimal characters")]
     Thumbprint { which: &'static str },
     #[error("authentication type {kind} needs {what}")]
-    MissingCredential { kind: &'static str, what: &'static str },
+    MissingCredential {
+        kind: &'static str,
+        what: &'static str,
+    },
     #[error("status reason must be at most 128 characters")]
     StatusReasonTooLong,
 }
@@ -181,10 +196,13 @@ impl Identity {
     /// The symmetric keys a device may sign its SAS tokens with, primary first.
     pub fn symmetric_keys(&self) -> impl Iterator<Item = &str> {
         let usable = self.authentication.kind == AuthenticationType::Sas;
-        [self.authentication.primary_key.as_deref(), self.authentication.secondary_key.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter(move |_| usable)
+        [
+            self.authentication.primary_key.as_deref(),
+            self.authentication.secondary_key.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(move |_| usable)
     }
 }
 
@@ -203,8 +221,14 @@ fn complete_authentication(
 ) -> Result<Authentication, IdentitySpecError> {
     match authentication.kind {
         AuthenticationType::Sas => {
-            let primary = authentication.primary_key.take().filter(|key| !key.is_empty());
-            let secondary = authentication.secondary_key.take().filter(|key| !key.is_empty());
+            let primary = authentication
+                .primary_key
+                .take()
+                .filter(|key| !key.is_empty());
+            let secondary = authentication
+                .secondary_key
+                .take()
+                .filter(|key| !key.is_empty());
             let primary = primary.unwrap_or(fresh_keys.primary);
             let secondary = secondary.unwrap_or(fresh_keys.secondary);
             validate_key("primary", &primary)?;
@@ -217,18 +241,26 @@ fn complete_authentication(
         AuthenticationType::SelfSigned => {
             authentication.primary_key = None;
             authentication.secondary_key = None;
-            let primary = authentication.primary_thumbprint.take().filter(|t| !t.is_empty());
-            let secondary = authentication.secondary_thumbprint.take().filter(|t| !t.is_empty());
+            let primary = authentication
+                .primary_thumbprint
+                .take()
+                .filter(|t| !t.is_empty());
+            let secondary = authentication
+                .secondary_thumbprint
+                .take()
+                .filter(|t| !t.is_empty());
             if primary.is_none() && secondary.is_none() {
                 return Err(IdentitySpecError::MissingCredential {
                     kind: "selfSigned",
                     what: "a primary or secondary thumbprint",
                 });
             }
-            authentication.primary_thumbprint =
-                primary.map(|t| validate_thumbprint("primary", t)).transpose()?;
-            authentication.secondary_thumbprint =
-                secondary.map(|t| validate_thumbprint("secondary", t)).transpose()?;
+            authentication.primary_thumbprint = primary
+                .map(|t| validate_thumbprint("primary", t))
+                .transpose()?;
+            authentication.secondary_thumbprint = secondary
+                .map(|t| validate_thumbprint("secondary", t))
+                .transpose()?;
         }
         AuthenticationType::CertificateAuthority | AuthenticationType::None => {
             authentication.primary_key = None;
@@ -245,14 +277,21 @@ fn validate_key(which: &'static str, key: &str) -> Result<(), IdentitySpecError>
         .decode(key)
         .map_err(|_| IdentitySpecError::KeyNotBase64 { which })?;
     if !(16..=64).contains(&bytes.len()) {
-        return Err(IdentitySpecError::KeyLength { which, bytes: bytes.len() });
+        return Err(IdentitySpecError::KeyLength {
+            which,
+            bytes: bytes.len(),
+        });
     }
     Ok(())
 }
 
 /// Thumbprints are compared upper-case, so they are stored upper-case.
-fn validate_thumbprint(which: &'static str, thumbprint: String) -> Result<String, IdentitySpecError> {
-    let ok = matches!(thumbprint.len(), 40 | 64) && thumbprint.bytes().all(|b| b.is_ascii_hexdigit());
+fn validate_thumbprint(
+    which: &'static str,
+    thumbprint: String,
+) -> Result<String, IdentitySpecError> {
+    let ok =
+        matches!(thumbprint.len(), 40 | 64) && thumbprint.bytes().all(|b| b.is_ascii_hexdigit());
     if ok {
         Ok(thumbprint.to_ascii_uppercase())
     } else {
@@ -296,7 +335,10 @@ mod tests {
     fn missing_keys_are_generated() {
         let identity = Identity::create(sas_spec(None), "1".into(), keys(), NOW).unwrap();
         assert_eq!(identity.authentication.primary_key, Some(keys().primary));
-        assert_eq!(identity.authentication.secondary_key, Some(keys().secondary));
+        assert_eq!(
+            identity.authentication.secondary_key,
+            Some(keys().secondary)
+        );
         assert_eq!(identity.connection_state, ConnectionState::Disconnected);
         assert_eq!(identity.symmetric_keys().count(), 2);
     }
@@ -307,9 +349,18 @@ mod tests {
         let identity = Identity::create(sas_spec(Some(given)), "1".into(), keys(), NOW).unwrap();
         assert_eq!(identity.authentication.primary_key.as_deref(), Some(given));
         let short = Identity::create(sas_spec(Some("cHJpbWFyeQ==")), "1".into(), keys(), NOW);
-        assert_eq!(short, Err(IdentitySpecError::KeyLength { which: "primary", bytes: 7 }));
+        assert_eq!(
+            short,
+            Err(IdentitySpecError::KeyLength {
+                which: "primary",
+                bytes: 7
+            })
+        );
         let garbage = Identity::create(sas_spec(Some("not base64!")), "1".into(), keys(), NOW);
-        assert_eq!(garbage, Err(IdentitySpecError::KeyNotBase64 { which: "primary" }));
+        assert_eq!(
+            garbage,
+            Err(IdentitySpecError::KeyNotBase64 { which: "primary" })
+        );
     }
 
     #[test]
@@ -336,7 +387,10 @@ mod tests {
         ));
         spec.authentication.primary_thumbprint = Some("c80b30af".repeat(5));
         let identity = Identity::create(spec.clone(), "1".into(), keys(), NOW).unwrap();
-        assert_eq!(identity.authentication.primary_thumbprint, Some("C80B30AF".repeat(5)));
+        assert_eq!(
+            identity.authentication.primary_thumbprint,
+            Some("C80B30AF".repeat(5))
+        );
         assert_eq!(identity.symmetric_keys().count(), 0);
         spec.authentication.primary_thumbprint = Some("xyz".into());
         assert_eq!(
@@ -347,7 +401,8 @@ mod tests {
 
     #[test]
     fn storage_form_round_trips() {
-        let identity = Identity::create(sas_spec(None), "638500000000000000".into(), keys(), NOW).unwrap();
+        let identity =
+            Identity::create(sas_spec(None), "638500000000000000".into(), keys(), NOW).unwrap();
         let json = serde_json::to_string(&identity).unwrap();
         let back: Identity = serde_json::from_str(&json).unwrap();
         assert_eq!(back, identity);

@@ -57,21 +57,29 @@ pub fn authorize_service(
     now_unix: u64,
 ) -> Result<ServiceCaller, ServiceAuthError> {
     let unauthenticated = |message: &str| ServiceAuthError::Unauthenticated(message.to_owned());
-    let header = authorization.ok_or_else(|| unauthenticated("the Authorization header is missing"))?;
-    let token: SasToken = header
-        .trim()
-        .parse()
-        .map_err(|error| ServiceAuthError::Unauthenticated(format!("the SAS token is malformed: {error}")))?;
+    let header =
+        authorization.ok_or_else(|| unauthenticated("the Authorization header is missing"))?;
+    let token: SasToken = header.trim().parse().map_err(|error| {
+        ServiceAuthError::Unauthenticated(format!("the SAS token is malformed: {error}"))
+    })?;
     let policy_name = token.key_name.as_deref().ok_or_else(|| {
-        unauthenticated("the SAS token names no policy (skn): service calls need a shared access policy token")
+        unauthenticated(
+            "the SAS token names no policy (skn): service calls need a shared access policy token",
+        )
     })?;
     let policies = services.policies();
     let policy = policies
         .iter()
         .find(|policy| policy.key_name == policy_name)
-        .ok_or_else(|| ServiceAuthError::Unauthenticated(format!("unknown shared access policy {policy_name:?}")))?;
+        .ok_or_else(|| {
+            ServiceAuthError::Unauthenticated(format!(
+                "unknown shared access policy {policy_name:?}"
+            ))
+        })?;
     if !signed_by_policy(&token, policy) {
-        return Err(unauthenticated("the SAS token's signature does not match the policy's keys"));
+        return Err(unauthenticated(
+            "the SAS token's signature does not match the policy's keys",
+        ));
     }
     if token.is_expired(now_unix) {
         return Err(unauthenticated("the SAS token has expired"));
@@ -90,11 +98,21 @@ pub fn authorize_service(
             "the SAS token is scoped to {scope:?}, which does not cover {request_path:?}"
         )));
     }
-    if !requirement.0.iter().any(|right| policy.rights.contains(*right)) {
+    if !requirement
+        .0
+        .iter()
+        .any(|right| policy.rights.contains(*right))
+    {
         let needed: Vec<&str> = requirement.0.iter().map(|right| right.name()).collect();
-        return Err(ServiceAuthError::Forbidden { policy: policy.key_name.clone(), needed: needed.join(", ") });
+        return Err(ServiceAuthError::Forbidden {
+            policy: policy.key_name.clone(),
+            needed: needed.join(", "),
+        });
     }
-    Ok(ServiceCaller { policy: policy.key_name.clone(), rights: policy.rights })
+    Ok(ServiceCaller {
+        policy: policy.key_name.clone(),
+        rights: policy.rights,
+    })
 }
 
 fn path_within(path: &str, scope: &str) -> bool {
@@ -119,7 +137,10 @@ pub struct ConnectRefusal {
 
 impl ConnectRefusal {
     fn new(code: ConnectReturnCode, reason: impl Into<String>) -> Self {
-        Self { code, reason: reason.into() }
+        Self {
+            code,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -133,11 +154,20 @@ pub async fn authenticate_device(
     now_unix: u64,
 ) -> Result<DeviceRecord, ConnectRefusal> {
     use ConnectReturnCode::{BadUserNameOrPassword, IdentifierRejected, NotAuthorized};
-    let client = ClientId::parse(client_id)
-        .map_err(|error| ConnectRefusal::new(IdentifierRejected, format!("client id {client_id:?}: {error}")))?;
-    let username = username.ok_or_else(|| ConnectRefusal::new(BadUserNameOrPassword, "no username"))?;
-    let (host, named_client) = split_username(username)
-        .ok_or_else(|| ConnectRefusal::new(BadUserNameOrPassword, format!("username {username:?} is not {{host}}/{{clientId}}/?...")))?;
+    let client = ClientId::parse(client_id).map_err(|error| {
+        ConnectRefusal::new(
+            IdentifierRejected,
+            format!("client id {client_id:?}: {error}"),
+        )
+    })?;
+    let username =
+        username.ok_or_else(|| ConnectRefusal::new(BadUserNameOrPassword, "no username"))?;
+    let (host, named_client) = split_username(username).ok_or_else(|| {
+        ConnectRefusal::new(
+            BadUserNameOrPassword,
+            format!("username {username:?} is not {{host}}/{{clientId}}/?..."),
+        )
+    })?;
     if named_client != client_id {
         return Err(ConnectRefusal::new(
             BadUserNameOrPassword,
@@ -145,44 +175,72 @@ pub async fn authenticate_device(
         ));
     }
     if !services.config.is_own_hostname(host_without_port(host)) {
-        return Err(ConnectRefusal::new(NotAuthorized, format!("username names host {host:?}, which is not this hub")));
+        return Err(ConnectRefusal::new(
+            NotAuthorized,
+            format!("username names host {host:?}, which is not this hub"),
+        ));
     }
     let password = password.ok_or_else(|| {
-        ConnectRefusal::new(NotAuthorized, "no password: X.509 device authentication is not supported yet")
+        ConnectRefusal::new(
+            NotAuthorized,
+            "no password: X.509 device authentication is not supported yet",
+        )
     })?;
     let password = std::str::from_utf8(password)
         .map_err(|_| ConnectRefusal::new(BadUserNameOrPassword, "the password is not UTF-8"))?;
-    let token: SasToken = password
-        .parse()
-        .map_err(|error| ConnectRefusal::new(BadUserNameOrPassword, format!("the SAS token is malformed: {error}")))?;
+    let token: SasToken = password.parse().map_err(|error| {
+        ConnectRefusal::new(
+            BadUserNameOrPassword,
+            format!("the SAS token is malformed: {error}"),
+        )
+    })?;
     let key = IdentityKey::from_client_id(&client);
     let record = services
         .store
         .get(&key)
         .await
-        .map_err(|error| ConnectRefusal::new(ConnectReturnCode::ServerUnavailable, error.to_string()))?
+        .map_err(|error| {
+            ConnectRefusal::new(ConnectReturnCode::ServerUnavailable, error.to_string())
+        })?
         .ok_or_else(|| ConnectRefusal::new(NotAuthorized, format!("{key} is not registered")))?;
 
     let signed = match token.key_name.as_deref() {
         None => {
-            let resource = DeviceResource::parse(&token.resource)
-                .map_err(|error| ConnectRefusal::new(NotAuthorized, format!("the token's resource: {error}")))?;
+            let resource = DeviceResource::parse(&token.resource).map_err(|error| {
+                ConnectRefusal::new(NotAuthorized, format!("the token's resource: {error}"))
+            })?;
             if resource.device_id != client.device || resource.module_id != client.module {
-                return Err(ConnectRefusal::new(NotAuthorized, format!("the token is for {}, not {key}", token.resource)));
+                return Err(ConnectRefusal::new(
+                    NotAuthorized,
+                    format!("the token is for {}, not {key}", token.resource),
+                ));
             }
             if !services.config.is_own_hostname(&resource.host) {
-                return Err(ConnectRefusal::new(NotAuthorized, format!("the token is for host {:?}", resource.host)));
+                return Err(ConnectRefusal::new(
+                    NotAuthorized,
+                    format!("the token is for host {:?}", resource.host),
+                ));
             }
-            record.identity.symmetric_keys().filter_map(|key| decode_key(key).ok()).any(|key| token.signature_matches(&key))
+            record
+                .identity
+                .symmetric_keys()
+                .filter_map(|key| decode_key(key).ok())
+                .any(|key| token.signature_matches(&key))
         }
         Some(policy_name) => {
             // A policy token with DeviceConnect may connect any device its `sr` covers.
             let policies = services.policies();
             let policy = policies
                 .iter()
-                .find(|policy| policy.key_name == policy_name && policy.rights.contains(AccessRight::DeviceConnect))
+                .find(|policy| {
+                    policy.key_name == policy_name
+                        && policy.rights.contains(AccessRight::DeviceConnect)
+                })
                 .ok_or_else(|| {
-                    ConnectRefusal::new(NotAuthorized, format!("policy {policy_name:?} does not exist or lacks DeviceConnect"))
+                    ConnectRefusal::new(
+                        NotAuthorized,
+                        format!("policy {policy_name:?} does not exist or lacks DeviceConnect"),
+                    )
                 })?;
             let resource = TokenResource::parse(&token.resource);
             let device_path = match &client.module {
@@ -190,25 +248,47 @@ pub async fn authenticate_device(
                 None => format!("/devices/{}", client.device),
             };
             let scope = resource.path.trim_end_matches('/');
-            if !services.config.is_own_hostname(&resource.host) || (!scope.is_empty() && !path_within(&device_path, scope)) {
-                return Err(ConnectRefusal::new(NotAuthorized, format!("the token's resource does not cover {key}")));
+            if !services.config.is_own_hostname(&resource.host)
+                || (!scope.is_empty() && !path_within(&device_path, scope))
+            {
+                return Err(ConnectRefusal::new(
+                    NotAuthorized,
+                    format!("the token's resource does not cover {key}"),
+                ));
             }
             signed_by_policy(&token, policy)
         }
     };
     if !signed {
-        return Err(ConnectRefusal::new(NotAuthorized, "the SAS token's signature does not match"));
+        return Err(ConnectRefusal::new(
+            NotAuthorized,
+            "the SAS token's signature does not match",
+        ));
     }
     if token.is_expired(now_unix) {
-        return Err(ConnectRefusal::new(NotAuthorized, "the SAS token has expired"));
+        return Err(ConnectRefusal::new(
+            NotAuthorized,
+            "the SAS token has expired",
+        ));
     }
     if !record.identity.is_enabled() {
-        return Err(ConnectRefusal::new(NotAuthorized, format!("{key} is disabled")));
+        return Err(ConnectRefusal::new(
+            NotAuthorized,
+            format!("{key} is disabled"),
+        ));
     }
     if record.key.module_id.is_some() {
-        let device = services.store.get(&IdentityKey::device(record.key.device_id.clone())).await.ok().flatten();
+        let device = services
+            .store
+            .get(&IdentityKey::device(record.key.device_id.clone()))
+            .await
+            .ok()
+            .flatten();
         if !device.is_some_and(|device| device.identity.is_enabled()) {
-            return Err(ConnectRefusal::new(NotAuthorized, format!("device {} is disabled", record.key.device_id)));
+            return Err(ConnectRefusal::new(
+                NotAuthorized,
+                format!("device {} is disabled", record.key.device_id),
+            ));
         }
     }
     Ok(record)
@@ -242,7 +322,10 @@ mod tests {
     fn usernames_split_into_host_and_client() {
         let python = "localhost/dev1/?api-version=2019-10-01&DeviceClientType=azure-iot-device-iothub-py%2F2.14.0";
         assert_eq!(split_username(python), Some(("localhost", "dev1")));
-        assert_eq!(split_username("localhost:8883/dev1/mod1/?api-version=2021-04-12"), Some(("localhost:8883", "dev1/mod1")));
+        assert_eq!(
+            split_username("localhost:8883/dev1/mod1/?api-version=2021-04-12"),
+            Some(("localhost:8883", "dev1/mod1"))
+        );
         assert_eq!(split_username("hub/dev1/"), Some(("hub", "dev1")));
         assert_eq!(split_username("hub"), None);
         assert_eq!(split_username("/dev1/?x"), None);

@@ -36,7 +36,11 @@ impl HubConfig {
     /// Every name the server certificate must carry: the configured hostnames, `localhost`, `127.0.0.1`,
     /// and the specific IPs the listeners are bound to.
     pub fn certificate_names(&self) -> BTreeSet<String> {
-        let mut names: BTreeSet<String> = self.hostnames.iter().map(|name| name.to_ascii_lowercase()).collect();
+        let mut names: BTreeSet<String> = self
+            .hostnames
+            .iter()
+            .map(|name| name.to_ascii_lowercase())
+            .collect();
         names.insert("localhost".into());
         names.insert("127.0.0.1".into());
         for address in [self.mqtt_listen, self.https_listen] {

@@ -45,7 +45,10 @@ pub const META_MQTT_PORT: &str = "mqtt_port";
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("data directory {0} is in use by another fleethub process")]
     DataDirLocked(PathBuf),
     #[error("cannot open the store: {0}")]
@@ -53,7 +56,12 @@ pub enum StartError {
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsSetupError),
     #[error("cannot listen on {address} for {what}: {source}; choose another address with {flag}")]
-    Bind { what: &'static str, flag: &'static str, address: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        flag: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A started hub. Dropping it does not stop it; call [`RunningHub::shutdown`].
@@ -74,7 +82,10 @@ impl RunningHub {
         self.services.sessions.close_all(CloseReason::ShuttingDown);
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace period over with tasks still running");
         }
         flush_activity(&self.services).await;
@@ -93,17 +104,28 @@ impl RunningHub {
 /// Opens the data directory, prepares TLS and policies, binds both listeners and starts serving.
 pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     let data_dir = config.data_dir.clone();
-    fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+    fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
     let lock = lock_data_dir(&data_dir)?;
 
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
         &data_dir.join(DATABASE_FILE),
-        SqliteStoreOptions { twin_limits: config.twin_limits.clone(), ..SqliteStoreOptions::default() },
+        SqliteStoreOptions {
+            twin_limits: config.twin_limits.clone(),
+            ..SqliteStoreOptions::default()
+        },
     )?);
     let policies = ensure_policies(&*store).await?;
-    let marked = store.mark_all_disconnected(OffsetDateTime::now_utc()).await?;
+    let marked = store
+        .mark_all_disconnected(OffsetDateTime::now_utc())
+        .await?;
     if marked > 0 {
-        tracing::info!(identities = marked, "recorded identities left connected by the previous run as disconnected");
+        tracing::info!(
+            identities = marked,
+            "recorded identities left connected by the previous run as disconnected"
+        );
     }
 
     let certificates = tls::load_or_create(&data_dir, &config.certificate_names())?;
@@ -112,42 +134,63 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     }
     let acceptor = TlsAcceptor::from(Arc::clone(&certificates.server_config));
 
-    let mqtt_listener = TcpListener::bind(config.mqtt_listen).await.map_err(|source| StartError::Bind {
-        what: "MQTT",
-        flag: "--mqtt-listen",
-        address: config.mqtt_listen,
-        source,
-    })?;
-    let https_listener = TcpListener::bind(config.https_listen).await.map_err(|source| StartError::Bind {
-        what: "HTTPS",
-        flag: "--https-listen",
-        address: config.https_listen,
-        source,
-    })?;
-    let mqtt_address = mqtt_listener.local_addr().map_err(|source| StartError::Bind {
-        what: "MQTT",
-        flag: "--mqtt-listen",
-        address: config.mqtt_listen,
-        source,
-    })?;
-    let https_address = https_listener.local_addr().map_err(|source| StartError::Bind {
-        what: "HTTPS",
-        flag: "--https-listen",
-        address: config.https_listen,
-        source,
-    })?;
+    let mqtt_listener = TcpListener::bind(config.mqtt_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "MQTT",
+            flag: "--mqtt-listen",
+            address: config.mqtt_listen,
+            source,
+        })?;
+    let https_listener = TcpListener::bind(config.https_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "HTTPS",
+            flag: "--https-listen",
+            address: config.https_listen,
+            source,
+        })?;
+    let mqtt_address = mqtt_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "MQTT",
+            flag: "--mqtt-listen",
+            address: config.mqtt_listen,
+            source,
+        })?;
+    let https_address = https_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "HTTPS",
+            flag: "--https-listen",
+            address: config.https_listen,
+            source,
+        })?;
 
-    let hostname = config.hostnames.first().cloned().unwrap_or_else(|| "localhost".into());
+    let hostname = config
+        .hostnames
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
     store.set_meta(META_HOSTNAME, &hostname).await?;
-    store.set_meta(META_HTTPS_PORT, &https_address.port().to_string()).await?;
-    store.set_meta(META_MQTT_PORT, &mqtt_address.port().to_string()).await?;
+    store
+        .set_meta(META_HTTPS_PORT, &https_address.port().to_string())
+        .await?;
+    store
+        .set_meta(META_MQTT_PORT, &mqtt_address.port().to_string())
+        .await?;
 
     let services = Arc::new(Services::new(config, Arc::clone(&store), policies));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limiter = ConnectionLimiter::new(services.config.limits.max_connections);
     let ready = Arc::new(AtomicBool::new(false));
-    let router = rest::router(Arc::clone(&services), Arc::clone(&ready), shutdown.clone(), tracker.clone());
+    let router = rest::router(
+        Arc::clone(&services),
+        Arc::clone(&ready),
+        shutdown.clone(),
+        tracker.clone(),
+    );
 
     tracker.spawn(listeners::run_mqtt_listener(
         mqtt_listener,
@@ -166,7 +209,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         tracker.clone(),
         shutdown.clone(),
     ));
-    tracker.spawn(run_activity_flusher(Arc::clone(&services), shutdown.clone()));
+    tracker.spawn(run_activity_flusher(
+        Arc::clone(&services),
+        shutdown.clone(),
+    ));
     ready.store(true, Ordering::Release);
     tracing::info!(mqtt = %mqtt_address, https = %https_address, data_dir = %data_dir.display(), "fleethub is serving");
 
@@ -188,7 +234,10 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<fs::File, StartError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| StartError::DataDir { path: path.clone(), source })?;
+        .map_err(|source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(StartError::DataDirLocked(data_dir.to_owned())),
@@ -231,7 +280,9 @@ async fn flush_activity(services: &Services) {
         .collect_activity()
         .into_iter()
         .filter_map(|(key, millis)| {
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok().map(|time| (key, time))
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+                .ok()
+                .map(|time| (key, time))
         })
         .collect();
     if batch.is_empty() {

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use hyper_util::rt::TokioIo;
-use tower::ServiceExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
 use crate::mqtt::serve_connection;
 use crate::services::Services;
@@ -35,7 +35,10 @@ impl Drop for ConnectionSlot {
 
 impl ConnectionLimiter {
     pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self { live: AtomicUsize::new(0), max })
+        Arc::new(Self {
+            live: AtomicUsize::new(0),
+            max,
+        })
     }
 
     pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
@@ -87,7 +90,9 @@ pub async fn run_mqtt_listener(
             let timeout = services.config.limits.connect_timeout;
             let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => return tracing::debug!(%peer, %error, "mqtt tls handshake failed"),
+                Ok(Err(error)) => {
+                    return tracing::debug!(%peer, %error, "mqtt tls handshake failed");
+                }
                 Err(_) => return tracing::debug!(%peer, "mqtt tls handshake timed out"),
             };
             serve_connection(tls, services, peer, shutdown).await;
@@ -129,14 +134,18 @@ pub async fn run_https_listener(
             let _slot = slot;
             let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => return tracing::debug!(%peer, %error, "https tls handshake failed"),
+                Ok(Err(error)) => {
+                    return tracing::debug!(%peer, %error, "https tls handshake failed");
+                }
                 Err(_) => return tracing::debug!(%peer, "https tls handshake timed out"),
             };
             // The peer address rides along in each request's extensions (the WebSocket gateway logs it).
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(crate::rest::Peer(peer));
-                router.clone().oneshot(request)
-            });
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(crate::rest::Peer(peer));
+                    router.clone().oneshot(request)
+                },
+            );
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(timeout)

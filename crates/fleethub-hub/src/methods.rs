@@ -42,7 +42,11 @@ pub struct PendingCall<'a> {
 
 impl Drop for PendingCall<'_> {
     fn drop(&mut self) {
-        self.table.calls.lock().expect("pending methods lock poisoned").remove(&self.id);
+        self.table
+            .calls
+            .lock()
+            .expect("pending methods lock poisoned")
+            .remove(&self.id);
     }
 }
 
@@ -50,11 +54,24 @@ impl PendingMethods {
     pub fn register(&self, key: &IdentityKey) -> PendingCall<'_> {
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (sender, reply) = oneshot::channel();
-        self.calls.lock().expect("pending methods lock poisoned").insert(id, (key.clone(), sender));
-        PendingCall { table: self, id, request_id: format!("{id:x}"), reply }
+        self.calls
+            .lock()
+            .expect("pending methods lock poisoned")
+            .insert(id, (key.clone(), sender));
+        PendingCall {
+            table: self,
+            id,
+            request_id: format!("{id:x}"),
+            reply,
+        }
     }
 
-    pub fn complete(&self, responder: &IdentityKey, request_id: &str, reply: MethodReply) -> ReplyOutcome {
+    pub fn complete(
+        &self,
+        responder: &IdentityKey,
+        request_id: &str,
+        reply: MethodReply,
+    ) -> ReplyOutcome {
         let Ok(id) = u64::from_str_radix(request_id, 16) else {
             return ReplyOutcome::Unknown;
         };
@@ -73,7 +90,10 @@ impl PendingMethods {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.calls.lock().expect("pending methods lock poisoned").len()
+        self.calls
+            .lock()
+            .expect("pending methods lock poisoned")
+            .len()
     }
 }
 
@@ -89,12 +109,27 @@ mod tests {
     fn only_the_called_device_can_answer_and_only_once() {
         let pending = PendingMethods::default();
         let mut call = pending.register(&key("a"));
-        let reply = || MethodReply { status: 200, payload: Bytes::from_static(b"{}") };
-        assert_eq!(pending.complete(&key("b"), &call.request_id, reply()), ReplyOutcome::WrongResponder);
-        assert_eq!(pending.complete(&key("a"), &call.request_id, reply()), ReplyOutcome::Delivered);
-        assert_eq!(pending.complete(&key("a"), &call.request_id, reply()), ReplyOutcome::Unknown);
+        let reply = || MethodReply {
+            status: 200,
+            payload: Bytes::from_static(b"{}"),
+        };
+        assert_eq!(
+            pending.complete(&key("b"), &call.request_id, reply()),
+            ReplyOutcome::WrongResponder
+        );
+        assert_eq!(
+            pending.complete(&key("a"), &call.request_id, reply()),
+            ReplyOutcome::Delivered
+        );
+        assert_eq!(
+            pending.complete(&key("a"), &call.request_id, reply()),
+            ReplyOutcome::Unknown
+        );
         assert_eq!(call.reply.try_recv().unwrap().status, 200);
-        assert_eq!(pending.complete(&key("a"), "not-hex", reply()), ReplyOutcome::Unknown);
+        assert_eq!(
+            pending.complete(&key("a"), "not-hex", reply()),
+            ReplyOutcome::Unknown
+        );
     }
 
     #[test]
@@ -105,7 +140,13 @@ mod tests {
         assert_eq!(pending.in_flight(), 1);
         drop(call);
         assert_eq!(pending.in_flight(), 0);
-        let late = MethodReply { status: 200, payload: Bytes::new() };
-        assert_eq!(pending.complete(&key("a"), &request_id, late), ReplyOutcome::Unknown);
+        let late = MethodReply {
+            status: 200,
+            payload: Bytes::new(),
+        };
+        assert_eq!(
+            pending.complete(&key("a"), &request_id, late),
+            ReplyOutcome::Unknown
+        );
     }
 }

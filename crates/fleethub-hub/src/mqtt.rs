@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use fleethub_core::identity::IdentityKey;
 use fleethub_mqtt::{
-    ConnAck, ConnectReturnCode, DecodeError, Packet, PacketId, Publish, QoS, SubAck, SubscribeReturnCode,
+    ConnAck, ConnectReturnCode, DecodeError, Packet, PacketId, Publish, QoS, SubAck,
+    SubscribeReturnCode,
 };
 use fleethub_protocol::ids::{ClientId, IfMatch};
 use fleethub_protocol::rest::ConnectionState;
@@ -55,7 +56,9 @@ impl std::fmt::Display for Ending {
         match self {
             Ending::PeerClosed => f.write_str("the device closed the connection"),
             Ending::PeerDisconnected => f.write_str("the device sent DISCONNECT"),
-            Ending::KeepAliveExpired => f.write_str("nothing received within 1.5 times the keep-alive"),
+            Ending::KeepAliveExpired => {
+                f.write_str("nothing received within 1.5 times the keep-alive")
+            }
             Ending::TokenExpired => f.write_str("the device's SAS token expired"),
             Ending::Closed(reason) => write!(f, "closed by the hub: {}", reason.describe()),
             Ending::ProtocolViolation(reason) => write!(f, "protocol violation: {reason}"),
@@ -76,7 +79,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Reads until one whole packet is buffered and decodes it. `Ok(None)` = the peer closed cleanly.
     async fn read_packet(&mut self) -> Result<Option<Packet>, ConnectionError> {
         loop {
-            if let Some(packet) = fleethub_mqtt::decode(&mut self.read_buffer, self.max_packet_size)? {
+            if let Some(packet) =
+                fleethub_mqtt::decode(&mut self.read_buffer, self.max_packet_size)?
+            {
                 return Ok(Some(packet));
             }
             if self.read_more().await? == 0 {
@@ -128,9 +133,13 @@ enum ConnectionError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves one device connection to its end. Never panics on input; every refusal is logged at debug.
-pub async fn serve_connection<S>(stream: S, services: Arc<Services>, peer: SocketAddr, shutdown: CancellationToken)
-where
+/// Serves one device connection to its end. Never panics on input; every refusal is logged.
+pub async fn serve_connection<S>(
+    stream: S,
+    services: Arc<Services>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut connection = Connection {
@@ -139,87 +148,40 @@ where
         write_buffer: BytesMut::new(),
         max_packet_size: services.config.limits.max_packet_size,
     };
-    let connect_deadline = Instant::now() + services.config.limits.connect_timeout;
-    let first = tokio::select! {
-        result = tokio::time::timeout_at(connect_deadline, connection.read_packet()) => result,
+    // Boxed: the CONNECT phase holds large values (the identity record, the CONNECT packet) that must not
+    // stay in every idle connection's task for its whole life.
+    let established = tokio::select! {
+        established = Box::pin(establish(&mut connection, &services, peer)) => established,
         () = shutdown.cancelled() => return,
     };
-    let connect = match first {
-        Err(_) => return tracing::debug!(%peer, "no CONNECT within the connect timeout"),
-        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
-        Ok(Ok(Some(other))) => return tracing::debug!(%peer, ?other, "first packet is not CONNECT"),
-        Ok(Ok(None)) => return,
-        Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
-            tracing::debug!(%peer, level, "refusing an unsupported MQTT protocol level");
-            refuse(&mut connection, ConnectReturnCode::UnacceptableProtocolVersion).await;
-            return;
-        }
-        Ok(Err(error)) => return tracing::debug!(%peer, %error, "bad first packet"),
+    let Some(Established {
+        key,
+        client_id,
+        clean_session,
+        keep_alive,
+        token_deadline,
+        mut filters,
+        shared,
+    }) = established
+    else {
+        return;
     };
-
-    let now = services.now();
-    let record = match authenticate_device(
-        &services,
-        &connect.client_id,
-        connect.username.as_deref(),
-        connect.password.as_deref(),
-        now.unix_timestamp().max(0) as u64,
-    )
-    .await
-    {
-        Ok(record) => record,
-        Err(refusal) => {
-            tracing::info!(%peer, client_id = %connect.client_id, reason = %refusal.reason, "connection refused");
-            refuse(&mut connection, refusal.code).await;
-            return;
-        }
-    };
-    let key = record.key.clone();
-    let client_id = key.client_id();
-    let token_expiry = connect
-        .password
-        .as_deref()
-        .and_then(|password| std::str::from_utf8(password).ok())
-        .and_then(|password| password.parse::<fleethub_protocol::sas::SasToken>().ok())
-        .map(|token| token.expiry);
-
-    // Restore or discard the persisted session.
-    let (mut filters, session_present) = if connect.clean_session {
-        if let Err(error) = services.store.delete_session(&key).await {
-            tracing::warn!(device = %key, %error, "could not discard the persisted session");
-        }
-        (Vec::new(), false)
-    } else {
-        match services.store.load_session(&key).await {
-            Ok(Some(session)) => (session.subscriptions, true),
-            Ok(None) => (Vec::new(), false),
-            Err(error) => {
-                tracing::warn!(device = %key, %error, "could not load the persisted session");
-                refuse(&mut connection, ConnectReturnCode::ServerUnavailable).await;
-                return;
-            }
-        }
-    };
-    let subscriptions = subscription_set(&filters, &client_id);
-    let shared = services.sessions.register(&key, subscriptions);
-    record_connection_state(&services, &key, ConnectionState::Connected).await;
-    connection.queue(&Packet::ConnAck(ConnAck { session_present, code: ConnectReturnCode::Accepted }));
-    tracing::debug!(%peer, device = %key, clean_session = connect.clean_session, "device connected");
-
     let mut session = Session {
         services: &services,
         key: &key,
         client_id: &client_id,
         shared: &shared,
-        clean_session: connect.clean_session,
+        clean_session,
         filters: &mut filters,
     };
-    let keep_alive = effective_keep_alive(connect.keep_alive);
-    let token_deadline = token_expiry.map(|expiry| {
-        let remaining = expiry.saturating_sub(now.unix_timestamp().max(0) as u64);
-        Instant::now() + Duration::from_secs(remaining)
-    });
-    let ending = run(&mut connection, &mut session, keep_alive, token_deadline, &shutdown).await;
+    let ending = run(
+        &mut connection,
+        &mut session,
+        keep_alive,
+        token_deadline,
+        &shutdown,
+    )
+    .await;
     let _ = connection.flush().await;
     let _ = connection.stream.shutdown().await;
 
@@ -234,8 +196,123 @@ where
     }
 }
 
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(connection: &mut Connection<S>, code: ConnectReturnCode) {
-    connection.queue(&Packet::ConnAck(ConnAck { session_present: false, code }));
+/// What a connection keeps after a successful CONNECT.
+struct Established {
+    key: IdentityKey,
+    client_id: ClientId,
+    clean_session: bool,
+    keep_alive: Duration,
+    token_deadline: Option<Instant>,
+    filters: Vec<StoredSubscription>,
+    shared: Arc<ConnectionShared>,
+}
+
+/// Reads CONNECT within the connect timeout, authenticates, restores the session, registers the connection
+/// and queues the CONNACK. `None` when the connection is refused or gone (already answered and logged).
+async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    services: &Services,
+    peer: SocketAddr,
+) -> Option<Established> {
+    let connect_deadline = Instant::now() + services.config.limits.connect_timeout;
+    let connect = match tokio::time::timeout_at(connect_deadline, connection.read_packet()).await {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            return None;
+        }
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Ok(Some(other))) => {
+            tracing::debug!(%peer, packet = packet_name(&other), "first packet is not CONNECT");
+            return None;
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+            tracing::debug!(%peer, level, "refusing an unsupported MQTT protocol level");
+            refuse(connection, ConnectReturnCode::UnacceptableProtocolVersion).await;
+            return None;
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "bad first packet");
+            return None;
+        }
+    };
+
+    let now = services.now();
+    let record = match authenticate_device(
+        services,
+        &connect.client_id,
+        connect.username.as_deref(),
+        connect.password.as_deref(),
+        now.unix_timestamp().max(0) as u64,
+    )
+    .await
+    {
+        Ok(record) => record,
+        Err(refusal) => {
+            tracing::info!(%peer, client_id = %connect.client_id, reason = %refusal.reason, "connection refused");
+            refuse(connection, refusal.code).await;
+            return None;
+        }
+    };
+    let key = record.key;
+    let client_id = key.client_id();
+    let token_deadline = connect
+        .password
+        .as_deref()
+        .and_then(|password| std::str::from_utf8(password).ok())
+        .and_then(|password| password.parse::<fleethub_protocol::sas::SasToken>().ok())
+        .map(|token| {
+            let remaining = token
+                .expiry
+                .saturating_sub(now.unix_timestamp().max(0) as u64);
+            Instant::now() + Duration::from_secs(remaining)
+        });
+
+    // Restore or discard the persisted session.
+    let (filters, session_present) = if connect.clean_session {
+        if let Err(error) = services.store.delete_session(&key).await {
+            tracing::warn!(device = %key, %error, "could not discard the persisted session");
+        }
+        (Vec::new(), false)
+    } else {
+        match services.store.load_session(&key).await {
+            Ok(Some(session)) => (session.subscriptions, true),
+            Ok(None) => (Vec::new(), false),
+            Err(error) => {
+                tracing::warn!(device = %key, %error, "could not load the persisted session");
+                refuse(connection, ConnectReturnCode::ServerUnavailable).await;
+                return None;
+            }
+        }
+    };
+    let shared = services
+        .sessions
+        .register(&key, subscription_set(&filters, &client_id));
+    record_connection_state(services, &key, ConnectionState::Connected).await;
+    connection.queue(&Packet::ConnAck(ConnAck {
+        session_present,
+        code: ConnectReturnCode::Accepted,
+    }));
+    tracing::debug!(%peer, device = %key, clean_session = connect.clean_session, "device connected");
+    Some(Established {
+        key,
+        client_id,
+        clean_session: connect.clean_session,
+        keep_alive: effective_keep_alive(connect.keep_alive),
+        token_deadline,
+        filters,
+        shared,
+    })
+}
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    code: ConnectReturnCode,
+) {
+    connection.queue(&Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+    }));
     let _ = connection.flush().await;
     let _ = connection.stream.shutdown().await;
 }
@@ -311,7 +388,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         Ok(None) => break,
                         Err(error) => return Ending::ProtocolViolation(format!("malformed packet: {error}")),
                     };
-                    if let Some(ending) = handle_packet(connection, session, packet).await {
+                    // Boxed: handling a packet awaits service calls whose state is large, and an idle
+                    // connection should not carry that space in its task between packets.
+                    if let Some(ending) = Box::pin(handle_packet(connection, session, packet)).await {
                         return ending;
                     }
                 }
@@ -331,16 +410,30 @@ fn unix_millis() -> i64 {
 
 fn push_packet(push: Outbound) -> Packet {
     match push {
-        Outbound::DesiredPatch { version, payload } => publish(topics::desired_patch_topic(version), payload),
-        Outbound::MethodRequest { method_name, request_id, payload } => {
-            publish(topics::method_request_topic(&method_name, &request_id), payload)
+        Outbound::DesiredPatch { version, payload } => {
+            publish(topics::desired_patch_topic(version), payload)
         }
+        Outbound::MethodRequest {
+            method_name,
+            request_id,
+            payload,
+        } => publish(
+            topics::method_request_topic(&method_name, &request_id),
+            payload,
+        ),
     }
 }
 
 /// Hub-to-device publishes go at QoS 0, as Azure's do for twin responses, patches and method requests.
 fn publish(topic: String, payload: Bytes) -> Packet {
-    Packet::Publish(Publish { dup: false, qos: QoS::AtMostOnce, retain: false, topic, packet_id: None, payload })
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic,
+        packet_id: None,
+        payload,
+    })
 }
 
 /// Handles one packet; `Some` ends the connection.
@@ -358,30 +451,50 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 let kind = match topics::parse_device_subscription(&filter, session.client_id) {
                     Ok(kind) => kind,
                     Err(error) => {
-                        return Some(Ending::ProtocolViolation(format!("subscription to {filter:?} refused: {error}")));
+                        return Some(Ending::ProtocolViolation(format!(
+                            "subscription to {filter:?} refused: {error}"
+                        )));
                     }
                 };
                 // QoS 2 is not supported; MQTT lets the server grant less than asked.
                 let granted = requested.min(QoS::AtLeastOnce);
                 set.insert(kind);
                 session.filters.retain(|stored| stored.filter != filter);
-                session.filters.push(StoredSubscription { filter, qos: granted as u8 });
+                session.filters.push(StoredSubscription {
+                    filter,
+                    qos: granted as u8,
+                });
                 return_codes.push(SubscribeReturnCode::Success(granted));
             }
             if let Err(error) = persist_subscriptions(session).await {
-                return Some(Ending::ProtocolViolation(format!("could not persist subscriptions: {error}")));
+                return Some(Ending::ProtocolViolation(format!(
+                    "could not persist subscriptions: {error}"
+                )));
             }
-            session.services.sessions.update_subscriptions(session.key, session.shared, set);
-            connection.queue(&Packet::SubAck(SubAck { packet_id: subscribe.packet_id, return_codes }));
+            session
+                .services
+                .sessions
+                .update_subscriptions(session.key, session.shared, set);
+            connection.queue(&Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                return_codes,
+            }));
             None
         }
         Packet::Unsubscribe(unsubscribe) => {
-            session.filters.retain(|stored| !unsubscribe.filters.contains(&stored.filter));
+            session
+                .filters
+                .retain(|stored| !unsubscribe.filters.contains(&stored.filter));
             if let Err(error) = persist_subscriptions(session).await {
-                return Some(Ending::ProtocolViolation(format!("could not persist subscriptions: {error}")));
+                return Some(Ending::ProtocolViolation(format!(
+                    "could not persist subscriptions: {error}"
+                )));
             }
             let set = subscription_set(session.filters, session.client_id);
-            session.services.sessions.update_subscriptions(session.key, session.shared, set);
+            session
+                .services
+                .sessions
+                .update_subscriptions(session.key, session.shared, set);
             connection.queue(&Packet::UnsubAck(unsubscribe.packet_id));
             None
         }
@@ -392,7 +505,10 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
         Packet::Disconnect => Some(Ending::PeerDisconnected),
         // Hub-to-device publishes are QoS 0, so acknowledgements from the device carry nothing to act on.
         Packet::PubAck(_) => None,
-        other => Some(Ending::ProtocolViolation(format!("unexpected packet from a device: {}", packet_name(&other)))),
+        other => Some(Ending::ProtocolViolation(format!(
+            "unexpected packet from a device: {}",
+            packet_name(&other)
+        ))),
     }
 }
 
@@ -403,7 +519,12 @@ async fn persist_subscriptions(session: &Session<'_>) -> Result<(), StoreError> 
     session
         .services
         .store
-        .save_session(session.key, StoredSession { subscriptions: session.filters.clone() })
+        .save_session(
+            session.key,
+            StoredSession {
+                subscriptions: session.filters.clone(),
+            },
+        )
         .await
 }
 
@@ -413,12 +534,17 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
     publish: Publish,
 ) -> Option<Ending> {
     if publish.qos == QoS::ExactlyOnce {
-        return Some(Ending::ProtocolViolation("QoS 2 publishes are not supported".into()));
+        return Some(Ending::ProtocolViolation(
+            "QoS 2 publishes are not supported".into(),
+        ));
     }
     let topic = match topics::parse_device_publish(&publish.topic, session.client_id) {
         Ok(topic) => topic,
         Err(error) => {
-            return Some(Ending::ProtocolViolation(format!("publish to {:?} refused: {error}", publish.topic)));
+            return Some(Ending::ProtocolViolation(format!(
+                "publish to {:?} refused: {error}",
+                publish.topic
+            )));
         }
     };
     let puback = |connection: &mut Connection<S>, packet_id: Option<PacketId>| {
@@ -431,8 +557,12 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             puback(connection, publish.packet_id);
             let response = match session.services.store.get(session.key).await {
                 Ok(Some(record)) => {
-                    let body = serde_json::to_vec(&record.twin.properties_json()).expect("JSON always serialises");
-                    publish_response(topics::twin_response_topic(200, &request_id, None), body.into())
+                    let body = serde_json::to_vec(&record.twin.properties_json())
+                        .expect("JSON always serialises");
+                    publish_response(
+                        topics::twin_response_topic(200, &request_id, None),
+                        body.into(),
+                    )
                 }
                 Ok(None) => twin_error(&request_id, 404, 404001, "the identity no longer exists"),
                 Err(error) => twin_error(&request_id, 500, 500001, &error.to_string()),
@@ -449,26 +579,45 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
                     return None;
                 }
             };
-            let result =
-                session.services.update_twin(session.key, TwinChange::ReportedPatch(patch), IfMatch::Any).await;
+            let result = session
+                .services
+                .update_twin(session.key, TwinChange::ReportedPatch(patch), IfMatch::Any)
+                .await;
             // Acknowledged only now: the write is durable, or refused and nothing was kept.
             puback(connection, publish.packet_id);
             let response = match result {
                 Ok(updated) => publish_response(
-                    topics::twin_response_topic(204, &request_id, Some(updated.record.twin.reported_version())),
+                    topics::twin_response_topic(
+                        204,
+                        &request_id,
+                        Some(updated.record.twin.reported_version()),
+                    ),
                     Bytes::new(),
                 ),
-                Err(StoreError::Twin(error)) => twin_error(&request_id, 400, 400004, &error.to_string()),
-                Err(StoreError::NotFound(_)) => twin_error(&request_id, 404, 404001, "the identity no longer exists"),
+                Err(StoreError::Twin(error)) => {
+                    twin_error(&request_id, 400, 400004, &error.to_string())
+                }
+                Err(StoreError::NotFound(_)) => {
+                    twin_error(&request_id, 404, 404001, "the identity no longer exists")
+                }
                 Err(error) => twin_error(&request_id, 500, 500001, &error.to_string()),
             };
             connection.queue(&response);
         }
         DeviceTopic::MethodResponse { status, request_id } => {
-            let reply = MethodReply { status, payload: publish.payload };
-            match session.services.methods.complete(session.key, &request_id, reply) {
+            let reply = MethodReply {
+                status,
+                payload: publish.payload,
+            };
+            match session
+                .services
+                .methods
+                .complete(session.key, &request_id, reply)
+            {
                 ReplyOutcome::Delivered => {}
-                outcome => tracing::debug!(device = %session.key, %request_id, ?outcome, "method response dropped"),
+                outcome => {
+                    tracing::debug!(device = %session.key, %request_id, ?outcome, "method response dropped")
+                }
             }
             puback(connection, publish.packet_id);
         }

@@ -12,8 +12,8 @@ use fleethub_protocol::ids::{DeviceId, IfMatch};
 use fleethub_protocol::rest::{ConnectionState, DeviceStatus};
 use fleethub_protocol::topics::Subscription;
 use fleethub_store::{
-    CreateIdentity, DeviceRecord, Store, StoreError, TwinChange, TwinCommitHook, TwinUpdated, UpdateIdentity,
-    UpdateTwin,
+    CreateIdentity, DeviceRecord, Store, StoreError, TwinChange, TwinCommitHook, TwinUpdated,
+    UpdateIdentity, UpdateTwin,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -54,10 +54,16 @@ pub struct MethodResult {
 pub enum InvokeMethodError {
     #[error("{0} not found")]
     NotFound(IdentityKey),
-    #[error("{0} is not online: it did not connect and subscribe to methods within the connect timeout")]
+    #[error(
+        "{0} is not online: it did not connect and subscribe to methods within the connect timeout"
+    )]
     NotOnline(IdentityKey),
     #[error("{key} did not answer method {method_name:?} within {timeout:?}")]
-    Timeout { key: IdentityKey, method_name: String, timeout: Duration },
+    Timeout {
+        key: IdentityKey,
+        method_name: String,
+        timeout: Duration,
+    },
     #[error("{0} has too many pushes pending")]
     Busy(IdentityKey),
     #[error("the request payload is {bytes} bytes; the limit is {max}")]
@@ -77,7 +83,13 @@ pub enum RegistryError {
 impl Services {
     pub fn new(config: HubConfig, store: Arc<dyn Store>, policies: Vec<AccessPolicy>) -> Self {
         let sessions = Arc::new(SessionTable::new(config.limits.outbound_queue_depth));
-        Self { config, store, sessions, methods: PendingMethods::default(), policies: RwLock::new(Arc::new(policies)) }
+        Self {
+            config,
+            store,
+            sessions,
+            methods: PendingMethods::default(),
+            policies: RwLock::new(Arc::new(policies)),
+        }
     }
 
     pub fn now(&self) -> OffsetDateTime {
@@ -95,7 +107,10 @@ impl Services {
     // ---- registry ----
 
     pub async fn get_identity(&self, key: &IdentityKey) -> Result<DeviceRecord, StoreError> {
-        self.store.get(key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))
+        self.store
+            .get(key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))
     }
 
     /// `PUT /devices/{id}` (and modules): create without `If-Match`, update with it.
@@ -122,30 +137,44 @@ impl Services {
                 let before = self.store.get(&key).await?;
                 let updated = self
                     .store
-                    .update_identity(UpdateIdentity { key: key.clone(), spec, if_match, fresh_keys: fresh_keys(), now })
+                    .update_identity(UpdateIdentity {
+                        key: key.clone(),
+                        spec,
+                        if_match,
+                        fresh_keys: fresh_keys(),
+                        now,
+                    })
                     .await?;
                 let record = updated.record;
-                let credentials_changed =
-                    before.is_some_and(|before| before.identity.authentication != record.identity.authentication);
+                let credentials_changed = before.is_some_and(|before| {
+                    before.identity.authentication != record.identity.authentication
+                });
                 if record.identity.status == DeviceStatus::Disabled && updated.status_changed {
                     if key.module_id.is_none() {
-                        self.sessions.disconnect_device_and_modules(&key.device_id, CloseReason::Disabled);
+                        self.sessions
+                            .disconnect_device_and_modules(&key.device_id, CloseReason::Disabled);
                     } else {
                         self.sessions.disconnect(&key, CloseReason::Disabled);
                     }
                 } else if credentials_changed {
                     // Tokens signed with a replaced key must stop working at once, connected or not.
-                    self.sessions.disconnect(&key, CloseReason::CredentialsChanged);
+                    self.sessions
+                        .disconnect(&key, CloseReason::CredentialsChanged);
                 }
                 Ok(record)
             }
         }
     }
 
-    pub async fn delete_identity(&self, key: &IdentityKey, if_match: IfMatch) -> Result<(), StoreError> {
+    pub async fn delete_identity(
+        &self,
+        key: &IdentityKey,
+        if_match: IfMatch,
+    ) -> Result<(), StoreError> {
         self.store.delete_identity(key, if_match).await?;
         if key.module_id.is_none() {
-            self.sessions.disconnect_device_and_modules(&key.device_id, CloseReason::Deleted);
+            self.sessions
+                .disconnect_device_and_modules(&key.device_id, CloseReason::Deleted);
         } else {
             self.sessions.disconnect(key, CloseReason::Deleted);
         }
@@ -156,8 +185,16 @@ impl Services {
         self.store.list_devices(None, top).await
     }
 
-    pub async fn list_modules(&self, device_id: &DeviceId) -> Result<Vec<DeviceRecord>, StoreError> {
-        if self.store.get(&IdentityKey::device(device_id.clone())).await?.is_none() {
+    pub async fn list_modules(
+        &self,
+        device_id: &DeviceId,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        if self
+            .store
+            .get(&IdentityKey::device(device_id.clone()))
+            .await?
+            .is_none()
+        {
             return Err(StoreError::NotFound(IdentityKey::device(device_id.clone())));
         }
         self.store.list_modules(device_id).await
@@ -177,11 +214,22 @@ impl Services {
         let target = key.clone();
         let push: TwinCommitHook = Box::new(move |updated: &TwinUpdated| {
             if let Some(patch) = &updated.desired_patch_for_device {
-                push_desired_patch(&sessions, &target, updated.record.twin.desired_version(), patch);
+                push_desired_patch(
+                    &sessions,
+                    &target,
+                    updated.record.twin.desired_version(),
+                    patch,
+                );
             }
         });
         self.store
-            .update_twin(UpdateTwin { key: key.clone(), change, if_match, now: self.now(), on_commit: Some(push) })
+            .update_twin(UpdateTwin {
+                key: key.clone(),
+                change,
+                if_match,
+                now: self.now(),
+                on_commit: Some(push),
+            })
             .await
     }
 
@@ -192,15 +240,24 @@ impl Services {
         key: &IdentityKey,
         invocation: MethodInvocation,
     ) -> Result<MethodResult, InvokeMethodError> {
-        let payload = Bytes::from(serde_json::to_vec(&invocation.payload).expect("a JSON value always serialises"));
+        let payload = Bytes::from(
+            serde_json::to_vec(&invocation.payload).expect("a JSON value always serialises"),
+        );
         let max = self.config.limits.method_payload_max_bytes;
         if payload.len() > max {
-            return Err(InvokeMethodError::PayloadTooLarge { bytes: payload.len(), max });
+            return Err(InvokeMethodError::PayloadTooLarge {
+                bytes: payload.len(),
+                max,
+            });
         }
         if self.store.get(key).await?.is_none() {
             return Err(InvokeMethodError::NotFound(key.clone()));
         }
-        if !self.sessions.wait_for_subscription(key, Subscription::Methods, invocation.connect_timeout).await {
+        if !self
+            .sessions
+            .wait_for_subscription(key, Subscription::Methods, invocation.connect_timeout)
+            .await
+        {
             return Err(InvokeMethodError::NotOnline(key.clone()));
         }
         let call = self.methods.register(key);
@@ -220,7 +277,11 @@ impl Services {
         let reply = match tokio::time::timeout(timeout, &mut { call }.reply).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) | Err(_) => {
-                return Err(InvokeMethodError::Timeout { key: key.clone(), method_name: invocation.method_name, timeout });
+                return Err(InvokeMethodError::Timeout {
+                    key: key.clone(),
+                    method_name: invocation.method_name,
+                    timeout,
+                });
             }
         };
         decode_method_reply(reply, max)
@@ -229,7 +290,11 @@ impl Services {
 
 fn push_desired_patch(sessions: &SessionTable, key: &IdentityKey, version: u64, patch: &Value) {
     let payload = Bytes::from(serde_json::to_vec(patch).expect("a JSON value always serialises"));
-    match sessions.deliver(key, Subscription::DesiredPatches, Outbound::DesiredPatch { version, payload }) {
+    match sessions.deliver(
+        key,
+        Subscription::DesiredPatches,
+        Outbound::DesiredPatch { version, payload },
+    ) {
         Ok(()) | Err(DeliveryError::NotConnected) | Err(DeliveryError::NotSubscribed) => {}
         Err(DeliveryError::QueueFull) => {
             // The device reads too slowly; it gets the state from its next twin GET.
@@ -250,10 +315,15 @@ fn decode_method_reply(reply: MethodReply, max: usize) -> Result<MethodResult, I
         Value::Null
     } else {
         serde_json::from_slice(&reply.payload).map_err(|error| {
-            InvokeMethodError::InvalidResponse(format!("the device's response payload is not valid JSON: {error}"))
+            InvokeMethodError::InvalidResponse(format!(
+                "the device's response payload is not valid JSON: {error}"
+            ))
         })?
     };
-    Ok(MethodResult { status: reply.status, payload })
+    Ok(MethodResult {
+        status: reply.status,
+        payload,
+    })
 }
 
 /// Azure's generation ids are 18-digit numbers; ours are the creation time in 100 ns ticks.
@@ -264,7 +334,10 @@ fn generation_id(now: OffsetDateTime) -> String {
 
 /// Two random 32-byte keys, base64, for identities created without keys.
 pub fn fresh_keys() -> FreshKeys {
-    FreshKeys { primary: random_key(), secondary: random_key() }
+    FreshKeys {
+        primary: random_key(),
+        secondary: random_key(),
+    }
 }
 
 pub fn random_key() -> String {
@@ -275,8 +348,16 @@ pub fn random_key() -> String {
 
 /// Records connection state for the MQTT gateway, logging instead of failing: connection state is
 /// advisory and must never keep a device from connecting.
-pub async fn record_connection_state(services: &Services, key: &IdentityKey, state: ConnectionState) {
-    if let Err(error) = services.store.set_connection_state(key, state, services.now()).await {
+pub async fn record_connection_state(
+    services: &Services,
+    key: &IdentityKey,
+    state: ConnectionState,
+) {
+    if let Err(error) = services
+        .store
+        .set_connection_state(key, state, services.now())
+        .await
+    {
         tracing::warn!(device = %key, ?state, %error, "could not record connection state");
     }
 }

@@ -23,8 +23,15 @@ use tokio::sync::{Notify, oneshot};
 /// A push to one device connection.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    DesiredPatch { version: u64, payload: Bytes },
-    MethodRequest { method_name: String, request_id: String, payload: Bytes },
+    DesiredPatch {
+        version: u64,
+        payload: Bytes,
+    },
+    MethodRequest {
+        method_name: String,
+        request_id: String,
+        payload: Bytes,
+    },
 }
 
 /// Why the hub closes a device's connection on its own initiative.
@@ -172,7 +179,12 @@ pub enum DeliveryError {
 /// Delivery to devices wherever they are connected. Object-safe; see the module docs.
 pub trait DeviceRouter: Send + Sync + 'static {
     /// Queues a push for the device's live connection if it holds the needed subscription.
-    fn deliver(&self, key: &IdentityKey, needs: Subscription, message: Outbound) -> Result<(), DeliveryError>;
+    fn deliver(
+        &self,
+        key: &IdentityKey,
+        needs: Subscription,
+        message: Outbound,
+    ) -> Result<(), DeliveryError>;
     /// Waits up to `timeout` until the device is connected with the subscription; true if it is.
     fn wait_for_subscription<'a>(
         &'a self,
@@ -221,12 +233,18 @@ impl SessionTable {
         let mut hasher = self.hasher.build_hasher();
         key.hash(&mut hasher);
         let index = (hasher.finish() as usize) % self.shards.len();
-        self.shards[index].lock().expect("session shard lock poisoned")
+        self.shards[index]
+            .lock()
+            .expect("session shard lock poisoned")
     }
 
     /// Registers a new live connection, closing any earlier one with the same identity (MQTT's session
     /// takeover). Returns the new connection's shared half.
-    pub fn register(&self, key: &IdentityKey, subscriptions: SubscriptionSet) -> Arc<ConnectionShared> {
+    pub fn register(
+        &self,
+        key: &IdentityKey,
+        subscriptions: SubscriptionSet,
+    ) -> Arc<ConnectionShared> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(ConnectionShared::new(generation, subscriptions));
         let mut shard = self.shard(key);
@@ -242,8 +260,15 @@ impl SessionTable {
     }
 
     /// Records a connection's current subscriptions and wakes anyone waiting for the device.
-    pub fn update_subscriptions(&self, key: &IdentityKey, shared: &ConnectionShared, subscriptions: SubscriptionSet) {
-        shared.subscriptions.store(subscriptions.0, Ordering::Release);
+    pub fn update_subscriptions(
+        &self,
+        key: &IdentityKey,
+        shared: &ConnectionShared,
+        subscriptions: SubscriptionSet,
+    ) {
+        shared
+            .subscriptions
+            .store(subscriptions.0, Ordering::Release);
         let mut shard = self.shard(key);
         if let Some(slot) = shard.get_mut(key) {
             wake_waiters(slot);
@@ -257,11 +282,18 @@ impl SessionTable {
         let Entry::Occupied(mut entry) = shard.entry(key.clone()) else {
             return false;
         };
-        let current = entry.get().live.as_ref().is_some_and(|live| live.generation == generation);
+        let current = entry
+            .get()
+            .live
+            .as_ref()
+            .is_some_and(|live| live.generation == generation);
         if current {
             if let Some(live) = &entry.get().live {
                 if let Some(last) = live.take_unflushed_activity() {
-                    self.departed_activity.lock().expect("activity lock poisoned").push((key.clone(), last));
+                    self.departed_activity
+                        .lock()
+                        .expect("activity lock poisoned")
+                        .push((key.clone(), last));
                 }
             }
             entry.get_mut().live = None;
@@ -275,10 +307,19 @@ impl SessionTable {
 
     /// Collects activity not yet written: of live connections and of those that ended since the last call.
     pub fn collect_activity(&self) -> Vec<(IdentityKey, i64)> {
-        let mut collected = std::mem::take(&mut *self.departed_activity.lock().expect("activity lock poisoned"));
+        let mut collected = std::mem::take(
+            &mut *self
+                .departed_activity
+                .lock()
+                .expect("activity lock poisoned"),
+        );
         for shard in self.shards.iter() {
             for (key, slot) in shard.lock().expect("session shard lock poisoned").iter() {
-                if let Some(last) = slot.live.as_ref().and_then(|live| live.take_unflushed_activity()) {
+                if let Some(last) = slot
+                    .live
+                    .as_ref()
+                    .and_then(|live| live.take_unflushed_activity())
+                {
                     collected.push((key.clone(), last));
                 }
             }
@@ -298,7 +339,11 @@ impl SessionTable {
     }
 
     /// Closes the connections of a device and all of its modules (device disabled or deleted).
-    pub fn disconnect_device_and_modules(&self, device_id: &fleethub_protocol::ids::DeviceId, reason: CloseReason) {
+    pub fn disconnect_device_and_modules(
+        &self,
+        device_id: &fleethub_protocol::ids::DeviceId,
+        reason: CloseReason,
+    ) {
         for shard in self.shards.iter() {
             for (key, slot) in shard.lock().expect("session shard lock poisoned").iter() {
                 if &key.device_id == device_id {
@@ -318,10 +363,18 @@ fn wake_waiters(slot: &mut Slot) {
 }
 
 impl DeviceRouter for SessionTable {
-    fn deliver(&self, key: &IdentityKey, needs: Subscription, message: Outbound) -> Result<(), DeliveryError> {
+    fn deliver(
+        &self,
+        key: &IdentityKey,
+        needs: Subscription,
+        message: Outbound,
+    ) -> Result<(), DeliveryError> {
         let live = {
             let shard = self.shard(key);
-            shard.get(key).and_then(|slot| slot.live.clone()).ok_or(DeliveryError::NotConnected)?
+            shard
+                .get(key)
+                .and_then(|slot| slot.live.clone())
+                .ok_or(DeliveryError::NotConnected)?
         };
         if !live.subscriptions().contains(needs) {
             return Err(DeliveryError::NotSubscribed);
@@ -349,7 +402,11 @@ impl DeviceRouter for SessionTable {
                 let waiter = {
                     let mut shard = self.shard(key);
                     let slot = shard.entry(key.clone()).or_default();
-                    if slot.live.as_ref().is_some_and(|live| live.subscriptions().contains(needs)) {
+                    if slot
+                        .live
+                        .as_ref()
+                        .is_some_and(|live| live.subscriptions().contains(needs))
+                    {
                         return true;
                     }
                     if timeout.is_zero() {
@@ -367,8 +424,10 @@ impl DeviceRouter for SessionTable {
                     let mut shard = self.shard(key);
                     if let Some(slot) = shard.get_mut(key) {
                         slot.waiters.retain(|waiter| !waiter.is_closed());
-                        let subscribed =
-                            slot.live.as_ref().is_some_and(|live| live.subscriptions().contains(needs));
+                        let subscribed = slot
+                            .live
+                            .as_ref()
+                            .is_some_and(|live| live.subscriptions().contains(needs));
                         if slot.live.is_none() && slot.waiters.is_empty() {
                             shard.remove(key);
                         }
@@ -408,14 +467,32 @@ mod tests {
     #[test]
     fn delivery_needs_a_live_subscribed_connection() {
         let table = SessionTable::new(2);
-        let message = || Outbound::DesiredPatch { version: 1, payload: Bytes::from_static(b"{}") };
-        assert_eq!(table.deliver(&key("a"), Subscription::Methods, message()), Err(DeliveryError::NotConnected));
+        let message = || Outbound::DesiredPatch {
+            version: 1,
+            payload: Bytes::from_static(b"{}"),
+        };
+        assert_eq!(
+            table.deliver(&key("a"), Subscription::Methods, message()),
+            Err(DeliveryError::NotConnected)
+        );
         let shared = table.register(&key("a"), SubscriptionSet::default());
-        assert_eq!(table.deliver(&key("a"), Subscription::Methods, message()), Err(DeliveryError::NotSubscribed));
+        assert_eq!(
+            table.deliver(&key("a"), Subscription::Methods, message()),
+            Err(DeliveryError::NotSubscribed)
+        );
         table.update_subscriptions(&key("a"), &shared, methods());
-        assert_eq!(table.deliver(&key("a"), Subscription::Methods, message()), Ok(()));
-        assert_eq!(table.deliver(&key("a"), Subscription::Methods, message()), Ok(()));
-        assert_eq!(table.deliver(&key("a"), Subscription::Methods, message()), Err(DeliveryError::QueueFull));
+        assert_eq!(
+            table.deliver(&key("a"), Subscription::Methods, message()),
+            Ok(())
+        );
+        assert_eq!(
+            table.deliver(&key("a"), Subscription::Methods, message()),
+            Ok(())
+        );
+        assert_eq!(
+            table.deliver(&key("a"), Subscription::Methods, message()),
+            Err(DeliveryError::QueueFull)
+        );
         let mut drained = Vec::new();
         shared.drain(&mut drained);
         assert_eq!(drained.len(), 2);
@@ -429,7 +506,10 @@ mod tests {
         assert_eq!(first.close_reason(), CloseReason::TakenOver);
         assert_eq!(second.close_reason(), CloseReason::None);
         assert_eq!(table.connected_count(), 1);
-        assert!(!table.unregister(&key("a"), first.generation), "the old connection is not current");
+        assert!(
+            !table.unregister(&key("a"), first.generation),
+            "the old connection is not current"
+        );
         assert_eq!(table.connected_count(), 1);
         assert!(table.unregister(&key("a"), second.generation));
         assert_eq!(table.connected_count(), 0);
@@ -442,20 +522,37 @@ mod tests {
         assert!(table.collect_activity().is_empty());
         shared.touch(1_000);
         assert_eq!(table.collect_activity(), vec![(key("a"), 1_000)]);
-        assert!(table.collect_activity().is_empty(), "nothing new, nothing written");
+        assert!(
+            table.collect_activity().is_empty(),
+            "nothing new, nothing written"
+        );
         shared.touch(2_000);
         assert!(table.unregister(&key("a"), shared.generation));
-        assert_eq!(table.collect_activity(), vec![(key("a"), 2_000)], "the last activity survives the disconnect");
+        assert_eq!(
+            table.collect_activity(),
+            vec![(key("a"), 2_000)],
+            "the last activity survives the disconnect"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn waiting_for_a_subscription_wakes_on_subscribe_and_times_out_otherwise() {
         let table = Arc::new(SessionTable::new(8));
-        assert!(!table.wait_for_subscription(&key("a"), Subscription::Methods, Duration::ZERO).await);
+        assert!(
+            !table
+                .wait_for_subscription(&key("a"), Subscription::Methods, Duration::ZERO)
+                .await
+        );
         let waiting = {
             let table = Arc::clone(&table);
             tokio::spawn(async move {
-                table.wait_for_subscription(&key("a"), Subscription::Methods, Duration::from_secs(30)).await
+                table
+                    .wait_for_subscription(
+                        &key("a"),
+                        Subscription::Methods,
+                        Duration::from_secs(30),
+                    )
+                    .await
             })
         };
         tokio::task::yield_now().await;
@@ -463,7 +560,17 @@ mod tests {
         tokio::task::yield_now().await;
         table.update_subscriptions(&key("a"), &shared, methods());
         assert!(waiting.await.unwrap());
-        assert!(!table.wait_for_subscription(&key("b"), Subscription::Methods, Duration::from_secs(5)).await);
-        assert!(table.shards.iter().all(|shard| !shard.lock().unwrap().contains_key(&key("b"))), "no leak");
+        assert!(
+            !table
+                .wait_for_subscription(&key("b"), Subscription::Methods, Duration::from_secs(5))
+                .await
+        );
+        assert!(
+            table
+                .shards
+                .iter()
+                .all(|shard| !shard.lock().unwrap().contains_key(&key("b"))),
+            "no leak"
+        );
     }
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
@@ -38,9 +38,17 @@ const RENEW_BEFORE: Duration = Duration::days(30);
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     #[error("cannot {action} {path}: {source}")]
-    File { action: &'static str, path: PathBuf, source: io::Error },
+    File {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("{path} is not a usable {what}: {detail}")]
-    Invalid { path: PathBuf, what: &'static str, detail: String },
+    Invalid {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
     #[error("cannot make a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("cannot build the TLS configuration: {0}")]
@@ -63,7 +71,10 @@ struct ServerRecord {
 }
 
 /// Loads the CA and server certificate from `data_dir`, creating or reissuing what is missing or stale.
-pub fn load_or_create(data_dir: &Path, names: &BTreeSet<String>) -> Result<HubCertificates, TlsSetupError> {
+pub fn load_or_create(
+    data_dir: &Path,
+    names: &BTreeSet<String>,
+) -> Result<HubCertificates, TlsSetupError> {
     let now = OffsetDateTime::now_utc();
     let ca_key_path = data_dir.join(CA_KEY_FILE);
     let ca_path = data_dir.join(CA_CERTIFICATE_FILE);
@@ -89,9 +100,12 @@ pub fn load_or_create(data_dir: &Path, names: &BTreeSet<String>) -> Result<HubCe
     let record_path = data_dir.join(SERVER_RECORD_FILE);
     let server_path = data_dir.join(SERVER_CERTIFICATE_FILE);
     let server_key_path = data_dir.join(SERVER_KEY_FILE);
-    let record: Option<ServerRecord> =
-        fs::read_to_string(&record_path).ok().and_then(|text| serde_json::from_str(&text).ok());
-    let current = record.as_ref().is_some_and(|record| &record.names == names && record.not_after - now > RENEW_BEFORE)
+    let record: Option<ServerRecord> = fs::read_to_string(&record_path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let current = record
+        .as_ref()
+        .is_some_and(|record| &record.names == names && record.not_after - now > RENEW_BEFORE)
         && server_path.exists()
         && server_key_path.exists();
     if !current {
@@ -101,8 +115,14 @@ pub fn load_or_create(data_dir: &Path, names: &BTreeSet<String>) -> Result<HubCe
         let certificate = server_params(names, now, not_after)?.signed_by(&server_key, &issuer)?;
         write_private(&server_key_path, &server_key.serialize_pem())?;
         write(&server_path, &certificate.pem())?;
-        let record = ServerRecord { names: names.clone(), not_after };
-        write(&record_path, &serde_json::to_string_pretty(&record).expect("the record always serialises"))?;
+        let record = ServerRecord {
+            names: names.clone(),
+            not_after,
+        };
+        write(
+            &record_path,
+            &serde_json::to_string_pretty(&record).expect("the record always serialises"),
+        )?;
         issued.get_or_insert("reissued the server certificate for the current names");
     }
 
@@ -113,13 +133,18 @@ pub fn load_or_create(data_dir: &Path, names: &BTreeSet<String>) -> Result<HubCe
             what: "certificate",
             detail: error.to_string(),
         })?;
-    let key = PrivateKeyDer::from_pem_file(&server_key_path).map_err(|error| TlsSetupError::Invalid {
-        path: server_key_path.clone(),
-        what: "private key",
-        detail: error.to_string(),
-    })?;
+    let key =
+        PrivateKeyDer::from_pem_file(&server_key_path).map_err(|error| TlsSetupError::Invalid {
+            path: server_key_path.clone(),
+            what: "private key",
+            detail: error.to_string(),
+        })?;
     let server_config = server_config(chain, key)?;
-    Ok(HubCertificates { ca_pem, server_config, issued })
+    Ok(HubCertificates {
+        ca_pem,
+        server_config,
+        issued,
+    })
 }
 
 /// TLS 1.3 and 1.2 (the Python device SDK insists on 1.2), ring as the crypto provider.
@@ -143,14 +168,22 @@ fn server_config(
 /// two hubs' CAs apart when a client trusts both.
 fn ca_params(key: &KeyPair, validity_from: Option<OffsetDateTime>) -> CertificateParams {
     let fingerprint = Sha256::digest(key.public_key_raw());
-    let short: String = fingerprint.iter().take(6).map(|byte| format!("{byte:02x}")).collect();
+    let short: String = fingerprint
+        .iter()
+        .take(6)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "fleethub");
     name.push(DnType::CommonName, format!("fleethub local CA {short}"));
     let mut params = CertificateParams::default();
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     if let Some(from) = validity_from {
         params.not_before = from - Duration::days(1);
         params.not_after = from + CA_LIFETIME;
@@ -166,7 +199,14 @@ fn server_params(
     let mut params = CertificateParams::default();
     let mut subject = DistinguishedName::new();
     subject.push(DnType::OrganizationName, "fleethub");
-    subject.push(DnType::CommonName, names.iter().next().cloned().unwrap_or_else(|| "localhost".into()));
+    subject.push(
+        DnType::CommonName,
+        names
+            .iter()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into()),
+    );
     params.distinguished_name = subject;
     for name in names {
         let san = match name.parse::<IpAddr>() {
@@ -175,7 +215,10 @@ fn server_params(
         };
         params.subject_alt_names.push(san);
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = now - Duration::hours(1);
     params.not_after = not_after;
@@ -183,7 +226,11 @@ fn server_params(
 }
 
 fn read(path: &Path) -> Result<String, TlsSetupError> {
-    fs::read_to_string(path).map_err(|source| TlsSetupError::File { action: "read", path: path.to_owned(), source })
+    fs::read_to_string(path).map_err(|source| TlsSetupError::File {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), TlsSetupError> {
@@ -198,7 +245,11 @@ fn write_private(path: &Path, contents: &str) -> Result<(), TlsSetupError> {
 fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), TlsSetupError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let error = |action, source| TlsSetupError::File { action, path: path.to_owned(), source };
+    let error = |action, source| TlsSetupError::File {
+        action,
+        path: path.to_owned(),
+        source,
+    };
     let temporary = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -207,7 +258,8 @@ fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), TlsSet
         .mode(mode)
         .open(&temporary)
         .map_err(|source| error("create", source))?;
-    file.write_all(contents.as_bytes()).map_err(|source| error("write", source))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|source| error("write", source))?;
     file.sync_all().map_err(|source| error("sync", source))?;
     fs::rename(&temporary, path).map_err(|source| error("rename into", source))?;
     Ok(())
@@ -226,21 +278,30 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let first = load_or_create(directory.path(), &names(&["localhost", "127.0.0.1"])).unwrap();
         assert!(first.issued.is_some());
-        let server_pem = fs::read_to_string(directory.path().join(SERVER_CERTIFICATE_FILE)).unwrap();
+        let server_pem =
+            fs::read_to_string(directory.path().join(SERVER_CERTIFICATE_FILE)).unwrap();
         let again = load_or_create(directory.path(), &names(&["localhost", "127.0.0.1"])).unwrap();
         assert!(again.issued.is_none());
         assert_eq!(again.ca_pem, first.ca_pem);
-        assert_eq!(fs::read_to_string(directory.path().join(SERVER_CERTIFICATE_FILE)).unwrap(), server_pem);
+        assert_eq!(
+            fs::read_to_string(directory.path().join(SERVER_CERTIFICATE_FILE)).unwrap(),
+            server_pem
+        );
     }
 
     #[test]
     fn changed_names_reissue_the_server_certificate_from_the_same_ca() {
         let directory = tempfile::tempdir().unwrap();
         let first = load_or_create(directory.path(), &names(&["localhost"])).unwrap();
-        let server_pem = fs::read_to_string(directory.path().join(SERVER_CERTIFICATE_FILE)).unwrap();
-        let second = load_or_create(directory.path(), &names(&["localhost", "hub.example"])).unwrap();
+        let server_pem =
+            fs::read_to_string(directory.path().join(SERVER_CERTIFICATE_FILE)).unwrap();
+        let second =
+            load_or_create(directory.path(), &names(&["localhost", "hub.example"])).unwrap();
         assert_eq!(second.ca_pem, first.ca_pem, "the CA never changes");
-        assert_ne!(fs::read_to_string(directory.path().join(SERVER_CERTIFICATE_FILE)).unwrap(), server_pem);
+        assert_ne!(
+            fs::read_to_string(directory.path().join(SERVER_CERTIFICATE_FILE)).unwrap(),
+            server_pem
+        );
     }
 
     #[cfg(unix)]
@@ -250,7 +311,10 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         load_or_create(directory.path(), &names(&["localhost"])).unwrap();
         for file in [CA_KEY_FILE, SERVER_KEY_FILE] {
-            let mode = fs::metadata(directory.path().join(file)).unwrap().permissions().mode();
+            let mode = fs::metadata(directory.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
     }

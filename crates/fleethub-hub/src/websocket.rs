@@ -21,7 +21,11 @@ pub struct WebSocketStream {
 
 impl WebSocketStream {
     pub fn new(socket: WebSocket) -> Self {
-        Self { socket, pending: Bytes::new(), closed: false }
+        Self {
+            socket,
+            pending: Bytes::new(),
+            closed: false,
+        }
     }
 }
 
@@ -30,7 +34,11 @@ fn to_io(error: axum::Error) -> io::Error {
 }
 
 impl AsyncRead for WebSocketStream {
-    fn poll_read(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             if !self.pending.is_empty() {
                 let take = self.pending.len().min(buffer.remaining());
@@ -59,17 +67,27 @@ impl AsyncRead for WebSocketStream {
 }
 
 impl AsyncWrite for WebSocketStream {
-    fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.socket).poll_ready(context)).map_err(to_io)?;
-        Pin::new(&mut self.socket).start_send(Message::Binary(Bytes::copy_from_slice(data))).map_err(to_io)?;
+        Pin::new(&mut self.socket)
+            .start_send(Message::Binary(Bytes::copy_from_slice(data)))
+            .map_err(to_io)?;
         Poll::Ready(Ok(data.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_flush(context).map_err(to_io)
+        Pin::new(&mut self.socket)
+            .poll_flush(context)
+            .map_err(to_io)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_close(context).map_err(to_io)
+        Pin::new(&mut self.socket)
+            .poll_close(context)
+            .map_err(to_io)
     }
 }

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use fleethub_hub::services::MethodInvocation;
 use fleethub_mqtt::{Connect, ConnectReturnCode, Packet, Publish, QoS, SubscribeReturnCode};
 use fleethub_protocol::rest::{ConnectionState, DeviceStatus};
-use serde_json::{Value, json};
 use fleethub_testkit::*;
+use serde_json::{Value, json};
 
 fn invocation(method_name: &str, timeout_seconds: u64) -> MethodInvocation {
     MethodInvocation {
@@ -38,21 +38,36 @@ async fn device_connects_reports_and_gets_its_twin() {
     assert_eq!(stored.identity.connection_state, ConnectionState::Connected);
 
     // A twin GET is answered even without a subscription to the response topic (PROTOCOL.md §2.9).
-    client.send(&publish_qos1("$iothub/twin/GET/?$rid=g1", 1, b" ")).await;
+    client
+        .send(&publish_qos1("$iothub/twin/GET/?$rid=g1", 1, b" "))
+        .await;
     let response = client.receive_publish().await;
     assert_eq!(response.topic, "$iothub/twin/res/200/?$rid=g1");
     let twin: Value = serde_json::from_slice(&response.payload).unwrap();
     assert_eq!(twin["desired"]["$version"], json!(1));
     assert!(twin["reported"]["$metadata"]["$lastUpdated"].is_string());
 
-    client.send(&publish_qos1("$iothub/twin/PATCH/properties/reported/?$rid=p1", 2, br#"{"firmwareStatus":"standBy"}"#)).await;
-    assert_eq!(client.receive().await, Some(Packet::PubAck(packet_id(2))), "PUBACK after the durable write");
+    client
+        .send(&publish_qos1(
+            "$iothub/twin/PATCH/properties/reported/?$rid=p1",
+            2,
+            br#"{"firmwareStatus":"standBy"}"#,
+        ))
+        .await;
+    assert_eq!(
+        client.receive().await,
+        Some(Packet::PubAck(packet_id(2))),
+        "PUBACK after the durable write"
+    );
     let response = client.receive_publish().await;
     assert_eq!(response.topic, "$iothub/twin/res/204/?$rid=p1&$version=2");
     assert!(response.payload.is_empty());
 
     let stored = hub.hub.services.get_identity(&record.key).await.unwrap();
-    assert_eq!(stored.twin.properties_json()["reported"]["firmwareStatus"], json!("standBy"));
+    assert_eq!(
+        stored.twin.properties_json()["reported"]["firmwareStatus"],
+        json!("standBy")
+    );
 }
 
 #[tokio::test]
@@ -60,36 +75,69 @@ async fn method_round_trip_and_late_answer_is_dropped() {
     let hub = TestHub::start().await;
     let record = hub.create_device("dev1").await;
     let mut client = hub.connected(&record).await;
-    client.send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce)).await;
+    client
+        .send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce))
+        .await;
     assert!(matches!(client.receive().await, Some(Packet::SubAck(_))));
 
     let services = hub.hub.services.clone();
     let key = record.key.clone();
-    let call = tokio::spawn(async move { services.invoke_method(&key, invocation("firmwareUpdate", 30)).await });
+    let call = tokio::spawn(async move {
+        services
+            .invoke_method(&key, invocation("firmwareUpdate", 30))
+            .await
+    });
     let request = client.receive_publish().await;
-    assert!(request.topic.starts_with("$iothub/methods/POST/firmwareUpdate/?$rid="), "{}", request.topic);
+    assert!(
+        request
+            .topic
+            .starts_with("$iothub/methods/POST/firmwareUpdate/?$rid="),
+        "{}",
+        request.topic
+    );
     let payload: Value = serde_json::from_slice(&request.payload).unwrap();
-    assert_eq!(payload["fwPackageUri"], json!("https://example.invalid/fw.bin"));
+    assert_eq!(
+        payload["fwPackageUri"],
+        json!("https://example.invalid/fw.bin")
+    );
     let rid = rid_of(&request.topic);
     client
-        .send(&publish_qos1(&format!("$iothub/methods/res/200/?$rid={rid}"), 2, br#"{"Response":"Firmware update started"}"#))
+        .send(&publish_qos1(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            2,
+            br#"{"Response":"Firmware update started"}"#,
+        ))
         .await;
     let result = call.await.unwrap().expect("method succeeds");
     assert_eq!(result.status, 200);
-    assert_eq!(result.payload, json!({"Response": "Firmware update started"}));
+    assert_eq!(
+        result.payload,
+        json!({"Response": "Firmware update started"})
+    );
 
     // A second call times out; the device's late answer afterwards is dropped without harm.
     let services = hub.hub.services.clone();
     let key = record.key.clone();
     let started = Instant::now();
-    let call = tokio::spawn(async move { services.invoke_method(&key, invocation("slow", 5)).await });
+    let call =
+        tokio::spawn(async move { services.invoke_method(&key, invocation("slow", 5)).await });
     let request = client.receive_publish().await;
     let error = call.await.unwrap().expect_err("times out");
     assert!(error.to_string().contains("did not answer"), "{error}");
     assert!(started.elapsed() >= Duration::from_secs(5));
     let rid = rid_of(&request.topic);
-    client.send(&publish_qos1(&format!("$iothub/methods/res/200/?$rid={rid}"), 3, b"{}")).await;
-    assert_eq!(client.receive().await, Some(Packet::PubAck(packet_id(3))), "the late answer is acknowledged and dropped");
+    client
+        .send(&publish_qos1(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            3,
+            b"{}",
+        ))
+        .await;
+    assert_eq!(
+        client.receive().await,
+        Some(Packet::PubAck(packet_id(3))),
+        "the late answer is acknowledged and dropped"
+    );
     assert_eq!(hub.hub.services.methods.in_flight(), 0);
 }
 
@@ -105,11 +153,22 @@ async fn method_waits_for_a_device_to_connect_within_the_connect_timeout() {
         services.invoke_method(&key, request).await
     });
     let mut client = hub.connected(&record).await;
-    client.send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtMostOnce)).await;
+    client
+        .send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtMostOnce))
+        .await;
     let request = client.receive_publish().await;
     let rid = rid_of(&request.topic);
-    client.send(&publish_qos1(&format!("$iothub/methods/res/201/?$rid={rid}"), 2, b"null")).await;
-    let result = call.await.unwrap().expect("delivered once the device subscribed");
+    client
+        .send(&publish_qos1(
+            &format!("$iothub/methods/res/201/?$rid={rid}"),
+            2,
+            b"null",
+        ))
+        .await;
+    let result = call
+        .await
+        .unwrap()
+        .expect("delivered once the device subscribed");
     assert_eq!((result.status, result.payload), (201, Value::Null));
 }
 
@@ -118,7 +177,13 @@ async fn desired_patches_are_pushed_in_version_order_with_their_version_inside()
     let hub = TestHub::start().await;
     let record = hub.create_device("dev1").await;
     let mut client = hub.connected(&record).await;
-    client.send(&subscribe(1, "$iothub/twin/PATCH/properties/desired/#", QoS::AtLeastOnce)).await;
+    client
+        .send(&subscribe(
+            1,
+            "$iothub/twin/PATCH/properties/desired/#",
+            QoS::AtLeastOnce,
+        ))
+        .await;
     assert!(matches!(client.receive().await, Some(Packet::SubAck(_))));
 
     let mut writers = Vec::new();
@@ -129,7 +194,9 @@ async fn desired_patches_are_pushed_in_version_order_with_their_version_inside()
             services
                 .update_twin(
                     &key,
-                    fleethub_store::TwinChange::ServicePatch(json!({"properties": {"desired": {"n": index}}})),
+                    fleethub_store::TwinChange::ServicePatch(
+                        json!({"properties": {"desired": {"n": index}}}),
+                    ),
                     fleethub_protocol::ids::IfMatch::Any,
                 )
                 .await
@@ -143,11 +210,20 @@ async fn desired_patches_are_pushed_in_version_order_with_their_version_inside()
     for _ in 0..20 {
         let patch = client.receive_publish().await;
         let body: Value = serde_json::from_slice(&patch.payload).unwrap();
-        let version = body["$version"].as_u64().expect("$version inside the patch");
-        assert_eq!(patch.topic, format!("$iothub/twin/PATCH/properties/desired/?$version={version}"));
+        let version = body["$version"]
+            .as_u64()
+            .expect("$version inside the patch");
+        assert_eq!(
+            patch.topic,
+            format!("$iothub/twin/PATCH/properties/desired/?$version={version}")
+        );
         versions.push(version);
     }
-    assert_eq!(versions, (2..22).collect::<Vec<u64>>(), "every patch, in version order");
+    assert_eq!(
+        versions,
+        (2..22).collect::<Vec<u64>>(),
+        "every patch, in version order"
+    );
 }
 
 #[tokio::test]
@@ -155,16 +231,23 @@ async fn subscriptions_survive_reconnects_without_resubscribing() {
     let hub = TestHub::start().await;
     let record = hub.create_device("dev1").await;
     let mut first = hub.connected(&record).await;
-    first.send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce)).await;
+    first
+        .send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce))
+        .await;
     assert!(matches!(first.receive().await, Some(Packet::SubAck(_))));
     drop(first);
 
     let mut second = hub.raw().await;
-    second.send(&Packet::Connect(connect_for(&record, 60))).await;
+    second
+        .send(&Packet::Connect(connect_for(&record, 60)))
+        .await;
     match second.receive().await {
         Some(Packet::ConnAck(ack)) => {
             assert_eq!(ack.code, ConnectReturnCode::Accepted);
-            assert!(ack.session_present, "clean-session 0 resumes the stored session");
+            assert!(
+                ack.session_present,
+                "clean-session 0 resumes the stored session"
+            );
         }
         other => panic!("expected CONNACK, got {other:?}"),
     }
@@ -177,7 +260,13 @@ async fn subscriptions_survive_reconnects_without_resubscribing() {
     });
     let request = second.receive_publish().await;
     let rid = rid_of(&request.topic);
-    second.send(&publish_qos1(&format!("$iothub/methods/res/200/?$rid={rid}"), 1, b"{}")).await;
+    second
+        .send(&publish_qos1(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            1,
+            b"{}",
+        ))
+        .await;
     assert_eq!(call.await.unwrap().unwrap().status, 200);
 }
 
@@ -186,16 +275,28 @@ async fn a_clean_session_discards_stored_subscriptions() {
     let hub = TestHub::start().await;
     let record = hub.create_device("dev1").await;
     let mut first = hub.connected(&record).await;
-    first.send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce)).await;
+    first
+        .send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce))
+        .await;
     assert!(matches!(first.receive().await, Some(Packet::SubAck(_))));
     drop(first);
     let mut clean = hub.raw().await;
-    clean.send(&Packet::Connect(Connect { clean_session: true, ..connect_for(&record, 60) })).await;
+    clean
+        .send(&Packet::Connect(Connect {
+            clean_session: true,
+            ..connect_for(&record, 60)
+        }))
+        .await;
     match clean.receive().await {
         Some(Packet::ConnAck(ack)) => assert!(!ack.session_present),
         other => panic!("expected CONNACK, got {other:?}"),
     }
-    let error = hub.hub.services.invoke_method(&record.key, invocation("ping", 5)).await.expect_err("not subscribed");
+    let error = hub
+        .hub
+        .services
+        .invoke_method(&record.key, invocation("ping", 5))
+        .await
+        .expect_err("not subscribed");
     assert!(error.to_string().contains("not online"), "{error}");
 }
 
@@ -220,27 +321,47 @@ async fn refused_connects_get_the_right_connack() {
     let cases: Vec<(&str, Connect, ConnectReturnCode)> = vec![
         (
             "wrong key",
-            Connect { password: Some(device_token(&other, unix_now() + 3600).replace("dev2", "dev1").into_bytes().into()), ..connect_for(&record, 60) },
+            Connect {
+                password: Some(
+                    device_token(&other, unix_now() + 3600)
+                        .replace("dev2", "dev1")
+                        .into_bytes()
+                        .into(),
+                ),
+                ..connect_for(&record, 60)
+            },
             ConnectReturnCode::NotAuthorized,
         ),
         (
             "another device's token",
-            Connect { password: Some(device_token(&other, unix_now() + 3600).into_bytes().into()), ..connect_for(&record, 60) },
+            Connect {
+                password: Some(device_token(&other, unix_now() + 3600).into_bytes().into()),
+                ..connect_for(&record, 60)
+            },
             ConnectReturnCode::NotAuthorized,
         ),
         (
             "expired token",
-            Connect { password: Some(device_token(&record, unix_now() - 10).into_bytes().into()), ..connect_for(&record, 60) },
+            Connect {
+                password: Some(device_token(&record, unix_now() - 10).into_bytes().into()),
+                ..connect_for(&record, 60)
+            },
             ConnectReturnCode::NotAuthorized,
         ),
         (
             "garbage password",
-            Connect { password: Some(Bytes::from_static(b"hunter2")), ..connect_for(&record, 60) },
+            Connect {
+                password: Some(Bytes::from_static(b"hunter2")),
+                ..connect_for(&record, 60)
+            },
             ConnectReturnCode::BadUserNameOrPassword,
         ),
         (
             "username for another client",
-            Connect { username: Some("localhost/dev2/?api-version=2021-04-12".into()), ..connect_for(&record, 60) },
+            Connect {
+                username: Some("localhost/dev2/?api-version=2021-04-12".into()),
+                ..connect_for(&record, 60)
+            },
             ConnectReturnCode::BadUserNameOrPassword,
         ),
         (
@@ -254,10 +375,20 @@ async fn refused_connects_get_the_right_connack() {
         ),
         (
             "invalid client id",
-            Connect { client_id: "bad id!#".into(), ..connect_for(&record, 60) },
+            Connect {
+                client_id: "bad id!#".into(),
+                ..connect_for(&record, 60)
+            },
             ConnectReturnCode::IdentifierRejected,
         ),
-        ("no password", Connect { password: None, ..connect_for(&record, 60) }, ConnectReturnCode::NotAuthorized),
+        (
+            "no password",
+            Connect {
+                password: None,
+                ..connect_for(&record, 60)
+            },
+            ConnectReturnCode::NotAuthorized,
+        ),
     ];
     for (name, connect, expected) in cases {
         let mut client = hub.raw().await;
@@ -266,7 +397,11 @@ async fn refused_connects_get_the_right_connack() {
             Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, expected, "{name}"),
             other => panic!("{name}: expected CONNACK, got {other:?}"),
         }
-        assert_eq!(client.receive().await, None, "{name}: the hub closes after refusing");
+        assert_eq!(
+            client.receive().await,
+            None,
+            "{name}: the hub closes after refusing"
+        );
     }
 }
 
@@ -285,7 +420,10 @@ async fn a_disabled_device_is_refused_and_disconnected() {
         other => panic!("expected CONNACK, got {other:?}"),
     }
     let stored = hub.hub.services.get_identity(&record.key).await.unwrap();
-    assert_eq!(stored.identity.connection_state, ConnectionState::Disconnected);
+    assert_eq!(
+        stored.identity.connection_state,
+        ConnectionState::Disconnected
+    );
 }
 
 #[tokio::test]
@@ -295,7 +433,11 @@ async fn deleting_a_device_disconnects_it_and_its_modules() {
     let module = hub.create_module("dev1", "mod1").await;
     let mut device_client = hub.connected(&device).await;
     let mut module_client = hub.connected(&module).await;
-    hub.hub.services.delete_identity(&device.key, fleethub_protocol::ids::IfMatch::Any).await.unwrap();
+    hub.hub
+        .services
+        .delete_identity(&device.key, fleethub_protocol::ids::IfMatch::Any)
+        .await
+        .unwrap();
     device_client.expect_closed().await;
     module_client.expect_closed().await;
 }
@@ -306,10 +448,15 @@ async fn mqtt5_connect_is_refused_with_unacceptable_protocol_version() {
     let mut client = hub.raw().await;
     // An MQTT 5 CONNECT: protocol level 5, clean start, keep alive 60, properties length 0, client id "d".
     client
-        .send_bytes(&[0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x00, 0x00, 0x01, b'd'])
+        .send_bytes(&[
+            0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x00, 0x00,
+            0x01, b'd',
+        ])
         .await;
     match client.receive().await {
-        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::UnacceptableProtocolVersion),
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.code, ConnectReturnCode::UnacceptableProtocolVersion)
+        }
         other => panic!("expected CONNACK 1, got {other:?}"),
     }
     assert_eq!(client.receive().await, None);
@@ -322,30 +469,70 @@ async fn bad_input_closes_only_the_offending_connection() {
     let hub = TestHub::start().await;
     let bystander = hub.create_device("bystander").await;
     let mut bystander_client = hub.connected(&bystander).await;
-    bystander_client.send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce)).await;
-    assert!(matches!(bystander_client.receive().await, Some(Packet::SubAck(_))));
+    bystander_client
+        .send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce))
+        .await;
+    assert!(matches!(
+        bystander_client.receive().await,
+        Some(Packet::SubAck(_))
+    ));
     let offender = hub.create_device("offender").await;
     let _victim = hub.create_device("victim").await;
 
     let oversize = vec![b'x'; 300 * 1024];
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("malformed remaining length", vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
-        ("reserved flags on SUBSCRIBE", vec![0x80, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00]),
-        ("invalid UTF-8 topic", vec![0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, b'x']),
+        (
+            "malformed remaining length",
+            vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        ),
+        (
+            "reserved flags on SUBSCRIBE",
+            vec![0x80, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00],
+        ),
+        (
+            "invalid UTF-8 topic",
+            vec![0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, b'x'],
+        ),
         ("QoS 3 publish", vec![0x36, 0x04, 0x00, 0x01, b'a', 0x00]),
-        ("packet over the size limit", encode(&publish_qos1("devices/offender/messages/events/", 9, &oversize))),
-        ("unknown topic", encode(&publish_qos1("$iothub/nonsense", 2, b"{}"))),
-        ("another device's telemetry topic", encode(&publish_qos1("devices/victim/messages/events/", 3, b"{}"))),
-        ("subscription to another device's messages", encode(&subscribe(4, "devices/victim/messages/devicebound/#", QoS::AtLeastOnce))),
-        ("QoS 2 publish", encode(&Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: "devices/offender/messages/events/".into(),
-            packet_id: Some(packet_id(5)),
-            payload: Bytes::from_static(b"{}"),
-        }))),
-        ("a second CONNECT", encode(&Packet::Connect(connect_for(&offender, 60)))),
+        (
+            "packet over the size limit",
+            encode(&publish_qos1(
+                "devices/offender/messages/events/",
+                9,
+                &oversize,
+            )),
+        ),
+        (
+            "unknown topic",
+            encode(&publish_qos1("$iothub/nonsense", 2, b"{}")),
+        ),
+        (
+            "another device's telemetry topic",
+            encode(&publish_qos1("devices/victim/messages/events/", 3, b"{}")),
+        ),
+        (
+            "subscription to another device's messages",
+            encode(&subscribe(
+                4,
+                "devices/victim/messages/devicebound/#",
+                QoS::AtLeastOnce,
+            )),
+        ),
+        (
+            "QoS 2 publish",
+            encode(&Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: "devices/offender/messages/events/".into(),
+                packet_id: Some(packet_id(5)),
+                payload: Bytes::from_static(b"{}"),
+            })),
+        ),
+        (
+            "a second CONNECT",
+            encode(&Packet::Connect(connect_for(&offender, 60))),
+        ),
         ("a server-only packet", encode(&Packet::PingResp)),
     ];
     for (name, bytes) in cases {
@@ -361,11 +548,25 @@ async fn bad_input_closes_only_the_offending_connection() {
 
     let services = hub.hub.services.clone();
     let key = bystander.key.clone();
-    let call = tokio::spawn(async move { services.invoke_method(&key, invocation("still-there", 10)).await });
+    let call = tokio::spawn(async move {
+        services
+            .invoke_method(&key, invocation("still-there", 10))
+            .await
+    });
     let request = bystander_client.receive_publish().await;
     let rid = rid_of(&request.topic);
-    bystander_client.send(&publish_qos1(&format!("$iothub/methods/res/200/?$rid={rid}"), 9, b"{}")).await;
-    assert_eq!(call.await.unwrap().unwrap().status, 200, "the bystander was not disturbed");
+    bystander_client
+        .send(&publish_qos1(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            9,
+            b"{}",
+        ))
+        .await;
+    assert_eq!(
+        call.await.unwrap().unwrap().status,
+        200,
+        "the bystander was not disturbed"
+    );
 }
 
 fn encode(packet: &Packet) -> Vec<u8> {
@@ -376,14 +577,23 @@ fn encode(packet: &Packet) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_first_packet_must_be_connect_and_come_in_time() {
-    let hub = TestHub::start_with(|config| config.limits.connect_timeout = Duration::from_secs(1)).await;
+    let hub =
+        TestHub::start_with(|config| config.limits.connect_timeout = Duration::from_secs(1)).await;
     let mut client = hub.raw().await;
     client.send(&Packet::PingReq).await;
-    assert_eq!(client.receive().await, None, "a PINGREQ before CONNECT closes the connection");
+    assert_eq!(
+        client.receive().await,
+        None,
+        "a PINGREQ before CONNECT closes the connection"
+    );
 
     let mut silent = hub.raw().await;
     let started = Instant::now();
-    assert_eq!(silent.receive().await, None, "no CONNECT within the connect timeout closes the connection");
+    assert_eq!(
+        silent.receive().await,
+        None,
+        "no CONNECT within the connect timeout closes the connection"
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
@@ -397,9 +607,16 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     client.send(&Packet::PingReq).await;
     assert_eq!(client.receive().await, Some(Packet::PingResp));
     let quiet_since = Instant::now();
-    assert_eq!(client.receive().await, None, "closed after 1.5 s without traffic");
+    assert_eq!(
+        client.receive().await,
+        None,
+        "closed after 1.5 s without traffic"
+    );
     let waited = quiet_since.elapsed();
-    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -418,16 +635,28 @@ async fn bad_reported_patches_get_a_400_twin_response_naming_the_rule() {
     ];
     for (index, (name, payload, needle)) in cases.into_iter().enumerate() {
         let id = index as u16 + 1;
-        client.send(&publish_qos1(&format!("$iothub/twin/PATCH/properties/reported/?$rid=r{id}"), id, &payload)).await;
+        client
+            .send(&publish_qos1(
+                &format!("$iothub/twin/PATCH/properties/reported/?$rid=r{id}"),
+                id,
+                &payload,
+            ))
+            .await;
         let response = client.receive_publish().await;
-        assert_eq!(response.topic, format!("$iothub/twin/res/400/?$rid=r{id}"), "{name}");
+        assert_eq!(
+            response.topic,
+            format!("$iothub/twin/res/400/?$rid=r{id}"),
+            "{name}"
+        );
         let body: Value = serde_json::from_slice(&response.payload).unwrap();
         assert_eq!(body["errorCode"], json!(400004), "{name}");
         let message = body["message"].as_str().unwrap();
         assert!(message.contains(needle), "{name}: {message}");
     }
     // Nothing of it was kept, and the connection is still fine.
-    client.send(&publish_qos1("$iothub/twin/GET/?$rid=g", 99, b"")).await;
+    client
+        .send(&publish_qos1("$iothub/twin/GET/?$rid=g", 99, b""))
+        .await;
     let response = client.receive_publish().await;
     let twin: Value = serde_json::from_slice(&response.payload).unwrap();
     assert_eq!(twin["reported"]["$version"], json!(1));
@@ -438,11 +667,16 @@ async fn qos2_subscriptions_are_granted_qos1() {
     let hub = TestHub::start().await;
     let record = hub.create_device("dev1").await;
     let mut client = hub.connected(&record).await;
-    client.send(&subscribe(7, "$iothub/twin/res/#", QoS::ExactlyOnce)).await;
+    client
+        .send(&subscribe(7, "$iothub/twin/res/#", QoS::ExactlyOnce))
+        .await;
     match client.receive().await {
         Some(Packet::SubAck(ack)) => {
             assert_eq!(ack.packet_id, packet_id(7));
-            assert_eq!(ack.return_codes, vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)]);
+            assert_eq!(
+                ack.return_codes,
+                vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)]
+            );
         }
         other => panic!("expected SUBACK, got {other:?}"),
     }
@@ -454,12 +688,23 @@ async fn garbage_on_the_tls_ports_is_dropped_and_the_hub_keeps_serving() {
     let hub = TestHub::start().await;
     for address in [hub.hub.mqtt_address, hub.hub.https_address] {
         let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\xfe garbage").await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\xfe garbage")
+            .await
+            .unwrap();
         let mut answer = Vec::new();
         // Closed cleanly or reset: either way the read ends, and no HTTP or MQTT answer came in clear text.
-        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await.expect("the hub closes the connection");
-        assert!(!answer.starts_with(b"HTTP/"), "no plain-text answer on a TLS port");
-        assert!(answer.len() < 64, "at most a TLS alert, got {} bytes", answer.len());
+        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+            .await
+            .expect("the hub closes the connection");
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "no plain-text answer on a TLS port"
+        );
+        assert!(
+            answer.len() < 64,
+            "at most a TLS alert, got {} bytes",
+            answer.len()
+        );
     }
     let record = hub.create_device("dev1").await;
     let _client = hub.connected(&record).await;

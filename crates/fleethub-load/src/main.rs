@@ -24,7 +24,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 #[derive(Parser)]
-#[command(name = "fleethub-load", about = "Measure a real fleethub hub under load on this machine")]
+#[command(
+    name = "fleethub-load",
+    about = "Measure a real fleethub hub under load on this machine"
+)]
 struct Cli {
     /// The `fleethub` binary to start (default: next to this executable).
     #[arg(long, global = true)]
@@ -101,7 +104,10 @@ struct Measurement {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
     runtime.block_on(run(cli))
 }
 
@@ -111,25 +117,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("fleethub"),
     };
     if !hub_bin.exists() {
-        bail!("no hub binary at {}: build it (cargo build --release -p fleethub) or pass --hub-bin", hub_bin.display());
+        bail!(
+            "no hub binary at {}: build it (cargo build --release -p fleethub) or pass --hub-bin",
+            hub_bin.display()
+        );
     }
     let mut results = Vec::new();
     match cli.scenario {
-        Scenario::Methods { devices, in_flight, seconds } => {
+        Scenario::Methods {
+            devices,
+            in_flight,
+            seconds,
+        } => {
             results.extend(methods(&hub_bin, devices, &in_flight, seconds).await?);
         }
-        Scenario::Patches { devices, seconds } => results.push(patches(&hub_bin, devices, seconds).await?),
-        Scenario::Idle { devices, settle_seconds } => results.push(idle(&hub_bin, devices, settle_seconds).await?),
+        Scenario::Patches { devices, seconds } => {
+            results.push(patches(&hub_bin, devices, seconds).await?)
+        }
+        Scenario::Idle {
+            devices,
+            settle_seconds,
+        } => results.push(idle(&hub_bin, devices, settle_seconds).await?),
         Scenario::All { seconds } => {
             results.extend(methods(&hub_bin, 100, &[1, 100, 1000], seconds).await?);
             results.push(patches(&hub_bin, 1000, seconds).await?);
             results.push(idle(&hub_bin, 10_000, 3).await?);
         }
     }
-    let report = Report { machine: machine(), results };
+    let report = Report {
+        machine: machine(),
+        results,
+    };
     print_table(&report);
     if let Some(path) = cli.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())
 }
@@ -154,7 +176,12 @@ impl Hub {
         let child = Command::new(hub_bin)
             .args(["serve", "--data-dir"])
             .arg(&data_dir)
-            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}"), "--https-listen", &format!("127.0.0.1:{https_port}")])
+            .args([
+                "--mqtt-listen",
+                &format!("127.0.0.1:{mqtt_port}"),
+                "--https-listen",
+                &format!("127.0.0.1:{https_port}"),
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -162,7 +189,10 @@ impl Hub {
             .with_context(|| format!("start {}", hub_bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let connection_string = loop {
-            let output = Command::new(hub_bin).args(["connection-string", "--data-dir"]).arg(&data_dir).output()?;
+            let output = Command::new(hub_bin)
+                .args(["connection-string", "--data-dir"])
+                .arg(&data_dir)
+                .output()?;
             let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
             if output.status.success() && text.contains(&format!(":{https_port};")) {
                 break text;
@@ -173,10 +203,22 @@ impl Hub {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem"))?;
-        let options = ServiceClientOptions { ca_pem: Some(ca_pem.clone()), ..ServiceClientOptions::default() };
+        let options = ServiceClientOptions {
+            ca_pem: Some(ca_pem.clone()),
+            ..ServiceClientOptions::default()
+        };
         let service = ServiceClient::from_connection_string(&connection_string, options)?;
-        service.registry_statistics().await.context("the hub answers REST")?;
-        Ok(Self { child, _directory: directory, ca_pem, mqtt_port, service })
+        service
+            .registry_statistics()
+            .await
+            .context("the hub answers REST")?;
+        Ok(Self {
+            child,
+            _directory: directory,
+            ca_pem,
+            mqtt_port,
+            service,
+        })
     }
 
     fn resident_bytes(&self) -> anyhow::Result<u64> {
@@ -203,8 +245,9 @@ impl Hub {
                 let _permit = permit;
                 let device = service.create_device(&Device::new(id)).await?;
                 progress.inc(1);
-                let connection_string =
-                    service.device_connection_string(&device).context("the hub generated SAS keys")?;
+                let connection_string = service
+                    .device_connection_string(&device)
+                    .context("the hub generated SAS keys")?;
                 anyhow::Ok((index, connection_string))
             });
         }
@@ -218,11 +261,17 @@ impl Hub {
     }
 
     fn device_options(&self) -> DeviceClientOptions {
-        DeviceClientOptions::default().with_ca_pem(self.ca_pem.clone()).with_port(self.mqtt_port)
+        DeviceClientOptions::default()
+            .with_ca_pem(self.ca_pem.clone())
+            .with_port(self.mqtt_port)
     }
 
     /// Connects a device for every connection string, `parallel` handshakes at a time.
-    async fn connect_devices(&self, strings: &[String], answer_methods: bool) -> anyhow::Result<(Vec<DeviceClient>, Duration)> {
+    async fn connect_devices(
+        &self,
+        strings: &[String],
+        answer_methods: bool,
+    ) -> anyhow::Result<(Vec<DeviceClient>, Duration)> {
         let progress = progress(strings.len() as u64, "connecting devices");
         let limit = Arc::new(Semaphore::new(100));
         let started = Instant::now();
@@ -235,7 +284,9 @@ impl Hub {
                 let _permit = permit;
                 let client = connect.await?;
                 if answer_methods {
-                    client.on_method(|_request| async { MethodResponse::ok(json!({"ok": true})) }).await?;
+                    client
+                        .on_method(|_request| async { MethodResponse::ok(json!({"ok": true})) })
+                        .await?;
                 }
                 progress.inc(1);
                 anyhow::Ok((index, client))
@@ -248,7 +299,10 @@ impl Hub {
         let elapsed = started.elapsed();
         progress.finish_and_clear();
         clients.sort_by_key(|(index, _)| *index);
-        Ok((clients.into_iter().map(|(_, client)| client).collect(), elapsed))
+        Ok((
+            clients.into_iter().map(|(_, client)| client).collect(),
+            elapsed,
+        ))
     }
 }
 
@@ -260,13 +314,17 @@ impl Drop for Hub {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn progress(length: u64, message: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(length);
     bar.set_style(
-        ProgressStyle::with_template("{msg:20} [{bar:40}] {pos}/{len} {per_sec}").expect("valid template").progress_chars("=> "),
+        ProgressStyle::with_template("{msg:20} [{bar:40}] {pos}/{len} {per_sec}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_message(message);
     bar
@@ -275,23 +333,50 @@ fn progress(length: u64, message: &'static str) -> ProgressBar {
 // ---------------------------------------------------------------------------------------------------------
 // Scenarios
 
-async fn methods(hub_bin: &Path, devices: usize, in_flight: &[usize], seconds: u64) -> anyhow::Result<Vec<Measurement>> {
+async fn methods(
+    hub_bin: &Path,
+    devices: usize,
+    in_flight: &[usize],
+    seconds: u64,
+) -> anyhow::Result<Vec<Measurement>> {
     let hub = Hub::start(hub_bin).await?;
     let strings = hub.create_devices("method", devices).await?;
     let (clients, _) = hub.connect_devices(&strings, true).await?;
-    let ids: Arc<Vec<DeviceId>> = Arc::new(clients.iter().map(|client| client.client_id().device.clone()).collect());
+    let ids: Arc<Vec<DeviceId>> = Arc::new(
+        clients
+            .iter()
+            .map(|client| client.client_id().device.clone())
+            .collect(),
+    );
     let mut results = Vec::new();
     for &concurrency in in_flight {
         // Warm up connections (HTTPS pool, TLS sessions) before measuring.
         run_method_calls(&hub.service, &ids, concurrency, Duration::from_secs(1)).await;
-        let (latencies, errors, elapsed) = run_method_calls(&hub.service, &ids, concurrency, Duration::from_secs(seconds)).await;
-        results.push(measurement("direct method round trip", format!("{concurrency} in flight, {devices} devices"), latencies, errors, elapsed));
+        let (latencies, errors, elapsed) = run_method_calls(
+            &hub.service,
+            &ids,
+            concurrency,
+            Duration::from_secs(seconds),
+        )
+        .await;
+        results.push(measurement(
+            "direct method round trip",
+            format!("{concurrency} in flight, {devices} devices"),
+            latencies,
+            errors,
+            elapsed,
+        ));
     }
     drop(clients);
     Ok(results)
 }
 
-async fn run_method_calls(service: &ServiceClient, ids: &Arc<Vec<DeviceId>>, concurrency: usize, length: Duration) -> (Vec<u32>, u64, Duration) {
+async fn run_method_calls(
+    service: &ServiceClient,
+    ids: &Arc<Vec<DeviceId>>,
+    concurrency: usize,
+    length: Duration,
+) -> (Vec<u32>, u64, Duration) {
     let started = Instant::now();
     let deadline = started + length;
     let errors = Arc::new(AtomicUsize::new(0));
@@ -314,7 +399,9 @@ async fn run_method_calls(service: &ServiceClient, ids: &Arc<Vec<DeviceId>>, con
                 call += concurrency;
                 let sent = Instant::now();
                 match service.invoke_method(id, &request).await {
-                    Ok(result) if result.status == 200 => latencies.push(sent.elapsed().as_micros() as u32),
+                    Ok(result) if result.status == 200 => {
+                        latencies.push(sent.elapsed().as_micros() as u32)
+                    }
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -327,7 +414,11 @@ async fn run_method_calls(service: &ServiceClient, ids: &Arc<Vec<DeviceId>>, con
     while let Some(joined) = tasks.join_next().await {
         latencies.extend(joined.unwrap_or_default());
     }
-    (latencies, errors.load(Ordering::Relaxed) as u64, started.elapsed())
+    (
+        latencies,
+        errors.load(Ordering::Relaxed) as u64,
+        started.elapsed(),
+    )
 }
 
 async fn patches(hub_bin: &Path, devices: usize, seconds: u64) -> anyhow::Result<Measurement> {
@@ -385,7 +476,13 @@ async fn idle(hub_bin: &Path, devices: usize, settle_seconds: u64) -> anyhow::Re
     tokio::time::sleep(Duration::from_secs(settle_seconds)).await;
     let connected = hub.resident_bytes()?;
     let per_connection = connected.saturating_sub(baseline) as f64 / devices as f64;
-    let mut result = measurement("idle connections", format!("{devices} MQTT/TLS devices, connect rate"), Vec::new(), 0, elapsed);
+    let mut result = measurement(
+        "idle connections",
+        format!("{devices} MQTT/TLS devices, connect rate"),
+        Vec::new(),
+        0,
+        elapsed,
+    );
     result.operations = devices as u64;
     result.per_second = devices as f64 / elapsed.as_secs_f64();
     result.bytes_per_connection = Some(per_connection);
@@ -393,13 +490,20 @@ async fn idle(hub_bin: &Path, devices: usize, settle_seconds: u64) -> anyhow::Re
     Ok(result)
 }
 
-fn measurement(scenario: &str, parameters: String, mut latencies: Vec<u32>, errors: u64, elapsed: Duration) -> Measurement {
+fn measurement(
+    scenario: &str,
+    parameters: String,
+    mut latencies: Vec<u32>,
+    errors: u64,
+    elapsed: Duration,
+) -> Measurement {
     latencies.sort_unstable();
     let percentile = |fraction: f64| -> Option<f64> {
         if latencies.is_empty() {
             return None;
         }
-        let index = ((latencies.len() as f64 * fraction).ceil() as usize).clamp(1, latencies.len()) - 1;
+        let index =
+            ((latencies.len() as f64 * fraction).ceil() as usize).clamp(1, latencies.len()) - 1;
         Some(latencies[index] as f64 / 1000.0)
     };
     let seconds = elapsed.as_secs_f64();
@@ -427,20 +531,31 @@ fn machine() -> Machine {
         })
         .unwrap_or(0.0);
     Machine {
-        cores: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1),
         memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
         note: "hub and load generator on the same machine, over loopback",
     }
 }
 
 fn print_table(report: &Report) {
     let machine = &report.machine;
-    println!("machine: {} cores, {} GiB, Linux {} ({})", machine.cores, machine.memory_gib, machine.kernel, machine.note);
+    println!(
+        "machine: {} cores, {} GiB, Linux {} ({})",
+        machine.cores, machine.memory_gib, machine.kernel, machine.note
+    );
     println!();
-    println!("| scenario | parameters | ops | ops/s | p50 ms | p99 ms | p99.9 ms | errors | bytes/conn |");
+    println!(
+        "| scenario | parameters | ops | ops/s | p50 ms | p99 ms | p99.9 ms | errors | bytes/conn |"
+    );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let show = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}"));
+    let show =
+        |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}"));
     for result in &report.results {
         println!(
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
@@ -452,7 +567,9 @@ fn print_table(report: &Report) {
             show(result.p99_ms),
             show(result.p999_ms),
             result.errors,
-            result.bytes_per_connection.map_or_else(|| "-".to_owned(), |bytes| format!("{bytes:.0}")),
+            result
+                .bytes_per_connection
+                .map_or_else(|| "-".to_owned(), |bytes| format!("{bytes:.0}")),
         );
     }
 }

@@ -12,8 +12,8 @@ use fleethub_protocol::ids::ETag;
 use fleethub_protocol::rest::{AuthenticationType, DeviceStatus};
 use fleethub_protocol::sas::{decode_key, generate_sas_token};
 use fleethub_store::DeviceRecord;
-use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -40,7 +40,13 @@ impl TestHub {
     }
 
     pub fn policy(&self, name: &str) -> fleethub_core::access::AccessPolicy {
-        self.hub.services.policies().iter().find(|policy| policy.key_name == name).cloned().expect("built-in policy")
+        self.hub
+            .services
+            .policies()
+            .iter()
+            .find(|policy| policy.key_name == name)
+            .cloned()
+            .expect("built-in policy")
     }
 
     pub fn tls_connector(&self) -> TlsConnector {
@@ -49,16 +55,24 @@ impl TestHub {
 
     /// Registers a device with SAS keys and returns its record (keys included).
     pub async fn create_device(&self, device_id: &str) -> DeviceRecord {
-        self.create_identity(IdentityKey::device(device_id.parse().expect("valid id"))).await
+        self.create_identity(IdentityKey::device(device_id.parse().expect("valid id")))
+            .await
     }
 
     pub async fn create_module(&self, device_id: &str, module_id: &str) -> DeviceRecord {
-        let key = IdentityKey::module(device_id.parse().expect("valid id"), module_id.parse().expect("valid id"));
+        let key = IdentityKey::module(
+            device_id.parse().expect("valid id"),
+            module_id.parse().expect("valid id"),
+        );
         self.create_identity(key).await
     }
 
     async fn create_identity(&self, key: IdentityKey) -> DeviceRecord {
-        self.hub.services.put_identity(key, sas_spec(DeviceStatus::Enabled), None).await.expect("create identity")
+        self.hub
+            .services
+            .put_identity(key, sas_spec(DeviceStatus::Enabled), None)
+            .await
+            .expect("create identity")
     }
 
     pub async fn set_status(&self, record: &DeviceRecord, status: DeviceStatus) {
@@ -66,7 +80,11 @@ impl TestHub {
         let mut spec = sas_spec(status);
         spec.authentication.primary_key = record.identity.authentication.primary_key.clone();
         spec.authentication.secondary_key = record.identity.authentication.secondary_key.clone();
-        self.hub.services.put_identity(record.key.clone(), spec, Some(if_match)).await.expect("update status");
+        self.hub
+            .services
+            .put_identity(record.key.clone(), spec, Some(if_match))
+            .await
+            .expect("update status");
     }
 
     /// A raw MQTT/TLS connection to the hub, before CONNECT.
@@ -103,7 +121,9 @@ pub fn sas_spec(status: DeviceStatus) -> IdentitySpec {
 pub fn tls_connector(ca_pem: &str) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(certificate.expect("CA PEM parses")).expect("CA certificate is usable");
+        roots
+            .add(certificate.expect("CA PEM parses"))
+            .expect("CA certificate is usable");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -116,10 +136,20 @@ pub fn tls_connector(ca_pem: &str) -> TlsConnector {
 
 /// A SAS token for an identity, as the Python device SDK makes it.
 pub fn device_token(record: &DeviceRecord, expiry_unix: u64) -> String {
-    let key = decode_key(record.identity.authentication.primary_key.as_deref().expect("SAS identity"))
-        .expect("stored keys are base64");
+    let key = decode_key(
+        record
+            .identity
+            .authentication
+            .primary_key
+            .as_deref()
+            .expect("SAS identity"),
+    )
+    .expect("stored keys are base64");
     let resource = match &record.key.module_id {
-        Some(module) => format!("localhost/devices/{}/modules/{module}", record.key.device_id),
+        Some(module) => format!(
+            "localhost/devices/{}/modules/{module}",
+            record.key.device_id
+        ),
         None => format!("localhost/devices/{}", record.key.device_id),
     };
     generate_sas_token(&resource, &key, expiry_unix, None)
@@ -130,7 +160,12 @@ pub fn unix_now() -> u64 {
 }
 
 pub fn connect_for(record: &DeviceRecord, keep_alive: u16) -> Connect {
-    let key = record.identity.authentication.primary_key.as_deref().expect("SAS identity");
+    let key = record
+        .identity
+        .authentication
+        .primary_key
+        .as_deref()
+        .expect("SAS identity");
     connect_with_key(&record.key.client_id().to_string(), key, keep_alive)
 }
 
@@ -147,7 +182,11 @@ pub fn connect_with_key(client_id: &str, key_base64: &str, keep_alive: u16) -> C
         clean_session: false,
         keep_alive,
         username: Some(format!("localhost/{client_id}/?api-version=2021-04-12")),
-        password: Some(generate_sas_token(&resource, &key, unix_now() + 3600, None).into_bytes().into()),
+        password: Some(
+            generate_sas_token(&resource, &key, unix_now() + 3600, None)
+                .into_bytes()
+                .into(),
+        ),
         client_id: client_id.to_owned(),
         will: None,
     }
@@ -169,7 +208,10 @@ pub fn publish_qos1(topic: &str, id: u16, payload: &[u8]) -> Packet {
 }
 
 pub fn subscribe(id: u16, filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe { packet_id: packet_id(id), filters: vec![(filter.into(), qos)] })
+    Packet::Subscribe(Subscribe {
+        packet_id: packet_id(id),
+        filters: vec![(filter.into(), qos)],
+    })
 }
 
 pub struct RawClient {
@@ -183,7 +225,10 @@ impl RawClient {
         tcp.set_nodelay(true).expect("nodelay");
         let name = ServerName::try_from("localhost").expect("valid name");
         let stream = connector.connect(name, tcp).await.expect("tls handshake");
-        Self { stream, buffer: BytesMut::new() }
+        Self {
+            stream,
+            buffer: BytesMut::new(),
+        }
     }
 
     /// Sends CONNECT and asserts it is accepted; returns the CONNACK's session-present flag.
@@ -192,7 +237,11 @@ impl RawClient {
         self.send(&Packet::Connect(connect)).await;
         match self.receive().await {
             Some(Packet::ConnAck(ack)) => {
-                assert_eq!(ack.code, ConnectReturnCode::Accepted, "CONNACK for {client_id}");
+                assert_eq!(
+                    ack.code,
+                    ConnectReturnCode::Accepted,
+                    "CONNACK for {client_id}"
+                );
                 ack.session_present
             }
             other => panic!("expected CONNACK for {client_id}, got {other:?}"),
@@ -213,7 +262,9 @@ impl RawClient {
 
     /// The next packet, or `None` when the hub closed the connection. Panics after `WAIT`.
     pub async fn receive(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, self.receive_inner()).await.expect("the hub answered or closed in time")
+        tokio::time::timeout(WAIT, self.receive_inner())
+            .await
+            .expect("the hub answered or closed in time")
     }
 
     /// Like `receive`, but without a deadline: for tasks that run until the hub goes away.
@@ -248,7 +299,8 @@ impl RawClient {
 
     /// Asserts the hub closes the connection (after possibly sending some acknowledgements first).
     pub async fn expect_closed(&mut self) {
-        self.expect_closed_because("the hub should close the connection").await;
+        self.expect_closed_because("the hub should close the connection")
+            .await;
     }
 
     pub async fn expect_closed_because(&mut self, case: &str) {
@@ -257,7 +309,9 @@ impl RawClient {
                 Err(_) => panic!("{case}: the connection is still open after {WAIT:?}"),
                 Ok(None) => return,
                 Ok(Some(Packet::ConnAck(_) | Packet::PubAck(_) | Packet::SubAck(_))) => continue,
-                Ok(Some(other)) => panic!("{case}: expected the hub to close the connection, got {other:?}"),
+                Ok(Some(other)) => {
+                    panic!("{case}: expected the hub to close the connection, got {other:?}")
+                }
             }
         }
     }
@@ -281,17 +335,29 @@ pub struct Reply {
 }
 
 impl ServiceApi {
-    pub fn new(https_address: std::net::SocketAddr, ca_pem: &str, policy_name: &str, policy_key_base64: &str) -> Self {
+    pub fn new(
+        https_address: std::net::SocketAddr,
+        ca_pem: &str,
+        policy_name: &str,
+        policy_key_base64: &str,
+    ) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(certificate.expect("CA PEM parses")).expect("CA certificate is usable");
+            roots
+                .add(certificate.expect("CA PEM parses"))
+                .expect("CA certificate is usable");
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder().tls_backend_preconfigured(tls).build().expect("HTTP client");
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .expect("HTTP client");
         let port = https_address.port();
         Self {
             client,
@@ -305,16 +371,32 @@ impl ServiceApi {
     /// For a hub in this process, with one of its built-in policies.
     pub fn for_hub(hub: &TestHub, policy_name: &str) -> Self {
         let policy = hub.policy(policy_name);
-        Self::new(hub.hub.https_address, &hub.hub.ca_pem, policy_name, &policy.primary_key)
+        Self::new(
+            hub.hub.https_address,
+            &hub.hub.ca_pem,
+            policy_name,
+            &policy.primary_key,
+        )
     }
 
     /// A token for this client's policy.
     pub fn token(&self, expiry_unix: u64) -> String {
-        generate_sas_token(&self.host, &self.policy_key, expiry_unix, Some(&self.policy_name))
+        generate_sas_token(
+            &self.host,
+            &self.policy_key,
+            expiry_unix,
+            Some(&self.policy_name),
+        )
     }
 
     /// A request signed with this client's policy.
-    pub async fn send(&self, method: reqwest::Method, path: &str, headers: &[(&str, &str)], body: Option<serde_json::Value>) -> Reply {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<serde_json::Value>,
+    ) -> Reply {
         let token = self.token(unix_now() + 3600);
         let body = body.map(|body| serde_json::to_vec(&body).expect("JSON serialises"));
         self.call(Some(&token), method, path, headers, body).await
@@ -330,7 +412,10 @@ impl ServiceApi {
         body: Option<Vec<u8>>,
     ) -> Reply {
         let separator = if path.contains('?') { '&' } else { '?' };
-        let mut request = self.client.request(method, format!("{}{path}{separator}api-version=2021-04-12", self.base));
+        let mut request = self.client.request(
+            method,
+            format!("{}{path}{separator}api-version=2021-04-12", self.base),
+        );
         if let Some(token) = token {
             request = request.header("authorization", token);
         }
@@ -338,18 +423,26 @@ impl ServiceApi {
             request = request.header(*name, *value);
         }
         if let Some(body) = body {
-            request = request.header("content-type", "application/json; charset=utf-8").body(body);
+            request = request
+                .header("content-type", "application/json; charset=utf-8")
+                .body(body);
         }
         let response = request.send().await.expect("the hub answers");
         let status = response.status();
-        let error_code =
-            response.headers().get("iothub-errorcode").map(|value| value.to_str().expect("ASCII header").to_owned());
+        let error_code = response
+            .headers()
+            .get("iothub-errorcode")
+            .map(|value| value.to_str().expect("ASCII header").to_owned());
         let text = response.text().await.expect("a readable body");
         let body = if text.is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
         };
-        Reply { status, error_code, body }
+        Reply {
+            status,
+            error_code,
+            body,
+        }
     }
 }

@@ -11,7 +11,11 @@ use fleethub_hub::{HubConfig, HubLimits};
 use fleethub_store::{SqliteStore, SqliteStoreOptions, Store};
 
 #[derive(Parser)]
-#[command(name = "fleethub", version, about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub")]
+#[command(
+    name = "fleethub",
+    version,
+    about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,7 +65,10 @@ struct ConnectionStringArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     install_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -93,9 +100,17 @@ fn install_logging() {
     let json = std::env::var("FLEETHUB_LOG_FORMAT").is_ok_and(|format| format == "json");
     let registry = tracing_subscriber::registry().with(filter);
     if json {
-        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
     }
 }
 
@@ -109,7 +124,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hostnames,
         mqtt_listen: args.mqtt_listen,
         https_listen: args.https_listen,
-        limits: HubLimits { max_packet_size: args.max_packet_size, ..HubLimits::default() },
+        limits: HubLimits {
+            max_packet_size: args.max_packet_size,
+            ..HubLimits::default()
+        },
         twin_limits: Default::default(),
     };
     let hub = fleethub_hub::start(config).await?;
@@ -138,16 +156,42 @@ async fn connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
     }
-    let store = SqliteStore::open(&database, SqliteStoreOptions::default()).context("open the hub's store")?;
-    let policies = store.policies().await.context("read the shared access policies")?;
-    let Some(policy) = policies.iter().find(|policy| policy.key_name == args.policy) else {
-        let names: Vec<&str> = policies.iter().map(|policy| policy.key_name.as_str()).collect();
-        bail!("no shared access policy {:?}; this hub has: {}", args.policy, names.join(", "));
+    let store = SqliteStore::open(&database, SqliteStoreOptions::default())
+        .context("open the hub's store")?;
+    let policies = store
+        .policies()
+        .await
+        .context("read the shared access policies")?;
+    let Some(policy) = policies
+        .iter()
+        .find(|policy| policy.key_name == args.policy)
+    else {
+        let names: Vec<&str> = policies
+            .iter()
+            .map(|policy| policy.key_name.as_str())
+            .collect();
+        bail!(
+            "no shared access policy {:?}; this hub has: {}",
+            args.policy,
+            names.join(", ")
+        );
     };
-    let hostname =
-        store.get_meta(fleethub_hub::META_HOSTNAME).await?.unwrap_or_else(|| "localhost".into());
-    let port = store.get_meta(fleethub_hub::META_HTTPS_PORT).await?.unwrap_or_else(|| "443".into());
-    let host = if port == "443" { hostname } else { format!("{hostname}:{port}") };
-    println!("HostName={host};SharedAccessKeyName={};SharedAccessKey={}", policy.key_name, policy.primary_key);
+    let hostname = store
+        .get_meta(fleethub_hub::META_HOSTNAME)
+        .await?
+        .unwrap_or_else(|| "localhost".into());
+    let port = store
+        .get_meta(fleethub_hub::META_HTTPS_PORT)
+        .await?
+        .unwrap_or_else(|| "443".into());
+    let host = if port == "443" {
+        hostname
+    } else {
+        format!("{hostname}:{port}")
+    };
+    println!(
+        "HostName={host};SharedAccessKeyName={};SharedAccessKey={}",
+        policy.key_name, policy.primary_key
+    );
     Ok(())
 }

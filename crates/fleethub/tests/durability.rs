@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fleethub_mqtt::{Packet, QoS};
-use fleethub_testkit::{RawClient, ServiceApi, connect_with_key, publish_qos1, subscribe, tls_connector};
+use fleethub_testkit::{
+    RawClient, ServiceApi, connect_with_key, publish_qos1, subscribe, tls_connector,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -21,7 +23,11 @@ struct HubProcess {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl HubProcess {
@@ -29,12 +35,21 @@ impl HubProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_fleethub"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--mqtt-listen", &mqtt.to_string(), "--https-listen", &https.to_string()])
+            .args([
+                "--mqtt-listen",
+                &mqtt.to_string(),
+                "--https-listen",
+                &https.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn fleethub serve");
-        let hub = Self { child, data_dir: data_dir.to_owned(), https };
+        let hub = Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            https,
+        };
         hub.wait_healthy().await;
         hub
     }
@@ -51,7 +66,10 @@ impl HubProcess {
                     }
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "the hub did not become healthy");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the hub did not become healthy"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -67,11 +85,22 @@ impl HubProcess {
             .arg(&self.data_dir)
             .output()
             .expect("run fleethub connection-string");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let text = String::from_utf8(output.stdout).unwrap();
-        let expected_host = format!("HostName=localhost:{};SharedAccessKeyName=iothubowner;", self.https.port());
+        let expected_host = format!(
+            "HostName=localhost:{};SharedAccessKeyName=iothubowner;",
+            self.https.port()
+        );
         assert!(text.starts_with(&expected_host), "{text}");
-        text.trim().rsplit_once("SharedAccessKey=").unwrap().1.to_owned()
+        text.trim()
+            .rsplit_once("SharedAccessKey=")
+            .unwrap()
+            .1
+            .to_owned()
     }
 
     fn kill(mut self) {
@@ -102,35 +131,66 @@ async fn acknowledged_writes_and_subscriptions_survive_sigkill() {
     let mut keys = HashMap::new();
     for index in 0..DEVICES {
         let id = format!("dev{index}");
-        let created = api.send(Method::PUT, &format!("/devices/{id}"), &[], Some(json!({"deviceId": id}))).await;
+        let created = api
+            .send(
+                Method::PUT,
+                &format!("/devices/{id}"),
+                &[],
+                Some(json!({"deviceId": id})),
+            )
+            .await;
         assert_eq!(created.status, StatusCode::OK);
-        keys.insert(id, created.body["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap().to_owned());
+        keys.insert(
+            id,
+            created.body["authentication"]["symmetricKey"]["primaryKey"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let desired = api
-        .send(Method::PATCH, "/twins/dev0", &[], Some(json!({"properties": {"desired": {"fw": "2.0"}}})))
+        .send(
+            Method::PATCH,
+            "/twins/dev0",
+            &[],
+            Some(json!({"properties": {"desired": {"fw": "2.0"}}})),
+        )
         .await;
     assert_eq!(desired.status, StatusCode::OK, "acknowledged desired write");
 
     // Every device subscribes to methods (SUBACK = durable) and then reports as fast as it can, remembering
     // the last sequence number the hub acknowledged with a 204.
-    let acknowledged: Arc<Vec<AtomicU64>> = Arc::new((0..DEVICES).map(|_| AtomicU64::new(0)).collect());
+    let acknowledged: Arc<Vec<AtomicU64>> =
+        Arc::new((0..DEVICES).map(|_| AtomicU64::new(0)).collect());
     let mut writers = Vec::new();
     for index in 0..DEVICES {
         let id = format!("dev{index}");
         let mut client = RawClient::connect(mqtt, tls_connector(&ca)).await;
-        client.connect_accepted(connect_with_key(&id, &keys[&id], 60)).await;
-        client.send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce)).await;
+        client
+            .connect_accepted(connect_with_key(&id, &keys[&id], 60))
+            .await;
+        client
+            .send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtLeastOnce))
+            .await;
         assert!(matches!(client.receive().await, Some(Packet::SubAck(_))));
         let acknowledged = Arc::clone(&acknowledged);
         writers.push(tokio::spawn(async move {
             for sequence in 1..u64::MAX {
                 let packet_id = (sequence % 60_000 + 1) as u16;
                 let topic = format!("$iothub/twin/PATCH/properties/reported/?$rid={sequence}");
-                client.send(&publish_qos1(&topic, packet_id, json!({"seq": sequence}).to_string().as_bytes())).await;
+                client
+                    .send(&publish_qos1(
+                        &topic,
+                        packet_id,
+                        json!({"seq": sequence}).to_string().as_bytes(),
+                    ))
+                    .await;
                 loop {
                     match client.receive_or_closed().await {
                         None => return,
-                        Some(Packet::Publish(response)) if response.topic.starts_with("$iothub/twin/res/204/") => {
+                        Some(Packet::Publish(response))
+                            if response.topic.starts_with("$iothub/twin/res/204/") =>
+                        {
                             acknowledged[index].store(sequence, Ordering::SeqCst);
                             break;
                         }
@@ -142,35 +202,54 @@ async fn acknowledged_writes_and_subscriptions_survive_sigkill() {
     }
     // Let writes flow, then kill the hub in the middle of them.
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while acknowledged.iter().any(|sequence| sequence.load(Ordering::SeqCst) < 20) {
-        assert!(tokio::time::Instant::now() < until, "writes are acknowledged");
+    while acknowledged
+        .iter()
+        .any(|sequence| sequence.load(Ordering::SeqCst) < 20)
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "writes are acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     hub.kill();
     for writer in writers {
         writer.await.unwrap();
     }
-    let acknowledged: Vec<u64> = acknowledged.iter().map(|sequence| sequence.load(Ordering::SeqCst)).collect();
+    let acknowledged: Vec<u64> = acknowledged
+        .iter()
+        .map(|sequence| sequence.load(Ordering::SeqCst))
+        .collect();
 
     let hub = HubProcess::start(&data_dir, mqtt, https).await;
     assert_eq!(hub.ca(), ca, "the CA survives");
     assert_eq!(hub.owner_key(), owner_key, "the policies survive");
     for (index, last_acknowledged) in acknowledged.iter().enumerate() {
-        let twin = api.send(Method::GET, &format!("/twins/dev{index}"), &[], None).await;
-        let stored = twin.body["properties"]["reported"]["seq"].as_u64().unwrap_or(0);
+        let twin = api
+            .send(Method::GET, &format!("/twins/dev{index}"), &[], None)
+            .await;
+        let stored = twin.body["properties"]["reported"]["seq"]
+            .as_u64()
+            .unwrap_or(0);
         // The one write in flight at the kill may or may not have committed; nothing acknowledged is lost.
         assert!(
             stored == *last_acknowledged || stored == last_acknowledged + 1,
             "dev{index}: acknowledged {last_acknowledged}, stored {stored}"
         );
-        assert_eq!(twin.body["connectionState"], json!("Disconnected"), "no stale Connected after a kill");
+        assert_eq!(
+            twin.body["connectionState"],
+            json!("Disconnected"),
+            "no stale Connected after a kill"
+        );
     }
     let twin = api.send(Method::GET, "/twins/dev0", &[], None).await;
     assert_eq!(twin.body["properties"]["desired"]["fw"], json!("2.0"));
 
     // dev3 reconnects with the same clean-session-0 CONNECT and does NOT subscribe again.
     let mut client = RawClient::connect(mqtt, tls_connector(&ca)).await;
-    let session_present = client.connect_accepted(connect_with_key("dev3", &keys["dev3"], 60)).await;
+    let session_present = client
+        .connect_accepted(connect_with_key("dev3", &keys["dev3"], 60))
+        .await;
     assert!(session_present, "the persisted session is resumed");
     let call = tokio::spawn(async move {
         api.send(
@@ -182,10 +261,25 @@ async fn acknowledged_writes_and_subscriptions_survive_sigkill() {
         .await
     });
     let request = client.receive_publish().await;
-    assert!(request.topic.starts_with("$iothub/methods/POST/firmwareUpdate/"), "{}", request.topic);
+    assert!(
+        request
+            .topic
+            .starts_with("$iothub/methods/POST/firmwareUpdate/"),
+        "{}",
+        request.topic
+    );
     let rid = request.topic.rsplit("$rid=").next().unwrap().to_owned();
-    client.send(&publish_qos1(&format!("$iothub/methods/res/200/?$rid={rid}"), 1, br#"{"Response":"ok"}"#)).await;
+    client
+        .send(&publish_qos1(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            1,
+            br#"{"Response":"ok"}"#,
+        ))
+        .await;
     let reply = call.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert_eq!(reply.body, json!({"status": 200, "payload": {"Response": "ok"}}));
+    assert_eq!(
+        reply.body,
+        json!({"status": 200, "payload": {"Response": "ok"}})
+    );
 }

@@ -3,8 +3,8 @@
 use fleethub_core::identity::{Authentication, IdentityKey, IdentitySpec};
 use fleethub_protocol::ids::ETag;
 use fleethub_protocol::rest::{
-    AuthenticationMechanism, AuthenticationType, Device, DeviceCapabilities, DeviceStatus, Module, NEVER_TIME,
-    SymmetricKey, Twin, TwinProperties, X509Thumbprint,
+    AuthenticationMechanism, AuthenticationType, Device, DeviceCapabilities, DeviceStatus, Module,
+    NEVER_TIME, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
 };
 use fleethub_store::DeviceRecord;
 use serde_json::{Map, Value};
@@ -23,12 +23,16 @@ pub fn identity_json(record: &DeviceRecord) -> Value {
             connection_state: Some(identity.connection_state),
             status: Some(identity.status),
             status_reason: identity.status_reason.clone(),
-            connection_state_updated_time: Some(identity.connection_state_updated_time.unwrap_or(NEVER_TIME)),
+            connection_state_updated_time: Some(
+                identity.connection_state_updated_time.unwrap_or(NEVER_TIME),
+            ),
             status_updated_time: Some(identity.status_updated_time.unwrap_or(NEVER_TIME)),
             last_activity_time: Some(identity.last_activity_time.unwrap_or(NEVER_TIME)),
             cloud_to_device_message_count: Some(identity.cloud_to_device_message_count),
             authentication,
-            capabilities: Some(DeviceCapabilities { iot_edge: identity.iot_edge }),
+            capabilities: Some(DeviceCapabilities {
+                iot_edge: identity.iot_edge,
+            }),
             device_scope: identity.device_scope.clone(),
             parent_scopes: identity.parent_scopes.clone(),
         }),
@@ -39,7 +43,9 @@ pub fn identity_json(record: &DeviceRecord) -> Value {
             generation_id: Some(identity.generation_id.clone()),
             etag: Some(ETag::new(identity.etag())),
             connection_state: Some(identity.connection_state),
-            connection_state_updated_time: Some(identity.connection_state_updated_time.unwrap_or(NEVER_TIME)),
+            connection_state_updated_time: Some(
+                identity.connection_state_updated_time.unwrap_or(NEVER_TIME),
+            ),
             last_activity_time: Some(identity.last_activity_time.unwrap_or(NEVER_TIME)),
             cloud_to_device_message_count: Some(identity.cloud_to_device_message_count),
             authentication,
@@ -92,7 +98,13 @@ pub fn twin_json(record: &DeviceRecord) -> Value {
         version: Some(record.twin.version()),
         tags: Some(record.twin.tags().clone()),
         properties: Some(properties),
-        capabilities: record.key.module_id.is_none().then_some(DeviceCapabilities { iot_edge: identity.iot_edge }),
+        capabilities: record
+            .key
+            .module_id
+            .is_none()
+            .then_some(DeviceCapabilities {
+                iot_edge: identity.iot_edge,
+            }),
         device_scope: None,
         parent_scopes: None,
     };
@@ -139,8 +151,11 @@ pub fn identity_spec(key: &IdentityKey, body: &Value) -> Result<IdentitySpec, Ap
     }
     let status = match object.get("status") {
         None | Some(Value::Null) => DeviceStatus::Enabled,
-        Some(value) => serde_json::from_value(value.clone())
-            .map_err(|_| ApiError::bad_request(format!("status must be \"enabled\" or \"disabled\", got {value}")))?,
+        Some(value) => serde_json::from_value(value.clone()).map_err(|_| {
+            ApiError::bad_request(format!(
+                "status must be \"enabled\" or \"disabled\", got {value}"
+            ))
+        })?,
     };
     let mechanism: AuthenticationMechanism = match object.get("authentication") {
         None | Some(Value::Null) => AuthenticationMechanism::default(),

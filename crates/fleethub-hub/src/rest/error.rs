@@ -29,7 +29,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), shape: BodyShape::Registry }
+        Self {
+            code,
+            message: message.into(),
+            shape: BodyShape::Registry,
+        }
     }
 
     pub fn numeric(mut self) -> Self {
@@ -47,17 +51,26 @@ impl IntoResponse for ApiError {
         let tracking_id = tracking_id();
         let now = OffsetDateTime::now_utc();
         let body = match self.shape {
-            BodyShape::Registry => ErrorBody::registry_style(self.code, &self.message, &tracking_id, now),
-            BodyShape::Numeric => {
-                ErrorBody::nested_numeric_style(&NumericErrorBody::new(self.code, &self.message, &tracking_id, now))
+            BodyShape::Registry => {
+                ErrorBody::registry_style(self.code, &self.message, &tracking_id, now)
             }
+            BodyShape::Numeric => ErrorBody::nested_numeric_style(&NumericErrorBody::new(
+                self.code,
+                &self.message,
+                &tracking_id,
+                now,
+            )),
         };
-        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(code = self.code.name(), message = %self.message, %tracking_id, "request failed");
         }
         let mut response = (status, axum::Json(body)).into_response();
-        response.headers_mut().insert("iothub-errorcode", HeaderValue::from_static(self.code.name()));
+        response.headers_mut().insert(
+            "iothub-errorcode",
+            HeaderValue::from_static(self.code.name()),
+        );
         response
     }
 }
@@ -73,15 +86,25 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         let message = error.to_string();
         match error {
-            StoreError::NotFound(key) if key.module_id.is_some() => ApiError::new(ErrorCode::ModuleNotFound, message),
-            StoreError::NotFound(_) | StoreError::ParentNotFound(_) => ApiError::new(ErrorCode::DeviceNotFound, message),
+            StoreError::NotFound(key) if key.module_id.is_some() => {
+                ApiError::new(ErrorCode::ModuleNotFound, message)
+            }
+            StoreError::NotFound(_) | StoreError::ParentNotFound(_) => {
+                ApiError::new(ErrorCode::DeviceNotFound, message)
+            }
             StoreError::AlreadyExists(key) if key.module_id.is_some() => {
                 ApiError::new(ErrorCode::ModuleAlreadyExistsOnDevice, message)
             }
             StoreError::AlreadyExists(_) => ApiError::new(ErrorCode::DeviceAlreadyExists, message),
-            StoreError::PreconditionFailed { .. } => ApiError::new(ErrorCode::PreconditionFailed, message),
-            StoreError::Twin(_) | StoreError::IdentitySpec(_) => ApiError::new(ErrorCode::ArgumentInvalid, message),
-            StoreError::Incompatible(_) | StoreError::Backend(_) => ApiError::new(ErrorCode::ServerError, message),
+            StoreError::PreconditionFailed { .. } => {
+                ApiError::new(ErrorCode::PreconditionFailed, message)
+            }
+            StoreError::Twin(_) | StoreError::IdentitySpec(_) => {
+                ApiError::new(ErrorCode::ArgumentInvalid, message)
+            }
+            StoreError::Incompatible(_) | StoreError::Backend(_) => {
+                ApiError::new(ErrorCode::ServerError, message)
+            }
         }
     }
 }
@@ -90,9 +113,13 @@ impl From<ServiceAuthError> for ApiError {
     fn from(error: ServiceAuthError) -> Self {
         let message = error.to_string();
         match error {
-            ServiceAuthError::Unauthenticated(_) => ApiError::new(ErrorCode::IotHubUnauthorizedAccess, message),
+            ServiceAuthError::Unauthenticated(_) => {
+                ApiError::new(ErrorCode::IotHubUnauthorizedAccess, message)
+            }
             // 403 for "authenticated but not allowed" (Azure answers 401 for both; see docs/compat.md).
-            ServiceAuthError::Forbidden { .. } => ApiError::new(ErrorCode::GenericForbidden, message),
+            ServiceAuthError::Forbidden { .. } => {
+                ApiError::new(ErrorCode::GenericForbidden, message)
+            }
         }
     }
 }
@@ -101,7 +128,9 @@ impl From<InvokeMethodError> for ApiError {
     fn from(error: InvokeMethodError) -> Self {
         let message = error.to_string();
         let code = match error {
-            InvokeMethodError::NotFound(key) if key.module_id.is_some() => ErrorCode::ModuleNotFound,
+            InvokeMethodError::NotFound(key) if key.module_id.is_some() => {
+                ErrorCode::ModuleNotFound
+            }
             InvokeMethodError::NotFound(_) => ErrorCode::DeviceNotFound,
             InvokeMethodError::NotOnline(_) => ErrorCode::DeviceNotOnline,
             InvokeMethodError::Timeout { .. } => ErrorCode::GatewayTimeout,

@@ -32,8 +32,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Requirement, authorize_service, required};
 use crate::services::{
-    METHOD_CONNECT_TIMEOUT_RANGE, METHOD_DEFAULT_RESPONSE_TIMEOUT, METHOD_RESPONSE_TIMEOUT_RANGE, MethodInvocation,
-    Services,
+    METHOD_CONNECT_TIMEOUT_RANGE, METHOD_DEFAULT_RESPONSE_TIMEOUT, METHOD_RESPONSE_TIMEOUT_RANGE,
+    MethodInvocation, Services,
 };
 use crate::websocket::WebSocketStream;
 pub use error::ApiError;
@@ -59,20 +59,39 @@ pub fn router(
     tracker: TaskTracker,
 ) -> Router {
     let body_limit = services.config.limits.max_request_body_bytes;
-    let state = ApiState { services, ready, shutdown, tracker };
+    let state = ApiState {
+        services,
+        ready,
+        shutdown,
+        tracker,
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/devices", get(list_devices))
-        .route("/devices/{device_id}", put(put_device).get(get_device).delete(delete_device))
+        .route(
+            "/devices/{device_id}",
+            put(put_device).get(get_device).delete(delete_device),
+        )
         .route("/devices/{device_id}/modules", get(list_modules))
-        .route("/devices/{device_id}/modules/{module_id}", put(put_module).get(get_module).delete(delete_module))
-        .route("/twins/{device_id}", get(get_twin).patch(patch_twin).put(replace_twin))
+        .route(
+            "/devices/{device_id}/modules/{module_id}",
+            put(put_module).get(get_module).delete(delete_module),
+        )
+        .route(
+            "/twins/{device_id}",
+            get(get_twin).patch(patch_twin).put(replace_twin),
+        )
         .route(
             "/twins/{device_id}/modules/{module_id}",
-            get(get_module_twin).patch(patch_module_twin).put(replace_module_twin),
+            get(get_module_twin)
+                .patch(patch_module_twin)
+                .put(replace_module_twin),
         )
         .route("/twins/{device_id}/methods", post(invoke_method))
-        .route("/twins/{device_id}/modules/{module_id}/methods", post(invoke_module_method))
+        .route(
+            "/twins/{device_id}/modules/{module_id}/methods",
+            post(invoke_module_method),
+        )
         .route("/statistics/devices", get(device_statistics))
         .route("/statistics/service", get(service_statistics))
         .route("/$iothub/websocket", get(mqtt_over_websocket))
@@ -84,23 +103,32 @@ pub fn router(
 
 // ---- helpers ----
 
-fn authorize(state: &ApiState, headers: &HeaderMap, uri: &Uri, requirement: Requirement) -> ApiResult<()> {
-    let authorization = headers.get("authorization").and_then(|value| value.to_str().ok());
+fn authorize(
+    state: &ApiState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    requirement: Requirement,
+) -> ApiResult<()> {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok());
     let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
     authorize_service(&state.services, authorization, uri.path(), requirement, now)?;
     Ok(())
 }
 
 fn device_key(device_id: &str) -> ApiResult<IdentityKey> {
-    let device_id: DeviceId =
-        device_id.parse().map_err(|error| ApiError::bad_request(format!("device id {device_id:?}: {error}")))?;
+    let device_id: DeviceId = device_id
+        .parse()
+        .map_err(|error| ApiError::bad_request(format!("device id {device_id:?}: {error}")))?;
     Ok(IdentityKey::device(device_id))
 }
 
 fn module_key(device_id: &str, module_id: &str) -> ApiResult<IdentityKey> {
     let device = device_key(device_id)?.device_id;
-    let module_id: ModuleId =
-        module_id.parse().map_err(|error| ApiError::bad_request(format!("module id {module_id:?}: {error}")))?;
+    let module_id: ModuleId = module_id
+        .parse()
+        .map_err(|error| ApiError::bad_request(format!("module id {module_id:?}: {error}")))?;
     Ok(IdentityKey::module(device, module_id))
 }
 
@@ -108,7 +136,9 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<IfMatch>> {
     match headers.get("if-match") {
         None => Ok(None),
         Some(value) => {
-            let text = value.to_str().map_err(|_| ApiError::bad_request("the If-Match header is not ASCII"))?;
+            let text = value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("the If-Match header is not ASCII"))?;
             Ok(Some(parse_if_match(text)))
         }
     }
@@ -118,16 +148,24 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<IfMatch>> {
 fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::GenericRequestEntityTooLarge, "the request body is too large")
+            ApiError::new(
+                ErrorCode::GenericRequestEntityTooLarge,
+                "the request body is too large",
+            )
         } else {
             ApiError::bad_request(format!("cannot read the request body: {rejection}"))
         }
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty; a JSON document is required"));
+        return Err(ApiError::bad_request(
+            "the request body is empty; a JSON document is required",
+        ));
     }
-    serde_json::from_slice(&body)
-        .map_err(|error| ApiError::bad_request(format!("the request body is not valid JSON for this operation: {error}")))
+    serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request(format!(
+            "the request body is not valid JSON for this operation: {error}"
+        ))
+    })
 }
 
 fn query_top(query: &HashMap<String, String>) -> ApiResult<usize> {
@@ -135,7 +173,9 @@ fn query_top(query: &HashMap<String, String>) -> ApiResult<usize> {
         None => Ok(1000),
         Some(text) => match text.parse::<usize>() {
             Ok(top) if (1..=1000).contains(&top) => Ok(top),
-            _ => Err(ApiError::bad_request(format!("top must be a number from 1 to 1000, got {text:?}"))),
+            _ => Err(ApiError::bad_request(format!(
+                "top must be a number from 1 to 1000, got {text:?}"
+            ))),
         },
     }
 }
@@ -151,11 +191,17 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 }
 
 async fn unknown_route(uri: Uri) -> ApiError {
-    ApiError::new(ErrorCode::GenericNotFound, format!("no such endpoint: {}", uri.path()))
+    ApiError::new(
+        ErrorCode::GenericNotFound,
+        format!("no such endpoint: {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed(uri: Uri) -> ApiError {
-    ApiError::new(ErrorCode::GenericMethodNotAllowed, format!("this HTTP method is not supported on {}", uri.path()))
+    ApiError::new(
+        ErrorCode::GenericMethodNotAllowed,
+        format!("this HTTP method is not supported on {}", uri.path()),
+    )
 }
 
 // ---- registry ----
@@ -180,7 +226,10 @@ async fn get_device(
     Path(device_id): Path<String>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::REGISTRY_READ)?;
-    let record = state.services.get_identity(&device_key(&device_id)?).await?;
+    let record = state
+        .services
+        .get_identity(&device_key(&device_id)?)
+        .await?;
     Ok(Json(convert::identity_json(&record)).into_response())
 }
 
@@ -216,7 +265,10 @@ async fn put_identity(
 ) -> ApiResult<Response> {
     let body: Value = json_body(body)?;
     let spec = convert::identity_spec(&key, &body)?;
-    let record = state.services.put_identity(key, spec, if_match(headers)?).await?;
+    let record = state
+        .services
+        .put_identity(key, spec, if_match(headers)?)
+        .await?;
     // Azure answers 200 for both create and update (the Python SDK accepts nothing else for devices).
     Ok(Json(convert::identity_json(&record)).into_response())
 }
@@ -229,7 +281,10 @@ async fn delete_device(
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::REGISTRY_WRITE)?;
     let key = device_key(&device_id)?;
-    state.services.delete_identity(&key, if_match(&headers)?.unwrap_or(IfMatch::Any)).await?;
+    state
+        .services
+        .delete_identity(&key, if_match(&headers)?.unwrap_or(IfMatch::Any))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -240,7 +295,10 @@ async fn get_module(
     Path((device_id, module_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::REGISTRY_READ)?;
-    let record = state.services.get_identity(&module_key(&device_id, &module_id)?).await?;
+    let record = state
+        .services
+        .get_identity(&module_key(&device_id, &module_id)?)
+        .await?;
     Ok(Json(convert::identity_json(&record)).into_response())
 }
 
@@ -252,7 +310,10 @@ async fn delete_module(
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::REGISTRY_WRITE)?;
     let key = module_key(&device_id, &module_id)?;
-    state.services.delete_identity(&key, if_match(&headers)?.unwrap_or(IfMatch::Any)).await?;
+    state
+        .services
+        .delete_identity(&key, if_match(&headers)?.unwrap_or(IfMatch::Any))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -269,13 +330,21 @@ async fn list_modules(
     Ok(Json(modules).into_response())
 }
 
-async fn device_statistics(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> ApiResult<Response> {
+async fn device_statistics(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::REGISTRY_READ)?;
     let counts = state.services.store.statistics().await?;
     Ok(Json(counts).into_response())
 }
 
-async fn service_statistics(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> ApiResult<Response> {
+async fn service_statistics(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::SERVICE_STATISTICS)?;
     let connected = state.services.router().connected_count();
     Ok(Json(json!({ "connectedDeviceCount": connected })).into_response())
@@ -290,7 +359,10 @@ async fn get_twin(
     Path(device_id): Path<String>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::TWIN_READ)?;
-    let record = state.services.get_identity(&device_key(&device_id)?).await?;
+    let record = state
+        .services
+        .get_identity(&device_key(&device_id)?)
+        .await?;
     Ok(Json(convert::twin_json(&record)).into_response())
 }
 
@@ -301,7 +373,10 @@ async fn get_module_twin(
     Path((device_id, module_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::TWIN_READ)?;
-    let record = state.services.get_identity(&module_key(&device_id, &module_id)?).await?;
+    let record = state
+        .services
+        .get_identity(&module_key(&device_id, &module_id)?)
+        .await?;
     Ok(Json(convert::twin_json(&record)).into_response())
 }
 
@@ -316,8 +391,15 @@ async fn write_twin(
     if !body.is_object() {
         return Err(ApiError::bad_request("the twin must be a JSON object"));
     }
-    let change = if replace { TwinChange::ServiceReplace(body) } else { TwinChange::ServicePatch(body) };
-    let updated = state.services.update_twin(&key, change, if_match(headers)?.unwrap_or(IfMatch::Any)).await?;
+    let change = if replace {
+        TwinChange::ServiceReplace(body)
+    } else {
+        TwinChange::ServicePatch(body)
+    };
+    let updated = state
+        .services
+        .update_twin(&key, change, if_match(headers)?.unwrap_or(IfMatch::Any))
+        .await?;
     Ok(Json(convert::twin_json(&updated.record)).into_response())
 }
 
@@ -351,7 +433,14 @@ async fn patch_module_twin(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::TWIN_WRITE)?;
-    write_twin(&state, module_key(&device_id, &module_id)?, &headers, body, false).await
+    write_twin(
+        &state,
+        module_key(&device_id, &module_id)?,
+        &headers,
+        body,
+        false,
+    )
+    .await
 }
 
 async fn replace_module_twin(
@@ -362,7 +451,14 @@ async fn replace_module_twin(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::TWIN_WRITE)?;
-    write_twin(&state, module_key(&device_id, &module_id)?, &headers, body, true).await
+    write_twin(
+        &state,
+        module_key(&device_id, &module_id)?,
+        &headers,
+        body,
+        true,
+    )
+    .await
 }
 
 // ---- direct methods ----
@@ -391,18 +487,29 @@ async fn invoke_module_method(
     invoke(&state, key, body).await
 }
 
-async fn invoke(state: &ApiState, key: IdentityKey, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+async fn invoke(
+    state: &ApiState,
+    key: IdentityKey,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let request: CloudToDeviceMethod = json_body(body).map_err(ApiError::numeric)?;
     let invocation = method_invocation(request).map_err(ApiError::numeric)?;
     let result = state.services.invoke_method(&key, invocation).await?;
-    Ok(Json(CloudToDeviceMethodResult { status: result.status, payload: result.payload }).into_response())
+    Ok(Json(CloudToDeviceMethodResult {
+        status: result.status,
+        payload: result.payload,
+    })
+    .into_response())
 }
 
 /// Azure's rules: a valid method name, response timeout 5-300 s (default 30), connect timeout 0-300 s.
 fn method_invocation(request: CloudToDeviceMethod) -> ApiResult<MethodInvocation> {
-    validate_method_name(&request.method_name)
-        .map_err(|error| ApiError::bad_request(format!("method name {:?}: {error}", request.method_name)))?;
-    let response_timeout = request.response_timeout_in_seconds.unwrap_or(METHOD_DEFAULT_RESPONSE_TIMEOUT);
+    validate_method_name(&request.method_name).map_err(|error| {
+        ApiError::bad_request(format!("method name {:?}: {error}", request.method_name))
+    })?;
+    let response_timeout = request
+        .response_timeout_in_seconds
+        .unwrap_or(METHOD_DEFAULT_RESPONSE_TIMEOUT);
     if !METHOD_RESPONSE_TIMEOUT_RANGE.contains(&response_timeout) {
         return Err(ApiError::bad_request(format!(
             "responseTimeoutInSeconds must be from {} to {}, got {response_timeout}",
@@ -434,8 +541,21 @@ async fn mqtt_over_websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let max_message = state.services.config.limits.max_packet_size + 1024;
-    upgrade.protocols(["mqtt"]).max_message_size(max_message).on_upgrade(move |socket| {
-        let ApiState { services, shutdown, tracker, .. } = state;
-        tracker.track_future(crate::mqtt::serve_connection(WebSocketStream::new(socket), services, peer, shutdown))
-    })
+    upgrade
+        .protocols(["mqtt"])
+        .max_message_size(max_message)
+        .on_upgrade(move |socket| {
+            let ApiState {
+                services,
+                shutdown,
+                tracker,
+                ..
+            } = state;
+            tracker.track_future(crate::mqtt::serve_connection(
+                WebSocketStream::new(socket),
+                services,
+                peer,
+                shutdown,
+            ))
+        })
 }
