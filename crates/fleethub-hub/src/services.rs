@@ -250,15 +250,26 @@ impl Services {
                 max,
             });
         }
-        if self.store.get(key).await?.is_none() {
-            return Err(InvokeMethodError::NotFound(key.clone()));
-        }
+        // A device connected and subscribed exists (deleting an identity closes its connection), so the
+        // hot path skips the store; only a device that is not online needs the store to tell "unknown"
+        // (404001) from "offline" (404103).
+        let methods = Subscription::Methods;
         if !self
             .sessions
-            .wait_for_subscription(key, Subscription::Methods, invocation.connect_timeout)
+            .wait_for_subscription(key, methods, Duration::ZERO)
             .await
         {
-            return Err(InvokeMethodError::NotOnline(key.clone()));
+            if self.store.get(key).await?.is_none() {
+                return Err(InvokeMethodError::NotFound(key.clone()));
+            }
+            let connect_timeout = invocation.connect_timeout;
+            if !self
+                .sessions
+                .wait_for_subscription(key, methods, connect_timeout)
+                .await
+            {
+                return Err(InvokeMethodError::NotOnline(key.clone()));
+            }
         }
         let call = self.methods.register(key);
         let request = Outbound::MethodRequest {
