@@ -113,7 +113,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
         &data_dir.join(DATABASE_FILE),
         SqliteStoreOptions {
-            twin_limits: config.twin_limits.clone(),
+            twin_limits: config.twin_limits,
             ..SqliteStoreOptions::default()
         },
     )?);

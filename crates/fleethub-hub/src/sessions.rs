@@ -10,7 +10,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -230,9 +230,7 @@ impl SessionTable {
     }
 
     fn shard(&self, key: &IdentityKey) -> std::sync::MutexGuard<'_, HashMap<IdentityKey, Slot>> {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        let index = (hasher.finish() as usize) % self.shards.len();
+        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
         self.shards[index]
             .lock()
             .expect("session shard lock poisoned")
@@ -288,13 +286,13 @@ impl SessionTable {
             .as_ref()
             .is_some_and(|live| live.generation == generation);
         if current {
-            if let Some(live) = &entry.get().live {
-                if let Some(last) = live.take_unflushed_activity() {
-                    self.departed_activity
-                        .lock()
-                        .expect("activity lock poisoned")
-                        .push((key.clone(), last));
-                }
+            if let Some(live) = &entry.get().live
+                && let Some(last) = live.take_unflushed_activity()
+            {
+                self.departed_activity
+                    .lock()
+                    .expect("activity lock poisoned")
+                    .push((key.clone(), last));
             }
             entry.get_mut().live = None;
             self.connected.fetch_sub(1, Ordering::Relaxed);
@@ -346,10 +344,10 @@ impl SessionTable {
     ) {
         for shard in self.shards.iter() {
             for (key, slot) in shard.lock().expect("session shard lock poisoned").iter() {
-                if &key.device_id == device_id {
-                    if let Some(live) = &slot.live {
-                        live.request_close(reason);
-                    }
+                if &key.device_id == device_id
+                    && let Some(live) = &slot.live
+                {
+                    live.request_close(reason);
                 }
             }
         }

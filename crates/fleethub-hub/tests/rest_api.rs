@@ -437,7 +437,16 @@ async fn bad_requests_are_400_or_413_with_the_reason() {
     let api = Api::new(&hub);
     let token = api.token(&Api::policy(&hub, "iothubowner"), unix_now() + 3600);
     let long_id = "a".repeat(129);
-    let cases: Vec<(&str, Method, String, Option<Vec<u8>>, StatusCode, &str)> = vec![
+    /// (case, method, path, body, expected status, text the message must contain)
+    type Case = (
+        &'static str,
+        Method,
+        String,
+        Option<Vec<u8>>,
+        StatusCode,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         ("id too long", Method::GET, format!("/devices/{long_id}"), None, StatusCode::BAD_REQUEST, "129"),
         ("bad character in id", Method::GET, "/devices/a%20b".into(), None, StatusCode::BAD_REQUEST, "' '"),
         ("body not JSON", Method::PUT, "/devices/dev2".into(), Some(b"{nope".to_vec()), StatusCode::BAD_REQUEST, "not valid JSON"),

@@ -112,10 +112,13 @@ enum JobOutcome {
     Aborted(StoreError),
 }
 
+/// Runs on the writer thread once a write is durable (see `UpdateTwin::on_commit`).
+type AfterCommit<T> = Box<dyn FnOnce(&T) + Send>;
+
 struct Job<F, T> {
     work: F,
     reply: oneshot::Sender<StoreResult<T>>,
-    after_commit: Option<Box<dyn FnOnce(&T) + Send>>,
+    after_commit: Option<AfterCommit<T>>,
 }
 
 impl<F, T> WriteJob for Job<F, T>
@@ -233,7 +236,7 @@ impl SqliteStore {
     fn write_then<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection, &mut WriteContext) -> StoreResult<T> + Send + 'static,
-        after_commit: Option<Box<dyn FnOnce(&T) + Send>>,
+        after_commit: Option<AfterCommit<T>>,
     ) -> BoxFuture<'_, StoreResult<T>> {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn WriteJob> = Box::new(Job {
@@ -377,11 +380,11 @@ fn run_writer(
         }
         context.last_sequence = None;
         let commit = run_batch(&connection, &mut batch, &mut finishers, &mut context);
-        if commit.is_ok() {
-            if let Some(sequence) = context.last_sequence {
-                trim_changes(&connection, sequence, context.options.change_feed_retention);
-                changes.send_replace(sequence);
-            }
+        if commit.is_ok()
+            && let Some(sequence) = context.last_sequence
+        {
+            trim_changes(&connection, sequence, context.options.change_feed_retention);
+            changes.send_replace(sequence);
         }
         for finisher in finishers.drain(..) {
             finisher(commit.clone());

@@ -23,8 +23,18 @@ fn free_address() -> String {
         .to_string()
 }
 
+/// A `fleethub serve` process, killed and reaped when dropped (also when a test fails).
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `serve` and waits until it has written its connection metadata (the hub is up).
-fn serve(data_dir: &std::path::Path, mqtt: &str, https: &str) -> std::process::Child {
+fn serve(data_dir: &std::path::Path, mqtt: &str, https: &str) -> Served {
     let child = Command::new(env!("CARGO_BIN_EXE_fleethub"))
         .args([
             "serve",
@@ -39,6 +49,7 @@ fn serve(data_dir: &std::path::Path, mqtt: &str, https: &str) -> std::process::C
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn serve");
+    let child = Served(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let https_port = https.rsplit(':').next().unwrap().to_owned();
     loop {
@@ -114,7 +125,7 @@ fn connection_string_prints_each_policy_and_explains_mistakes() {
     );
 
     let https = free_address();
-    let mut hub = serve(&data_dir, &free_address(), &https);
+    let hub = serve(&data_dir, &free_address(), &https);
     let port = https.rsplit(':').next().unwrap();
     for policy in [
         "iothubowner",
@@ -172,8 +183,7 @@ fn connection_string_prints_each_policy_and_explains_mistakes() {
         stderr(&second)
     );
 
-    hub.kill().unwrap();
-    hub.wait().unwrap();
+    drop(hub);
 }
 
 #[test]

@@ -60,10 +60,10 @@ impl HubProcess {
             if let Ok(ca) = std::fs::read_to_string(self.data_dir.join("ca.pem")) {
                 let api = ServiceApi::new(self.https, &ca, "unused", "AAAA");
                 let url = format!("{}/healthz", api.base);
-                if let Ok(response) = api.client.get(url).send().await {
-                    if response.status() == StatusCode::OK {
-                        return;
-                    }
+                if let Ok(response) = api.client.get(url).send().await
+                    && response.status() == StatusCode::OK
+                {
+                    return;
                 }
             }
             assert!(

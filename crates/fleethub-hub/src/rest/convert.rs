@@ -131,23 +131,22 @@ pub fn identity_spec(key: &IdentityKey, body: &Value) -> Result<IdentitySpec, Ap
             Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
         }
     };
-    if let Some(device_id) = text("deviceId")? {
-        if device_id != key.device_id.as_str() {
-            return Err(ApiError::bad_request(format!(
-                "deviceId {device_id:?} in the body does not match {:?} in the URL",
-                key.device_id.as_str()
-            )));
-        }
+    if let Some(device_id) = text("deviceId")?
+        && device_id != key.device_id.as_str()
+    {
+        return Err(ApiError::bad_request(format!(
+            "deviceId {device_id:?} in the body does not match {:?} in the URL",
+            key.device_id.as_str()
+        )));
     }
-    if let Some(module_id) = &key.module_id {
-        if let Some(body_module) = text("moduleId")? {
-            if body_module != module_id.as_str() {
-                return Err(ApiError::bad_request(format!(
-                    "moduleId {body_module:?} in the body does not match {:?} in the URL",
-                    module_id.as_str()
-                )));
-            }
-        }
+    if let Some(module_id) = &key.module_id
+        && let Some(body_module) = text("moduleId")?
+        && body_module != module_id.as_str()
+    {
+        return Err(ApiError::bad_request(format!(
+            "moduleId {body_module:?} in the body does not match {:?} in the URL",
+            module_id.as_str()
+        )));
     }
     let status = match object.get("status") {
         None | Some(Value::Null) => DeviceStatus::Enabled,
