@@ -709,3 +709,93 @@ async fn garbage_on_the_tls_ports_is_dropped_and_the_hub_keeps_serving() {
     let record = hub.create_device("dev1").await;
     let _client = hub.connected(&record).await;
 }
+
+#[tokio::test]
+async fn secondary_keys_and_device_connect_policy_tokens_are_accepted() {
+    use fleethub_protocol::sas::{decode_key, generate_sas_token};
+    let hub = TestHub::start().await;
+    let record = hub.create_device("dev1").await;
+    let secondary = record
+        .identity
+        .authentication
+        .secondary_key
+        .clone()
+        .unwrap();
+    let mut client = hub.raw().await;
+    client
+        .connect_accepted(connect_with_key("dev1", &secondary, 60))
+        .await;
+    drop(client);
+
+    // A token signed with a policy that has DeviceConnect, scoped to the hub or to the device, connects it;
+    // a policy without DeviceConnect does not.
+    let policy_token = |policy: &str, resource: &str| {
+        let key = decode_key(&hub.policy(policy).primary_key).unwrap();
+        generate_sas_token(resource, &key, unix_now() + 600, Some(policy))
+    };
+    let cases = [
+        (
+            "device policy, hub scope",
+            policy_token("device", "localhost"),
+            ConnectReturnCode::Accepted,
+        ),
+        (
+            "device policy, device scope",
+            policy_token("device", "localhost/devices/dev1"),
+            ConnectReturnCode::Accepted,
+        ),
+        (
+            "device policy, other device",
+            policy_token("device", "localhost/devices/dev2"),
+            ConnectReturnCode::NotAuthorized,
+        ),
+        (
+            "service policy",
+            policy_token("service", "localhost"),
+            ConnectReturnCode::NotAuthorized,
+        ),
+    ];
+    for (name, token, expected) in cases {
+        let mut client = hub.raw().await;
+        client
+            .send(&Packet::Connect(Connect {
+                password: Some(token.into_bytes().into()),
+                ..connect_for(&record, 60)
+            }))
+            .await;
+        match client.receive().await {
+            Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, expected, "{name}"),
+            other => panic!("{name}: expected CONNACK, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_device_is_closed_when_its_token_expires() {
+    use fleethub_protocol::sas::{decode_key, generate_sas_token};
+    let hub = TestHub::start().await;
+    let record = hub.create_device("dev1").await;
+    let key = decode_key(
+        record
+            .identity
+            .authentication
+            .primary_key
+            .as_deref()
+            .unwrap(),
+    )
+    .unwrap();
+    let token = generate_sas_token("localhost/devices/dev1", &key, unix_now() + 2, None);
+    let mut client = hub.raw().await;
+    client
+        .connect_accepted(Connect {
+            password: Some(token.into_bytes().into()),
+            ..connect_for(&record, 60)
+        })
+        .await;
+    let started = Instant::now();
+    client.expect_closed_because("the token expired").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at expiry, not at keep-alive"
+    );
+}
