@@ -270,6 +270,44 @@ impl ServiceClient {
         })
     }
 
+    /// A signed request whose successful answer is consumed as a stream (the change feed). A non-2xx answer
+    /// is read whole and returned as the usual error.
+    pub(crate) async fn send_streaming(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ServiceError> {
+        let inner = &*self.inner;
+        let url = Url::parse(&format!("{}{path_and_query}", inner.base_url)).map_err(|error| {
+            ServiceError::InvalidRequest {
+                reason: format!("{path_and_query:?} does not make a valid url: {error}"),
+            }
+        })?;
+        let failed =
+            |error: reqwest::Error| ServiceError::from_reqwest(&inner.host_name, timeout, error);
+        let response = inner
+            .http
+            .request(method, url)
+            .header(header::AUTHORIZATION, inner.token.authorization())
+            .header(header::ACCEPT, "text/event-stream")
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(failed)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(failed)?.to_vec();
+        Err(ServiceError::from_error_response(
+            status.as_u16(),
+            &headers,
+            &body,
+        ))
+    }
+
     /// A call whose success answer is JSON of type `T`.
     pub(crate) async fn call_json<T: DeserializeOwned>(
         &self,

@@ -17,6 +17,8 @@
 //!   [`replace_twin`](ServiceClient::replace_twin), and the module-twin variants;
 //! - direct methods: [`invoke_method`](ServiceClient::invoke_method),
 //!   [`invoke_module_method`](ServiceClient::invoke_module_method);
+//! - the change feed, pushed: [`watch_changes`](ServiceClient::watch_changes) (a fleethub extension, not in
+//!   Azure) streams twin, identity and connection changes and resumes by itself after a dropped connection;
 //! - [`raw`](ServiceClient::raw): any signed request, for endpoints not wrapped yet and for tests.
 //!
 //! The JSON types ([`Device`](protocol::rest::Device), [`Twin`](protocol::rest::Twin), ...) and ids
@@ -87,6 +89,7 @@
 //! TLS is rustls with the *ring* provider, passed explicitly: the SDK installs no process-wide crypto provider.
 
 mod auth;
+mod changes;
 mod client;
 mod error;
 mod methods;
@@ -96,6 +99,7 @@ mod twins;
 mod wire;
 
 pub use auth::{RENEW_BEFORE_EXPIRY_SECONDS, TOKEN_LIFETIME_SECONDS};
+pub use changes::{ChangeStream, WatchOptions};
 pub use client::{RawResponse, ServiceClient, ServiceClientOptions};
 pub use error::{ConfigError, ServiceError};
 pub use wire::API_VERSION;

@@ -4,6 +4,7 @@
 //! Handlers parse and authorise, call a service, and render; the mapping from failures to HTTP lives in
 //! [`error`] alone.
 
+mod changes;
 mod convert;
 pub mod error;
 
@@ -94,6 +95,7 @@ pub fn router(
         )
         .route("/statistics/devices", get(device_statistics))
         .route("/statistics/service", get(service_statistics))
+        .route("/changes", get(changes::stream_changes))
         .route("/$iothub/websocket", get(mqtt_over_websocket))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
