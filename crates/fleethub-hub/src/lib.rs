@@ -10,6 +10,7 @@ pub mod rest;
 pub mod services;
 pub mod sessions;
 pub mod tls;
+pub mod tls_stream;
 mod websocket;
 
 use std::fs;
@@ -23,7 +24,6 @@ use fleethub_core::access::{AccessPolicy, BUILT_IN_POLICIES};
 use fleethub_store::{SqliteStore, SqliteStoreOptions, Store, StoreError};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -132,7 +132,6 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     if let Some(what) = certificates.issued {
         tracing::info!(data_dir = %data_dir.display(), "{what}");
     }
-    let acceptor = TlsAcceptor::from(Arc::clone(&certificates.server_config));
 
     let mqtt_listener = TcpListener::bind(config.mqtt_listen)
         .await
@@ -194,7 +193,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
 
     tracker.spawn(listeners::run_mqtt_listener(
         mqtt_listener,
-        acceptor.clone(),
+        Arc::clone(&certificates.server_config),
         Arc::clone(&services),
         Arc::clone(&limiter),
         tracker.clone(),
@@ -202,7 +201,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     ));
     tracker.spawn(listeners::run_https_listener(
         https_listener,
-        acceptor,
+        Arc::clone(&certificates.server_config),
         router,
         Arc::clone(&services),
         limiter,

@@ -2,22 +2,24 @@
 //!
 //! Each accepted socket gets its own task at once; the TLS handshake runs there under the connect timeout,
 //! never in the accept loop, so a slow or hostile client cannot stall others. A cap on live connections
-//! refuses extra sockets at accept time.
+//! refuses extra sockets at accept time. TLS is `tls_stream` (buffers freed while idle) on both ports.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::mqtt::serve_connection;
 use crate::services::Services;
+use crate::tls_stream;
 
 /// Counts live connections against the configured cap; the guard gives the slot back when dropped.
 pub struct ConnectionLimiter {
@@ -58,7 +60,7 @@ fn tune(stream: &TcpStream) {
 
 pub async fn run_mqtt_listener(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls_config: Arc<ServerConfig>,
     services: Arc<Services>,
     limiter: Arc<ConnectionLimiter>,
     tracker: TaskTracker,
@@ -82,27 +84,30 @@ pub async fn run_mqtt_listener(
             continue;
         };
         tune(&stream);
-        let acceptor = acceptor.clone();
+        let tls_config = Arc::clone(&tls_config);
         let services = Arc::clone(&services);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slot = slot;
             let timeout = services.config.limits.connect_timeout;
-            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    return tracing::debug!(%peer, %error, "mqtt tls handshake failed");
+            // Both boxes keep this task, which lives as long as the connection, small. The handshake future
+            // holds a stream and would size the task if inline, and `serve_connection` keeps its stream
+            // argument twice (as the argument and inside its `Connection`): a pointer there saves a stream.
+            let tls = match Box::pin(tls_stream::accept(stream, tls_config, timeout)).await {
+                Ok(tls) => tls,
+                Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                    return tracing::debug!(%peer, "mqtt tls handshake timed out");
                 }
-                Err(_) => return tracing::debug!(%peer, "mqtt tls handshake timed out"),
+                Err(error) => return tracing::debug!(%peer, %error, "mqtt tls handshake failed"),
             };
-            serve_connection(tls, services, peer, shutdown).await;
+            serve_connection(Box::new(tls), services, peer, shutdown).await;
         });
     }
 }
 
 pub async fn run_https_listener(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls_config: Arc<ServerConfig>,
     router: Router,
     services: Arc<Services>,
     limiter: Arc<ConnectionLimiter>,
@@ -126,18 +131,18 @@ pub async fn run_https_listener(
             continue;
         };
         tune(&stream);
-        let acceptor = acceptor.clone();
+        let tls_config = Arc::clone(&tls_config);
         let router = router.clone();
         let timeout = services.config.limits.connect_timeout;
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slot = slot;
-            let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    return tracing::debug!(%peer, %error, "https tls handshake failed");
+            let tls = match tls_stream::accept(stream, tls_config, timeout).await {
+                Ok(tls) => tls,
+                Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                    return tracing::debug!(%peer, "https tls handshake timed out");
                 }
-                Err(_) => return tracing::debug!(%peer, "https tls handshake timed out"),
+                Err(error) => return tracing::debug!(%peer, %error, "https tls handshake failed"),
             };
             // The peer address rides along in each request's extensions (the WebSocket gateway logs it).
             let service = hyper::service::service_fn(

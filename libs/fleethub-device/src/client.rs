@@ -11,12 +11,13 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::connection::{Connection, ConnectionState, establish};
+use crate::connection::{ConnectionState, ConnectionTask, Dialer};
 use crate::credentials::Identity;
 use crate::desired::{DesiredPatchStream, patch_channel};
 use crate::error::{ConnectError, DisconnectError, SubscribeError, TwinError};
 use crate::methods::{MethodRequest, MethodResponse, erase_handler};
 use crate::options::DeviceClientOptions;
+use crate::reconnect::Jitter;
 use crate::session::{
     Command, DesiredPatchesCommand, OnMethodCommand, Request, Session, SubscribeReply, TwinCommand,
 };
@@ -28,16 +29,22 @@ use crate::twin::{
 
 /// Commands waiting for the connection task. It takes them as they come, so a few slots suffice.
 const COMMAND_QUEUE: usize = 8;
+/// The connection task answers a twin request by its deadline; a caller waits this much longer before
+/// concluding that the task has stopped running.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// A device or module connected to IoT Hub over MQTT.
 ///
-/// Cheap to clone; all clones share one connection and one task. The connection stays open until
-/// [`disconnect`](Self::disconnect) is called on any clone, the hub closes it, or every clone (and every
-/// [`DesiredPatchStream`]) is dropped; in the last case the task still sends DISCONNECT. A method handler
-/// that captures a clone keeps the connection open until `disconnect` is called.
+/// Cheap to clone; all clones share one connection and one task. The client stays alive until
+/// [`disconnect`](Self::disconnect) is called on any clone, every clone (and every [`DesiredPatchStream`]) is
+/// dropped (the task still sends DISCONNECT), or reconnecting fails for good. A method handler that captures
+/// a clone keeps the client alive until `disconnect` is called.
 ///
-/// Operations fail with a `Disconnected` error once the connection is closed; this version does not
-/// reconnect (watch [`connection_state`](Self::connection_state) to notice).
+/// A lost connection is not the end: the client reconnects on its own (see
+/// [`ReconnectPolicy`](crate::ReconnectPolicy)), subscribes again, re-sends what the hub had not
+/// acknowledged, and keeps its method handler and desired-patch stream. Operations started meanwhile wait
+/// for the new connection within their timeouts. Only once the client has stopped
+/// ([`ConnectionState::Disconnected`]) do operations fail with a `Disconnected` error at once.
 #[derive(Clone)]
 pub struct DeviceClient {
     inner: Arc<ClientInner>,
@@ -66,9 +73,16 @@ impl DeviceClient {
     /// connection string. `GatewayHostName` is dialled when present; `HostName` always goes into the MQTT
     /// user name and the SAS token. A `SharedAccessSignature` in the string is used as is.
     ///
-    /// Resolves once the hub has accepted the connection (CONNACK 0). The connection string is read before
+    /// Resolves once the hub has accepted the connection (CONNACK 0). This first connection is not retried:
+    /// its error is returned as is (only later losses are reconnected). The connection string is read before
     /// the future is returned, so the future borrows nothing and can be spawned (the load tool connects
     /// thousands of clients that way). Must run within a Tokio runtime: it spawns the connection task.
+    ///
+    /// With a `SharedAccessKey` the client signs a token for each connection and renews it before it
+    /// expires (see [`DeviceClientOptions::sas_ttl`]). A `SharedAccessSignature` cannot be renewed: the
+    /// client disconnects when it expires, ending in
+    /// [`DisconnectReason::SasTokenExpired`](crate::DisconnectReason::SasTokenExpired), and refuses to start
+    /// with one that has already expired ([`ConnectError::SasTokenExpired`]).
     pub fn connect(
         connection_string: &str,
         options: DeviceClientOptions,
@@ -86,9 +100,12 @@ impl DeviceClient {
             .as_deref()
             .ok_or(ConnectError::MissingCaCertificate)?;
         let tls = tls_config(ca_pem)?;
-        let established = establish(&identity, &options, tls).await?;
+        let client_id = identity.client_id.clone();
+        let dialer = Dialer::new(identity, &options, tls);
+        let mut jitter = Jitter::seeded((&client_id, std::time::Instant::now()));
+        let established = dialer.establish(jitter.next_u64()).await?;
         tracing::debug!(
-            client_id = %identity.client_id,
+            %client_id,
             session_present = established.session_present,
             "connected to the hub"
         );
@@ -96,22 +113,23 @@ impl DeviceClient {
         let (command_sender, commands) = mpsc::channel(COMMAND_QUEUE);
         let (state_sender, state) = watch::channel(ConnectionState::Connected);
         let keep_alive = Duration::from_secs(u64::from(options.keep_alive_seconds()));
-        let session = Session::new(identity.client_id.clone(), keep_alive, Instant::now());
-        let connection = Connection::new(
-            established,
+        let session = Session::new(client_id.clone(), keep_alive, Instant::now());
+        let task = ConnectionTask::new(
+            dialer,
             session,
             commands,
             command_sender.downgrade(),
             state_sender,
-            options.operation_timeout,
+            jitter,
+            &options,
         );
-        tokio::spawn(connection.run());
+        tokio::spawn(task.run(established));
 
         Ok(Self {
             inner: Arc::new(ClientInner {
                 commands: command_sender,
                 state,
-                client_id: identity.client_id,
+                client_id,
                 operation_timeout: options.operation_timeout,
                 twin_permits: Semaphore::new(MAX_CONCURRENT_TWIN_REQUESTS),
             }),
@@ -123,13 +141,32 @@ impl DeviceClient {
         &self.inner.client_id
     }
 
-    /// The connection state now and its changes: `Connected`, then `Disconnected(reason)` once. A watch
-    /// holds only the latest value, so it costs nothing per change and a slow observer skips nothing that
-    /// matters.
+    /// The connection state now and its changes: `Connected`; `Reconnecting` and `Connecting` and back to
+    /// `Connected` as connections are lost and tokens renewed; `Disconnected(reason)` once, at the end. A
+    /// watch holds only the latest value, so it costs nothing per change; a slow observer may skip a short
+    /// `Connecting` or `Reconnecting` but never misses the final `Disconnected`.
+    ///
+    /// ```no_run
+    /// # async fn example(client: fleethub_device::DeviceClient) {
+    /// use fleethub_device::ConnectionState;
+    ///
+    /// let mut state = client.connection_state();
+    /// while state.changed().await.is_ok() {
+    ///     match &*state.borrow_and_update() {
+    ///         ConnectionState::Reconnecting { attempt, reason, .. } => {
+    ///             eprintln!("connection lost ({reason}), reconnection attempt {attempt}")
+    ///         }
+    ///         ConnectionState::Disconnected(reason) => eprintln!("stopped: {reason}"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn connection_state(&self) -> watch::Receiver<ConnectionState> {
         self.inner.state.clone()
     }
 
+    /// Whether a connection is up right now (not reconnecting, renewing or stopped).
     pub fn is_connected(&self) -> bool {
         matches!(*self.inner.state.borrow(), ConnectionState::Connected)
     }
@@ -137,7 +174,8 @@ impl DeviceClient {
     /// The twin's properties document, `{"desired": {..., "$version": n}, "reported": {..., "$version": m}}`
     /// (with `$metadata`), as IoT Hub sends it to devices. Tags are not visible to devices.
     ///
-    /// The first twin request subscribes to `$iothub/twin/res/#`. Fails after `operation_timeout`.
+    /// The first twin request subscribes to `$iothub/twin/res/#`. Fails after `operation_timeout`. A GET
+    /// interrupted by a lost connection is sent again on the next one.
     pub async fn get_twin(&self) -> Result<Value, TwinError> {
         twin_from_response(self.twin_request(TwinRequest::Get).await?)
     }
@@ -145,17 +183,22 @@ impl DeviceClient {
     /// Sends a JSON merge patch of the reported properties (`null` deletes a key) and returns the new
     /// reported `$version`.
     ///
-    /// Dropping the future or a timeout does not withdraw the patch: once sent, the hub may apply it.
+    /// Dropping the future or a timeout does not withdraw the patch: once sent, the hub may apply it. Across
+    /// a lost connection, a patch the hub had not acknowledged is re-sent (MQTT QoS 1: it may then be
+    /// applied twice, which leaves the same properties); one it had acknowledged is not, and fails with
+    /// [`TwinError::Disconnected`] because its response was lost (it may have been applied).
     pub async fn patch_reported(&self, patch: &Value) -> Result<u64, TwinError> {
         let body = Bytes::from(serde_json::to_vec(patch).expect("a JSON value always serialises"));
         reported_version_from_response(self.twin_request(TwinRequest::PatchReported(body)).await?)
     }
 
-    /// Subscribes to desired-property patches and returns them as a stream, in `$version` order.
+    /// Subscribes to desired properties and returns them as a stream: first the whole desired section from
+    /// the twin, then each patch, in strictly increasing `$version` order, each change once, across
+    /// reconnections (details on [`DesiredPatchStream`]). No separate [`get_twin`](Self::get_twin) is needed to
+    /// follow the desired state.
     ///
-    /// To follow the desired state without a gap: subscribe first, then [`get_twin`](Self::get_twin), then
-    /// apply the patches whose `$version` is above the twin's `desired.$version`. One stream per client at a
-    /// time; a second call fails with [`SubscribeError::AlreadyActive`] until the first stream is dropped.
+    /// One stream per client at a time; a second call fails with [`SubscribeError::AlreadyActive`] until the
+    /// first stream is dropped.
     pub async fn desired_patches(&self) -> Result<DesiredPatchStream, SubscribeError> {
         let (sink, stream) = patch_channel(self.clone());
         self.subscribe(|reply| {
@@ -172,7 +215,8 @@ impl DeviceClient {
     /// and further requests are answered 429. A request whose payload is not JSON is answered 400 and a
     /// handler that panics 500, so the caller never waits for a timeout. Calling `on_method` again replaces
     /// the handler. For work that outlives the response (the firmware-update pattern), spawn it from the
-    /// handler and return at once.
+    /// handler and return at once. The handler survives reconnections; a response that the lost connection
+    /// did not deliver is sent on the next one.
     ///
     /// ```no_run
     /// # async fn example(client: fleethub_device::DeviceClient) -> Result<(), Box<dyn std::error::Error>> {
@@ -200,11 +244,11 @@ impl DeviceClient {
             .await
     }
 
-    /// Sends MQTT DISCONNECT and closes the connection (every clone's). Requests still waiting fail with
-    /// `Disconnected`; responses already queued are sent first. A connection that is already closed is
-    /// not an error.
+    /// Stops the client (every clone's): sends MQTT DISCONNECT and closes the connection, or stops
+    /// reconnecting. Requests still waiting fail with `Disconnected`; responses already queued are sent
+    /// first. A client that has already stopped is not an error.
     pub async fn disconnect(self) -> Result<(), DisconnectError> {
-        if !self.is_connected() {
+        if matches!(*self.inner.state.borrow(), ConnectionState::Disconnected(_)) {
             return Ok(());
         }
         let (reply, outcome) = oneshot::channel();
@@ -228,19 +272,21 @@ impl DeviceClient {
         }
     }
 
-    /// One twin request, start to finish, within `operation_timeout` (waiting for a free slot included).
+    /// One twin request, start to finish, within `operation_timeout` (waiting for a free slot included). The
+    /// connection task answers by the deadline, with `Timeout` or, when it was reconnecting all along,
+    /// `Disconnected`.
     async fn twin_request(&self, request: TwinRequest) -> Result<TwinResponse, TwinError> {
         let timeout = self.inner.operation_timeout;
         let deadline = Instant::now() + timeout;
-        let exchange = async {
+        let (reply, response) = oneshot::channel();
+        let queued = async {
             // The semaphore is never closed.
-            let _permit = self
+            let permit = self
                 .inner
                 .twin_permits
                 .acquire()
                 .await
                 .map_err(|_| TwinError::Disconnected)?;
-            let (reply, response) = oneshot::channel();
             let command = TwinCommand {
                 request,
                 deadline,
@@ -250,11 +296,16 @@ impl DeviceClient {
             self.send(Request::Twin(Box::new(command)))
                 .await
                 .map_err(|_| TwinError::Disconnected)?;
-            response.await.map_err(|_| TwinError::Disconnected)?
+            Ok(permit)
         };
-        tokio::time::timeout_at(deadline, exchange)
+        let _permit = tokio::time::timeout_at(deadline, queued)
             .await
-            .unwrap_or(Err(TwinError::Timeout(timeout)))
+            .unwrap_or(Err(TwinError::Timeout(timeout)))?;
+        match tokio::time::timeout_at(deadline + ANSWER_GRACE, response).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(TwinError::Disconnected),
+            Err(_) => Err(TwinError::Timeout(timeout)),
+        }
     }
 
     async fn subscribe(

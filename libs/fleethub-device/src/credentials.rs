@@ -7,7 +7,9 @@ use std::time::Duration;
 use fleethub_protocol::ids::ClientId;
 use fleethub_protocol::percent::quote;
 use fleethub_protocol::sas::{decode_key, generate_sas_token};
-use fleethub_protocol::{ConnectionStringError, ConnectionStringKey, DeviceConnectionString};
+use fleethub_protocol::{
+    ConnectionStringError, ConnectionStringKey, DeviceConnectionString, SasToken,
+};
 
 use crate::error::ConnectError;
 
@@ -32,7 +34,7 @@ pub(crate) struct Identity {
 enum Credential {
     /// The decoded `SharedAccessKey`: a fresh token is signed for every connection.
     SharedAccessKey(Vec<u8>),
-    /// A ready `SharedAccessSignature`: used as is until it expires (renewal is the caller's business).
+    /// A ready `SharedAccessSignature`: used as is until it expires; the client cannot renew it.
     SharedAccessSignature(String),
 }
 
@@ -112,13 +114,48 @@ impl Identity {
     /// string's own token.
     pub fn password(&self, now_unix: u64, ttl: Duration) -> String {
         match &self.credential {
-            Credential::SharedAccessKey(key) => {
-                let expiry = now_unix.saturating_add(ttl.as_secs().max(1));
-                generate_sas_token(&self.token_resource(), key, expiry, None)
-            }
+            Credential::SharedAccessKey(key) => generate_sas_token(
+                &self.token_resource(),
+                key,
+                signed_expiry(now_unix, ttl),
+                None,
+            ),
             Credential::SharedAccessSignature(token) => token.clone(),
         }
     }
+
+    /// When the password of [`Identity::password`] for the same `now_unix` and `ttl` expires, and whether the
+    /// client can sign a new one.
+    pub fn token_expiry(&self, now_unix: u64, ttl: Duration) -> TokenExpiry {
+        match &self.credential {
+            Credential::SharedAccessKey(_) => TokenExpiry::Renewable {
+                expiry_unix: signed_expiry(now_unix, ttl),
+            },
+            Credential::SharedAccessSignature(token) => match token.parse::<SasToken>() {
+                Ok(token) => TokenExpiry::Fixed {
+                    expiry_unix: token.expiry,
+                },
+                // The hub will judge it; nothing for the client to watch.
+                Err(_) => TokenExpiry::Unknown,
+            },
+        }
+    }
+}
+
+/// `se` of a token signed at `now_unix` for `ttl` (at least one second).
+fn signed_expiry(now_unix: u64, ttl: Duration) -> u64 {
+    now_unix.saturating_add(ttl.as_secs().max(1))
+}
+
+/// When a connection's SAS token expires (`se`, Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenExpiry {
+    /// Signed by the client from the connection string's key: it signs a new one before this.
+    Renewable { expiry_unix: u64 },
+    /// The connection string's own `SharedAccessSignature`: it cannot be replaced.
+    Fixed { expiry_unix: u64 },
+    /// A ready-made token whose `se` does not parse.
+    Unknown,
 }
 
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`. A bare IPv6 address (several colons, no brackets) is
@@ -225,12 +262,40 @@ mod tests {
     }
 
     #[test]
-    fn ready_made_token_is_passed_through() {
-        let token = "SharedAccessSignature sr=localhost%2Fdevices%2Fdev1&sig=abc&se=1";
+    fn ready_made_token_is_passed_through_with_its_fixed_expiry() {
+        let token = "SharedAccessSignature sr=localhost%2Fdevices%2Fdev1&sig=e6S%2BETCWXU62jbeBg713p%2FhE4ML0WVBfjuydqACS%2B%2FY%3D&se=1";
         let device = identity(&format!(
             "HostName=localhost;DeviceId=dev1;SharedAccessSignature={token}"
         ));
         assert_eq!(device.password(5, Duration::from_secs(60)), token);
+        assert_eq!(
+            device.token_expiry(5, Duration::from_secs(60)),
+            TokenExpiry::Fixed { expiry_unix: 1 }
+        );
+        let unreadable = identity("HostName=localhost;DeviceId=dev1;SharedAccessSignature=opaque");
+        assert_eq!(
+            unreadable.token_expiry(5, Duration::from_secs(60)),
+            TokenExpiry::Unknown
+        );
+    }
+
+    #[test]
+    fn signed_token_expiry_matches_its_se() {
+        let device = identity(&format!(
+            "HostName=localhost;DeviceId=dev1;SharedAccessKey={KEY}"
+        ));
+        let ttl = Duration::from_millis(3500);
+        let token: SasToken = device.password(1_000, ttl).parse().expect("token parses");
+        assert_eq!(token.expiry, 1_003);
+        assert_eq!(
+            device.token_expiry(1_000, ttl),
+            TokenExpiry::Renewable { expiry_unix: 1_003 }
+        );
+        assert_eq!(
+            device.token_expiry(1_000, Duration::ZERO),
+            TokenExpiry::Renewable { expiry_unix: 1_001 },
+            "at least one second"
+        );
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! Desired-property patches: the bounded hand-over from the connection task to the application, and the
-//! stream that keeps them in `$version` order even when the application falls behind.
+//! stream that keeps them in `$version` order, exactly once, across slow applications and reconnections.
+//!
+//! The stream starts by fetching the twin and yielding the whole desired section, and does the same again
+//! after every reconnection (the connection task sends it a resync marker) and whenever the application
+//! fell behind. Every item carries its `$version`, and only items with a version above the last one yielded
+//! pass, so a patch that the twin already covered, or that the hub delivered twice, is skipped: a change made
+//! while the device was offline arrives once, inside the desired section fetched after the reconnection.
 //!
 //! Backpressure: the connection task never waits for the application (that would stall keep-alive and
 //! every other operation of the client). When the channel is full it drops the patch and raises `lagged`;
 //! it keeps dropping until the stream has caught up. The stream then discards what is still buffered,
-//! fetches the twin, and yields the whole desired section (with its `$version`) in place of the missed
-//! patches, as Azure's SDKs do after a reconnect. Patches at or below a version already yielded are skipped,
-//! so the application sees versions strictly increasing.
+//! fetches the twin, and yields the whole desired section in place of the missed patches, as Azure's SDKs do
+//! after a reconnect.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,10 +39,18 @@ pub(crate) struct DesiredPatchMessage {
     pub topic_version: Option<u64>,
 }
 
+/// What the connection task hands to the stream.
+#[derive(Debug)]
+pub(crate) enum DesiredEvent {
+    Patch(DesiredPatchMessage),
+    /// A new connection is up: patches sent while there was none are lost, so fetch the twin.
+    Resync,
+}
+
 /// The connection task's end of a [`DesiredPatchStream`].
 #[derive(Debug)]
 pub(crate) struct DesiredSink {
-    sender: mpsc::Sender<DesiredPatchMessage>,
+    sender: mpsc::Sender<DesiredEvent>,
     lagged: Arc<AtomicBool>,
 }
 
@@ -60,7 +73,17 @@ impl DesiredSink {
         if self.lagged.load(Ordering::Acquire) {
             return Delivery::Dropped;
         }
-        match self.sender.try_send(message) {
+        self.send(DesiredEvent::Patch(message))
+    }
+
+    /// Asks the stream to fetch the twin before anything else it has not yielded yet. `Dropped` here still
+    /// resynchronises: the stream finds `lagged` raised.
+    pub fn resync(&self) -> Delivery {
+        self.send(DesiredEvent::Resync)
+    }
+
+    fn send(&self, event: DesiredEvent) -> Delivery {
+        match self.sender.try_send(event) {
             Ok(()) => Delivery::Delivered,
             Err(TrySendError::Full(_)) => {
                 self.lagged.store(true, Ordering::Release);
@@ -71,14 +94,23 @@ impl DesiredSink {
     }
 }
 
-/// Desired-property patches in `$version` order, from [`DeviceClient::desired_patches`].
+/// The desired properties as a stream of changes in strictly increasing `$version` order, from
+/// [`DeviceClient::desired_patches`].
 ///
-/// Each item is the patch exactly as the hub sent it (a JSON merge patch of the desired properties,
-/// including `"$version"`), except after the application fell more than 16 patches behind: then the next
-/// item is the complete desired section fetched from the twin, again with `"$version"`, which supersedes
-/// the patches it replaces (keys deleted in those patches are simply absent from it).
+/// Two kinds of items, both JSON objects carrying `"$version"`:
+/// - the complete desired section fetched from the twin (with `$metadata`): always the first item, again
+///   after every reconnection, and after the application fell more than 16 patches behind. It replaces
+///   whatever came before (keys deleted meanwhile are simply absent from it), and it is skipped when its
+///   version is not newer than the last item yielded;
+/// - a patch exactly as the hub sent it (a JSON merge patch of the desired properties), skipped when its
+///   version is at most the last one yielded.
 ///
-/// The stream ends when the connection closes. It keeps the connection open while it lives, like a
+/// So applying every item in order (replace on a full section, merge on a patch) tracks the desired state,
+/// and each change reaches the application once: a change made while the device was offline arrives in
+/// the desired section fetched after the reconnection, and the hub's patch for a version already seen is
+/// dropped. Telling the two kinds apart: only the full section carries `$metadata` at the top level. The
+/// stream survives reconnections; it ends when the client closes for good (see
+/// [`DeviceClient::connection_state`]). It keeps the connection open while it lives, like a
 /// [`DeviceClient`] clone.
 pub struct DesiredPatchStream {
     inner: Pin<Box<dyn Stream<Item = Value> + Send>>,
@@ -116,7 +148,8 @@ pub(crate) fn patch_channel(client: DeviceClient) -> (DesiredSink, DesiredPatchS
         lagged: Arc::clone(&lagged),
         client,
         order: PatchOrder::default(),
-        resync_pending: false,
+        // The first item is the desired state itself.
+        resync_pending: true,
     };
     let stream = futures_util::stream::unfold(state, |mut state| async move {
         let patch = state.next_patch().await?;
@@ -131,7 +164,7 @@ pub(crate) fn patch_channel(client: DeviceClient) -> (DesiredSink, DesiredPatchS
 }
 
 struct StreamState {
-    receiver: mpsc::Receiver<DesiredPatchMessage>,
+    receiver: mpsc::Receiver<DesiredEvent>,
     lagged: Arc<AtomicBool>,
     client: DeviceClient,
     order: PatchOrder,
@@ -160,17 +193,29 @@ impl StreamState {
                             return Some(desired);
                         }
                     }
-                    Err(TwinError::Disconnected) => return None,
+                    // The session drops the sink before it fails requests for good.
+                    Err(TwinError::Disconnected) if self.receiver.is_closed() => return None,
+                    Err(TwinError::Disconnected) => {
+                        // Lost with a connection; the reconnection sends another resync marker, but a
+                        // fetch right away costs nothing while the client is reconnecting.
+                        tracing::debug!(
+                            "the twin fetch for desired properties was cut off; retrying"
+                        );
+                    }
                     Err(error) => {
-                        tracing::warn!(%error, "cannot fetch the twin to catch up on missed desired patches; retrying");
+                        tracing::warn!(%error, "cannot fetch the twin for desired properties; retrying");
                         tokio::time::sleep(RESYNC_RETRY).await;
                     }
                 }
                 continue;
             }
-            let message = self.receiver.recv().await?;
-            if let Some(patch) = self.order.admit_patch(message) {
-                return Some(patch);
+            match self.receiver.recv().await? {
+                DesiredEvent::Patch(message) => {
+                    if let Some(patch) = self.order.admit_patch(message) {
+                        return Some(patch);
+                    }
+                }
+                DesiredEvent::Resync => self.resync_pending = true,
             }
         }
     }
@@ -226,7 +271,7 @@ impl PatchOrder {
 pub(crate) mod tests_support {
     use super::*;
 
-    pub fn sink(sender: mpsc::Sender<DesiredPatchMessage>) -> DesiredSink {
+    pub fn sink(sender: mpsc::Sender<DesiredEvent>) -> DesiredSink {
         DesiredSink {
             sender,
             lagged: Arc::new(AtomicBool::new(false)),
@@ -317,6 +362,64 @@ mod tests {
                 .admit_patch(message(json!({"$version": 10}), None))
                 .is_some()
         );
+    }
+
+    #[test]
+    fn change_made_offline_is_delivered_once_through_the_twin_fetched_after_reconnection() {
+        let mut order = PatchOrder::default();
+        // Connected: the stream starts with the desired section, then a patch.
+        let first = json!({"desired": {"x": 0, "$version": 1}, "reported": {"$version": 1}});
+        assert!(order.admit_full_desired(first).is_some());
+        assert!(
+            order
+                .admit_patch(message(json!({"x": 1, "$version": 2}), Some(2)))
+                .is_some()
+        );
+        // Offline: versions 3 and 4 are made. After reconnecting the twin carries both.
+        let fetched = json!({"desired": {"x": 4, "$version": 4}, "reported": {"$version": 1}});
+        assert_eq!(
+            order.admit_full_desired(fetched),
+            Some(json!({"x": 4, "$version": 4}))
+        );
+        // A hub that still pushes what the twin covered, or repeats a patch, is not heard twice.
+        for version in [3, 4, 2] {
+            assert!(
+                order
+                    .admit_patch(message(
+                        json!({"x": version, "$version": version}),
+                        Some(version)
+                    ))
+                    .is_none(),
+                "version {version}"
+            );
+        }
+        // A second reconnection with nothing changed yields nothing.
+        let unchanged = json!({"desired": {"x": 4, "$version": 4}, "reported": {"$version": 1}});
+        assert_eq!(order.admit_full_desired(unchanged), None);
+        assert!(
+            order
+                .admit_patch(message(json!({"x": 5, "$version": 5}), Some(5)))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn resync_marker_wakes_the_stream_or_raises_lagged_when_the_queue_is_full() {
+        let (sender, mut receiver) = mpsc::channel(1);
+        let sink = tests_support::sink(sender);
+        assert_eq!(sink.resync(), Delivery::Delivered);
+        assert!(matches!(receiver.try_recv(), Ok(DesiredEvent::Resync)));
+        assert_eq!(
+            sink.deliver(message(json!({"$version": 1}), None)),
+            Delivery::Delivered
+        );
+        assert_eq!(sink.resync(), Delivery::Dropped);
+        assert!(
+            sink.lagged.load(Ordering::Acquire),
+            "the stream resyncs anyway"
+        );
+        drop(receiver);
+        assert_eq!(sink.resync(), Delivery::Closed);
     }
 
     #[test]

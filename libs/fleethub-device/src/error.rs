@@ -18,6 +18,10 @@ pub enum ConnectError {
     /// The connection string is valid but uses a credential this SDK cannot use yet.
     #[error("{0} is not supported by this client yet")]
     UnsupportedCredential(&'static str),
+    /// The connection string's `SharedAccessSignature` expired (its `se` is not in the future). The client
+    /// cannot sign a token it was handed ready-made: pass a new one, or a `SharedAccessKey` instead.
+    #[error("the connection string's SharedAccessSignature expired (se={expiry_unix})")]
+    SasTokenExpired { expiry_unix: u64 },
     /// `DeviceClientOptions::ca_pem` is `None`: the SDK carries no root certificates of its own.
     #[error(
         "no CA certificate given: set DeviceClientOptions::ca_pem to the PEM the hub's certificate chains to"
@@ -90,6 +94,7 @@ impl ConnectError {
         match self {
             ConnectError::InvalidConnectionString(_)
             | ConnectError::UnsupportedCredential(_)
+            | ConnectError::SasTokenExpired { .. }
             | ConnectError::MissingCaCertificate
             | ConnectError::InvalidCaCertificate(_)
             | ConnectError::InvalidHostName { .. }
@@ -153,7 +158,9 @@ pub enum TwinError {
     /// No response within `operation_timeout`. A reported patch may still have been applied.
     #[error("no twin response within {0:?}")]
     Timeout(Duration),
-    /// The connection closed before the response arrived. A reported patch may still have been applied.
+    /// The connection was lost and the request could not complete: the client was still reconnecting when
+    /// its deadline passed, the hub had acknowledged a reported patch whose response went down with the
+    /// connection, or the client is closed for good. A reported patch may still have been applied.
     #[error("the connection to the hub is closed")]
     Disconnected,
     /// The hub refused the subscription to `$iothub/twin/res/#`, so responses cannot arrive.

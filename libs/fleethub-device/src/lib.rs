@@ -1,10 +1,6 @@
 //! The fleethub device SDK: connect a device or module to an IoT hub over MQTT 3.1.1 (TLS or secure
-//! WebSocket), read and report twin properties, follow desired-property patches, and answer direct methods.
-//!
-//! It speaks IoT Hub's wire protocol exactly as Microsoft's device SDKs do (same topics, same SAS token
-//! authentication, same MQTT user name shape, clean-session 0), so the same client connects to a fleethub
-//! hub and to Azure IoT Hub unchanged. Against Azure, pass Azure's root CA (DigiCert Global Root G2) as
-//! `ca_pem`; that path is not tested here.
+//! WebSocket), read and report twin properties, follow the desired properties, and answer direct methods;
+//! and stay connected doing so, across network outages, hub restarts and SAS token expiry.
 //!
 //! ```no_run
 //! use fleethub_device::{DeviceClient, DeviceClientOptions, MethodRequest, MethodResponse};
@@ -18,11 +14,6 @@
 //! )
 //! .await?;
 //!
-//! // Follow desired properties: subscribe first, then read the twin, then apply newer patches.
-//! let mut patches = client.desired_patches().await?;
-//! let twin = client.get_twin().await?;
-//! println!("desired now: {}", twin["desired"]);
-//!
 //! client
 //!     .on_method(|request: MethodRequest| async move {
 //!         println!("{} called with {}", request.method_name, request.payload);
@@ -33,8 +24,10 @@
 //! let version = client.patch_reported(&json!({ "firmwareStatus": "standBy" })).await?;
 //! println!("reported properties now at version {version}");
 //!
-//! while let Some(patch) = patches.next().await {
-//!     println!("desired patch {patch}");
+//! // The desired state: first the whole desired section, then each change, once, in version order.
+//! let mut desired = client.desired_patches().await?;
+//! while let Some(change) = desired.next().await {
+//!     println!("desired properties at version {}: {change}", change["$version"]);
 //! #   break;
 //! }
 //! client.disconnect().await?;
@@ -42,17 +35,55 @@
 //! # }
 //! ```
 //!
-//! # How it works
-//! Each client is one Tokio task that owns the connection and a pure session state machine
-//! (packet ids, PUBACK/SUBACK tracking, `$rid` correlation, keep-alive); [`DeviceClient`] handles send it
-//! commands over a small bounded channel. Twin requests and method responses are QoS 1. Nothing the
-//! application does can stall the connection task: method handlers run in their own tasks (at most 32 at
-//! once per client), desired patches are handed over through a bounded queue that resynchronises from the
-//! twin instead of blocking, and twin requests are limited to 16 in flight per client. An idle client
-//! holds its TLS state, a 1 KiB read buffer and a few small allocations, so thousands fit in one process.
+//! # Staying connected
+//! - **Reconnection.** When the connection is lost (an I/O error, the hub closing it, a keep-alive without
+//!   answer, a protocol violation by the hub), the client reconnects by itself with exponential backoff and
+//!   full jitter ([`ReconnectPolicy`]: from 100 ms up to 30 s, forever, by default). It stops only on an error
+//!   that retrying cannot fix ([`ConnectError::is_permanent`]: the hub refusing the credentials with CONNACK 4
+//!   or 5, which is what a fleethub hub answers once a device is disabled or deleted; an untrusted server
+//!   certificate; ...), or when the policy's attempts run out. [`DeviceClient::connection_state`] shows
+//!   `Reconnecting { attempt, since, reason }` meanwhile, and `Disconnected(reason)` once it has stopped.
+//! - **Session continuity.** The client id and clean-session 0 stay the same, so a hub that keeps sessions
+//!   still has the subscriptions; the client subscribes again anyway (for hubs that do not). QoS 1 publishes
+//!   the hub had not acknowledged are re-sent with DUP set. Twin requests keep waiting until their deadline:
+//!   a GET is sent again, a reported patch the hub had not acknowledged is re-sent (it may be applied twice,
+//!   which leaves the same properties), and one it had acknowledged fails with [`TwinError::Disconnected`]
+//!   because its response went down with the connection. Operations started during an outage wait for the
+//!   next connection; a request still waiting at its deadline fails with `Disconnected`. The method handler
+//!   survives, and a method response the old connection did not deliver goes out on the new one.
+//! - **Desired properties exactly once.** After every (re)connection the [`DesiredPatchStream`] fetches the
+//!   twin and yields the whole desired section if its `$version` is newer than the last item it yielded, and
+//!   it drops every patch whose `$version` is at most that. A change made while the device was offline thus
+//!   arrives once, inside that desired section, never also as a patch.
+//! - **SAS token renewal.** With a `SharedAccessKey` the client signs a token for each connection, valid for
+//!   [`DeviceClientOptions::sas_ttl`] (1 h by default), and 2 to 3 minutes before it expires (20 to 30 % of
+//!   short lifetimes before) it sends DISCONNECT and connects again with a fresh token, as Azure's SDKs do. It waits for a moment when nothing is in flight, so nothing is interrupted; subscriptions and
+//!   handlers carry over as after any reconnection. A ready-made `SharedAccessSignature` in the connection
+//!   string cannot be renewed: the client disconnects when it expires
+//!   ([`DisconnectReason::SasTokenExpired`]); connect again with a new connection string.
 //!
-//! Not yet: reconnecting with backoff, SAS token renewal before expiry, telemetry, cloud-to-device
-//! messages, X.509 authentication. The API is shaped so that they arrive without breaking changes.
+//! # Azure IoT Hub
+//! The client speaks IoT Hub's wire protocol exactly as Microsoft's device SDKs do (same topics, same SAS
+//! token authentication, same MQTT user name shape, clean-session 0, the same reconnect and renewal
+//! behaviour), so the same client connects to a fleethub hub and to Azure IoT Hub unchanged: pass Azure's
+//! root CA (DigiCert Global Root G2) as `ca_pem` and the connection string from the Azure portal. That
+//! path cannot be tested here and is not.
+//!
+//! # How it works
+//! Each client is one Tokio task that owns the connection and a pure session state machine (packet ids,
+//! PUBACK/SUBACK tracking, `$rid` correlation, keep-alive, what to re-send after a reconnection);
+//! [`DeviceClient`] handles send it commands over a small bounded channel. Reconnection and renewal happen
+//! inside that task: a client is one task whatever happens to its connection. Twin requests and method
+//! responses are QoS 1. Nothing the application does can stall the connection task: method handlers run in
+//! their own tasks (at most 32 at once per client), desired patches are handed over through a bounded queue
+//! that resynchronises from the twin instead of blocking, and twin requests are limited to 16 in flight per
+//! client. An idle client holds its TLS state, a 1 KiB read buffer, a task of about 2 KiB and a few small
+//! allocations, so thousands fit in one process; what reconnecting needs (about 18 KiB for a handshake in
+//! progress) is allocated only while reconnecting.
+//!
+//! Not yet: telemetry and cloud-to-device messages (the messaging issue), X.509 authentication (the
+//! hardening issue). The API is shaped so that they arrive without breaking changes: options, errors,
+//! states and reasons are `#[non_exhaustive]`, and the session re-sends and re-subscribes whatever it tracks.
 
 mod client;
 mod connection;
@@ -61,6 +92,7 @@ mod desired;
 mod error;
 mod methods;
 mod options;
+mod reconnect;
 mod session;
 mod transport;
 mod twin;
@@ -70,7 +102,7 @@ pub use crate::connection::{ConnectionState, DisconnectReason};
 pub use crate::desired::DesiredPatchStream;
 pub use crate::error::{ConnectError, ConnectStage, DisconnectError, SubscribeError, TwinError};
 pub use crate::methods::{MethodRequest, MethodResponse};
-pub use crate::options::{DeviceClientOptions, Transport};
+pub use crate::options::{DeviceClientOptions, ReconnectPolicy, Transport};
 pub use fleethub_mqtt::ConnectReturnCode;
 pub use fleethub_protocol::errors::{ErrorCode, ReportedErrorCode};
 pub use fleethub_protocol::ids::ClientId;

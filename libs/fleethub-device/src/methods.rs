@@ -72,16 +72,24 @@ pub(crate) struct MethodResponseMessage {
     pub status: i32,
     pub request_id: String,
     pub payload: Bytes,
+    /// The call's concurrency permit, released by the session once the response is queued: until then the
+    /// call counts as in progress (a token renewal waits for it).
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 impl MethodResponseMessage {
-    pub fn new(request_id: String, response: &MethodResponse) -> Self {
+    pub fn new(
+        request_id: String,
+        response: &MethodResponse,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         let payload =
             serde_json::to_vec(&response.payload).expect("a JSON value always serialises");
         Self {
             status: response.status,
             request_id,
             payload: Bytes::from(payload),
+            permit,
         }
     }
 }
@@ -110,12 +118,11 @@ pub(crate) async fn run_method_call(call: MethodCall, commands: mpsc::Sender<Com
             MethodResponse::new(400, json!({ "message": reason }))
         }
     };
-    let message = MethodResponseMessage::new(request_id, &response);
-    // A closed channel means the connection is gone; the hub times the call out.
+    let message = MethodResponseMessage::new(request_id, &response, Some(permit));
+    // A closed channel means the client has stopped; the hub times the call out.
     let _ = commands
         .send(Command::Request(Request::MethodResponse(Box::new(message))))
         .await;
-    drop(permit);
 }
 
 async fn invoke(handler: &MethodHandler, request: MethodRequest) -> MethodResponse {

@@ -1,11 +1,12 @@
-//! How a [`DeviceClient`](crate::DeviceClient) connects: trust anchor, transport, port, timers.
+//! How a [`DeviceClient`](crate::DeviceClient) connects and reconnects: trust anchor, transport, port, timers,
+//! and the [`ReconnectPolicy`].
 
 use std::time::Duration;
 
 /// Options for [`DeviceClient::connect`](crate::DeviceClient::connect).
 ///
-/// The struct is `#[non_exhaustive]` so that later options (reconnect policy, X.509 client certificate,
-/// proxy) can be added without breaking callers: start from [`DeviceClientOptions::default`] and use the
+/// The struct is `#[non_exhaustive]` so that later options (X.509 client certificate, proxy, message
+/// handling) can be added without breaking callers: start from [`DeviceClientOptions::default`] and use the
 /// `with_*` methods or assign the public fields.
 ///
 /// ```
@@ -35,15 +36,23 @@ pub struct DeviceClientOptions {
     /// counts as lost when the PINGRESP does not come within the same interval. Zero turns it off. Whole
     /// seconds on the wire (rounded up); Azure allows at most 1767 s. Default 60 s, as Azure's SDKs.
     pub keep_alive: Duration,
-    /// Lifetime of the SAS tokens the client signs with the connection string's key. Default 1 h.
+    /// Lifetime of the SAS tokens the client signs with the connection string's key. Default 1 h. The client
+    /// renews its token before it expires, by disconnecting and connecting again with a fresh one, once
+    /// between `1.5 * m` and `m` of the lifetime is left, `m = min(2 min, sas_ttl / 5)` (after 57 to 58 min
+    /// by default; Azure's SDKs renew 2 min early). The spread keeps a fleet that connected together from
+    /// renewing together. Whole seconds on the wire, at least 1 s.
     pub sas_ttl: Duration,
     /// MQTT clean-session flag. Default `false`, as Azure's SDKs: the hub keeps the subscriptions of this
     /// client id across connections.
     pub clean_session: bool,
     /// How long a twin request, a subscription or a disconnect may take, queueing included. Default 30 s.
     pub operation_timeout: Duration,
-    /// How long DNS, TCP, TLS, the WebSocket upgrade and CONNACK may take together. Default 30 s.
+    /// How long DNS, TCP, TLS, the WebSocket upgrade and CONNACK may take together, for the first connection
+    /// and for every reconnection attempt. Default 30 s.
     pub connect_timeout: Duration,
+    /// What to do after the connection is lost. Default: reconnect forever, with exponential backoff from
+    /// 100 ms to 30 s and full jitter.
+    pub reconnect: ReconnectPolicy,
 }
 
 impl Default for DeviceClientOptions {
@@ -57,6 +66,7 @@ impl Default for DeviceClientOptions {
             clean_session: false,
             operation_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
+            reconnect: ReconnectPolicy::default(),
         }
     }
 }
@@ -102,10 +112,88 @@ impl DeviceClientOptions {
         self
     }
 
+    pub fn with_reconnect(mut self, reconnect: ReconnectPolicy) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
     /// The keep-alive as CONNECT carries it: whole seconds, rounded up, saturating at the field's maximum.
     pub(crate) fn keep_alive_seconds(&self) -> u16 {
         let seconds = self.keep_alive.as_secs() + u64::from(self.keep_alive.subsec_nanos() > 0);
         u16::try_from(seconds).unwrap_or(u16::MAX)
+    }
+}
+
+/// When and how often a client reconnects after losing its connection.
+///
+/// The delay before reconnection attempt `n` (counting from 0 in each outage) is drawn uniformly from
+/// `[0, min(max_delay, initial_delay * 2^n)]` ("full jitter"), so that thousands of devices cut off at the
+/// same moment (a hub restart) do not come back at the same moment. A connection that then stays up for
+/// at least `max_delay` resets the sequence. Attempts stop early, whatever `max_attempts` says, on an error
+/// that retrying cannot fix ([`ConnectError::is_permanent`](crate::ConnectError::is_permanent): credentials
+/// refused with CONNACK 4 or 5, an untrusted server certificate, ...).
+///
+/// The first connection ([`DeviceClient::connect`](crate::DeviceClient::connect)) is never retried: its
+/// error goes straight to the caller. The planned reconnection that renews a SAS token is not a retry
+/// either: it happens even with [`ReconnectPolicy::never`], and only counts against `max_attempts` when it
+/// fails.
+///
+/// ```
+/// use std::time::Duration;
+/// use fleethub_device::ReconnectPolicy;
+///
+/// let policy = ReconnectPolicy::default()
+///     .with_initial_delay(Duration::from_millis(250))
+///     .with_max_delay(Duration::from_secs(60))
+///     .with_max_attempts(Some(20));
+/// assert_eq!(policy.max_attempts, Some(20));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReconnectPolicy {
+    /// The upper bound of the first delay. Default 100 ms. Values below 1 ms count as 1 ms.
+    pub initial_delay: Duration,
+    /// The largest upper bound any delay reaches. Default 30 s.
+    pub max_delay: Duration,
+    /// Reconnection attempts per outage before giving up; `None` (the default) never gives up on
+    /// transient errors, `Some(0)` never reconnects.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            max_attempts: None,
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// Never reconnect after a lost connection: the client ends in
+    /// [`ConnectionState::Disconnected`](crate::ConnectionState::Disconnected) with the reason of the loss.
+    /// SAS tokens are still renewed.
+    pub fn never() -> Self {
+        Self {
+            max_attempts: Some(0),
+            ..Self::default()
+        }
+    }
+
+    pub fn with_initial_delay(mut self, initial_delay: Duration) -> Self {
+        self.initial_delay = initial_delay;
+        self
+    }
+
+    pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    pub fn with_max_attempts(mut self, max_attempts: Option<u32>) -> Self {
+        self.max_attempts = max_attempts;
+        self
     }
 }
 

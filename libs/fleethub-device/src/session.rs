@@ -1,14 +1,27 @@
-//! The client side of one MQTT session with IoT Hub as a state machine without I/O: requests from the
+//! The client side of MQTT sessions with IoT Hub as a state machine without I/O: requests from the
 //! application and packets from the hub go in, packets to send come out, and time is passed in.
 //!
 //! It owns packet-id allocation and PUBACK/SUBACK tracking, `$rid` correlation of twin requests, lazy
 //! subscriptions (the first twin request subscribes `$iothub/twin/res/#` and is sent only after the SUBACK,
 //! as Azure's C SDK does), keep-alive, and the hand-over of desired patches and method requests.
 //!
+//! One `Session` outlives the connections under it. [`Session::connection_lost`] and
+//! [`Session::connected`] carry it across a reconnect:
+//! - every subscription is requested again (harmless with a hub that kept them, required with one that did
+//!   not), before anything else on the new connection;
+//! - unacknowledged QoS 1 publishes (twin requests, method responses) are re-sent in their original order,
+//!   with DUP set when they may have reached the hub;
+//! - twin requests keep waiting until their deadline. A GET whose response was lost is sent again; a
+//!   reported patch the hub had acknowledged but not answered fails with `Disconnected` at once (it may have
+//!   been applied, and sending it again could apply it after a later patch); a request still waiting for a
+//!   reconnection when its deadline passes fails with `Disconnected`, not `Timeout`;
+//! - the desired-patch stream is told to resynchronise from the twin, and the method handler stays.
+//!
 //! Invariants: every request that enters gets exactly one answer on its reply channel (response, error,
-//! timeout, or `Disconnected` from [`Session::fail_all`]); no entry outlives its deadline; packet ids in
-//! flight are unique. The number of entries is bounded by the callers' permits (twin requests, method
-//! calls) plus one SUBSCRIBE per subscription kind.
+//! timeout, or `Disconnected`); no twin request outlives its deadline; packet ids in flight are unique; while
+//! disconnected nothing is queued for sending (the queue is rebuilt from the in-flight table on
+//! reconnection). The number of entries is bounded by the callers' permits (twin requests, method calls)
+//! plus one SUBSCRIBE per subscription kind, connected or not.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -63,7 +76,7 @@ impl std::fmt::Debug for Request {
 
 pub(crate) struct TwinCommand {
     pub request: TwinRequest,
-    /// The caller gives up at the same instant; the session drops the entry then.
+    /// The session answers by this instant at the latest; the caller waits a little longer.
     pub deadline: Instant,
     pub timeout: Duration,
     pub reply: TwinReply,
@@ -79,12 +92,23 @@ pub(crate) struct OnMethodCommand {
     pub reply: SubscribeReply,
 }
 
-/// A packet we sent that the hub has not acknowledged yet.
+/// A packet we sent (or will send) that the hub has not acknowledged yet.
 #[derive(Debug)]
 enum InFlight {
-    /// Kept whole so that the reconnect logic can resend it with DUP set.
-    Publish(Publish),
+    Publish(InFlightPublish),
     Subscribe(Subscription),
+}
+
+#[derive(Debug)]
+struct InFlightPublish {
+    /// Kept whole so that it can be re-sent with DUP set after a reconnect.
+    publish: Publish,
+    /// Publishes are re-sent in the order they were first queued.
+    sequence: u64,
+    /// Handed to a connection at least once, so the hub may have it: a re-send carries DUP.
+    transmitted: bool,
+    /// The twin request this publish carries, if any.
+    twin_request: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -105,8 +129,17 @@ struct PendingTwinRequest {
     deadline: Instant,
     timeout: Duration,
     reply: TwinReply,
-    /// Topic and payload until the request is published.
-    unsent: Option<(String, Bytes)>,
+    is_get: bool,
+    stage: TwinStage,
+}
+
+enum TwinStage {
+    /// Waiting for `$iothub/twin/res/#`, with the topic and payload to publish then.
+    AwaitingSubscription(String, Bytes),
+    /// Published; the PUBACK has not come (the in-flight table re-sends it after a reconnect).
+    Published,
+    /// The hub acknowledged it; only the response is missing.
+    Acknowledged,
 }
 
 struct MethodDispatcher {
@@ -117,10 +150,13 @@ struct MethodDispatcher {
 pub(crate) struct Session {
     client_id: ClientId,
     keep_alive: Option<Duration>,
+    /// A connection is up; packets may be queued for it.
+    connected: bool,
     last_sent: Instant,
     ping_sent_at: Option<Instant>,
     last_packet_id: u16,
     last_request_id: u64,
+    last_publish_sequence: u64,
     outgoing: VecDeque<Packet>,
     in_flight: HashMap<PacketId, InFlight>,
     twin_requests: HashMap<u64, PendingTwinRequest>,
@@ -135,10 +171,12 @@ impl Session {
         Self {
             client_id,
             keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
+            connected: true,
             last_sent: now,
             ping_sent_at: None,
             last_packet_id: 0,
             last_request_id: 0,
+            last_publish_sequence: 0,
             outgoing: VecDeque::new(),
             in_flight: HashMap::new(),
             twin_requests: HashMap::new(),
@@ -151,14 +189,24 @@ impl Session {
     /// The next packet to write. Writing counts as activity for keep-alive.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Packet> {
         let packet = self.outgoing.pop_front()?;
+        if let Packet::Publish(Publish {
+            packet_id: Some(packet_id),
+            ..
+        }) = &packet
+            && let Some(InFlight::Publish(in_flight)) = self.in_flight.get_mut(packet_id)
+        {
+            in_flight.transmitted = true;
+        }
         self.last_sent = now;
         Some(packet)
     }
 
-    /// When [`Session::on_timer`] must run next: the earliest twin deadline or keep-alive event.
+    /// When [`Session::on_timer`] must run next: the earliest twin deadline or, while connected, keep-alive
+    /// event.
     pub fn next_deadline(&self) -> Option<Instant> {
         let keep_alive = self
             .keep_alive
+            .filter(|_| self.connected)
             .map(|interval| self.ping_sent_at.unwrap_or(self.last_sent) + interval);
         let twin = self
             .twin_requests
@@ -178,8 +226,16 @@ impl Session {
             .collect();
         for request_id in expired {
             if let Some(request) = self.twin_requests.remove(&request_id) {
-                let _ = request.reply.send(Err(TwinError::Timeout(request.timeout)));
+                let error = if self.connected {
+                    TwinError::Timeout(request.timeout)
+                } else {
+                    TwinError::Disconnected
+                };
+                let _ = request.reply.send(Err(error));
             }
+        }
+        if !self.connected {
+            return Ok(());
         }
         if let Some(interval) = self.keep_alive {
             match self.ping_sent_at {
@@ -195,6 +251,19 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Nothing is waiting for the hub or for a method handler: no unacknowledged packet, no twin request,
+    /// nothing queued, no method call running. A planned reconnection (token renewal) waits for this so that
+    /// it interrupts nothing.
+    pub fn is_quiet(&self) -> bool {
+        let no_method_running = self.methods.as_ref().is_none_or(|methods| {
+            methods.permits.available_permits() == MAX_CONCURRENT_METHOD_CALLS
+        });
+        self.in_flight.is_empty()
+            && self.twin_requests.is_empty()
+            && self.outgoing.is_empty()
+            && no_method_running
     }
 
     pub fn handle_request(&mut self, request: Request) {
@@ -230,8 +299,14 @@ impl Session {
                     status,
                     request_id,
                     payload,
+                    permit,
                 } = *message;
-                self.publish(topics::method_response_topic(status, &request_id), payload);
+                self.publish(
+                    topics::method_response_topic(status, &request_id),
+                    payload,
+                    None,
+                );
+                drop(permit);
             }
         }
     }
@@ -245,7 +320,13 @@ impl Session {
         match packet {
             Packet::Publish(publish) => return self.handle_publish(publish),
             Packet::PubAck(packet_id) => match self.in_flight.get(&packet_id) {
-                Some(InFlight::Publish(_)) => {
+                Some(InFlight::Publish(in_flight)) => {
+                    if let Some(request) = in_flight
+                        .twin_request
+                        .and_then(|request_id| self.twin_requests.get_mut(&request_id))
+                    {
+                        request.stage = TwinStage::Acknowledged;
+                    }
                     self.in_flight.remove(&packet_id);
                 }
                 Some(InFlight::Subscribe(_)) => {
@@ -276,9 +357,100 @@ impl Session {
         Ok(None)
     }
 
-    /// Answers everything still waiting with `Disconnected` and forgets the connection's state: in-flight
-    /// packets, subscriptions, the desired sink (ending its stream) and the method handler.
+    /// The connection is gone (the task reconnects): forgets what was queued for it and fails the reported
+    /// patches whose responses it took with it. Everything else waits for [`Session::connected`].
+    pub fn connection_lost(&mut self) {
+        self.connected = false;
+        self.outgoing.clear();
+        self.ping_sent_at = None;
+        let answerless: Vec<u64> = self
+            .twin_requests
+            .iter()
+            .filter(|(_, request)| {
+                !request.is_get && matches!(request.stage, TwinStage::Acknowledged)
+            })
+            .map(|(request_id, _)| *request_id)
+            .collect();
+        for request_id in answerless {
+            if let Some(request) = self.twin_requests.remove(&request_id) {
+                let _ = request.reply.send(Err(TwinError::Disconnected));
+            }
+        }
+    }
+
+    /// A new connection was accepted at `now`: queues the SUBSCRIBEs for every subscription, then the
+    /// unacknowledged publishes (DUP set where they may have reached the hub), then GETs whose responses
+    /// were lost, and asks the desired-patch stream to resynchronise.
+    pub fn connected(&mut self, now: Instant) {
+        self.connected = true;
+        self.outgoing.clear();
+        self.last_sent = now;
+        self.ping_sent_at = None;
+
+        self.in_flight
+            .retain(|_, in_flight| matches!(in_flight, InFlight::Publish(_)));
+        let mut subscriptions: Vec<Subscription> = self.subscriptions.keys().copied().collect();
+        subscriptions.sort_by_key(|subscription| subscription_rank(*subscription));
+        for subscription in subscriptions {
+            self.send_subscribe(subscription);
+        }
+
+        // Publishes of twin requests that expired meanwhile would only surprise a caller who was told they
+        // failed; everything else goes out again.
+        let twin_requests = &self.twin_requests;
+        self.in_flight.retain(|_, in_flight| match in_flight {
+            InFlight::Publish(publish) => publish
+                .twin_request
+                .is_none_or(|request_id| twin_requests.contains_key(&request_id)),
+            InFlight::Subscribe(_) => true,
+        });
+        let mut publishes: Vec<&mut InFlightPublish> = self
+            .in_flight
+            .values_mut()
+            .filter_map(|in_flight| match in_flight {
+                InFlight::Publish(publish) => Some(publish),
+                InFlight::Subscribe(_) => None,
+            })
+            .collect();
+        publishes.sort_by_key(|publish| publish.sequence);
+        for publish in publishes {
+            let mut packet = publish.publish.clone();
+            packet.dup = publish.transmitted;
+            self.outgoing.push_back(Packet::Publish(packet));
+        }
+
+        let mut lost_gets: Vec<u64> = self
+            .twin_requests
+            .iter()
+            .filter(|(_, request)| {
+                request.is_get && matches!(request.stage, TwinStage::Acknowledged)
+            })
+            .map(|(request_id, _)| *request_id)
+            .collect();
+        lost_gets.sort_unstable();
+        for request_id in lost_gets {
+            self.publish(
+                topics::twin_get_topic(&request_id.to_string()),
+                Bytes::new(),
+                Some(request_id),
+            );
+        }
+
+        if let Some(sink) = &self.desired
+            && sink.resync() == Delivery::Closed
+        {
+            self.desired = None;
+        }
+    }
+
+    /// The client is closing for good: answers everything still waiting with `Disconnected` and forgets
+    /// all state. The desired sink goes first, so that a stream seeing `Disconnected` finds its channel
+    /// closed and ends.
     pub fn fail_all(&mut self) {
+        self.connected = false;
+        self.desired = None;
+        self.methods = None;
+        self.outgoing.clear();
         for (_, request) in self.twin_requests.drain() {
             let _ = request.reply.send(Err(TwinError::Disconnected));
         }
@@ -292,21 +464,21 @@ impl Session {
             }
         }
         for (_, packet) in self.in_flight.drain() {
-            if let InFlight::Publish(publish) = packet {
-                tracing::debug!(topic = %publish.topic, "publish not acknowledged before the connection closed");
+            if let InFlight::Publish(in_flight) = packet {
+                tracing::debug!(topic = %in_flight.publish.topic, "publish not acknowledged before the client closed");
             }
         }
-        self.desired = None;
-        self.methods = None;
     }
 
     fn start_twin_request(&mut self, command: TwinCommand) {
         self.last_request_id += 1;
         let request_id = self.last_request_id;
         let rid = request_id.to_string();
-        let unsent = match command.request {
-            TwinRequest::Get => (topics::twin_get_topic(&rid), Bytes::new()),
-            TwinRequest::PatchReported(patch) => (topics::twin_patch_reported_topic(&rid), patch),
+        let (is_get, topic, payload) = match command.request {
+            TwinRequest::Get => (true, topics::twin_get_topic(&rid), Bytes::new()),
+            TwinRequest::PatchReported(patch) => {
+                (false, topics::twin_patch_reported_topic(&rid), patch)
+            }
         };
         self.twin_requests.insert(
             request_id,
@@ -314,7 +486,8 @@ impl Session {
                 deadline: command.deadline,
                 timeout: command.timeout,
                 reply: command.reply,
-                unsent: Some(unsent),
+                is_get,
+                stage: TwinStage::AwaitingSubscription(topic, payload),
             },
         );
         self.ensure_subscribed(
@@ -328,22 +501,33 @@ impl Session {
             Some(SubscriptionState::Active) => self.subscribed(waiter),
             Some(SubscriptionState::Pending(waiters)) => waiters.push(waiter),
             None => {
-                let Some(filter) = subscription.filter_for(&self.client_id) else {
+                if subscription.filter_for(&self.client_id).is_none() {
                     // Only module-input subscriptions lack a filter for device clients; none is requested yet.
                     self.subscription_refused(waiter, &format!("{subscription:?}"));
                     return;
-                };
-                let packet_id = self.allocate_packet_id();
-                self.in_flight
-                    .insert(packet_id, InFlight::Subscribe(subscription));
+                }
                 self.subscriptions
                     .insert(subscription, SubscriptionState::Pending(vec![waiter]));
-                self.outgoing.push_back(Packet::Subscribe(Subscribe {
-                    packet_id,
-                    filters: vec![(filter, QoS::AtLeastOnce)],
-                }));
+                // While disconnected, `connected` sends it.
+                if self.connected {
+                    self.send_subscribe(subscription);
+                }
             }
         }
+    }
+
+    /// Queues a SUBSCRIBE for `subscription`, whose filter exists for this client.
+    fn send_subscribe(&mut self, subscription: Subscription) {
+        let Some(filter) = subscription.filter_for(&self.client_id) else {
+            return;
+        };
+        let packet_id = self.allocate_packet_id();
+        self.in_flight
+            .insert(packet_id, InFlight::Subscribe(subscription));
+        self.outgoing.push_back(Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: vec![(filter, QoS::AtLeastOnce)],
+        }));
     }
 
     fn handle_suback(&mut self, suback: SubAck) -> Result<(), DisconnectReason> {
@@ -377,6 +561,8 @@ impl Session {
                 self.subscribed(waiter);
             }
         } else {
+            // Also after a reconnect, for a subscription that was active: it is forgotten, so the next
+            // request that needs it subscribes again.
             let filter = subscription.filter_for(&self.client_id).unwrap_or_default();
             tracing::warn!(%filter, "the hub refused a subscription");
             for waiter in waiters {
@@ -412,18 +598,20 @@ impl Session {
 
     fn send_twin_request(&mut self, request_id: u64) {
         // Absent when it expired while the subscription was pending.
-        let Some((topic, payload)) = self
-            .twin_requests
-            .get_mut(&request_id)
-            .and_then(|request| request.unsent.take())
+        let Some(request) = self.twin_requests.get_mut(&request_id) else {
+            return;
+        };
+        let TwinStage::AwaitingSubscription(topic, payload) =
+            std::mem::replace(&mut request.stage, TwinStage::Published)
         else {
             return;
         };
-        self.publish(topic, payload);
+        self.publish(topic, payload, Some(request_id));
     }
 
-    /// Queues a QoS 1 publish and tracks it until its PUBACK.
-    fn publish(&mut self, topic: String, payload: Bytes) {
+    /// Queues a QoS 1 publish and tracks it until its PUBACK. While disconnected it is only tracked;
+    /// [`Session::connected`] sends it.
+    fn publish(&mut self, topic: String, payload: Bytes, twin_request: Option<u64>) {
         let packet_id = self.allocate_packet_id();
         let publish = Publish {
             dup: false,
@@ -433,11 +621,23 @@ impl Session {
             packet_id: Some(packet_id),
             payload,
         };
-        self.in_flight
-            .insert(packet_id, InFlight::Publish(publish.clone()));
-        self.outgoing.push_back(Packet::Publish(publish));
+        if let Some(request) = twin_request.and_then(|id| self.twin_requests.get_mut(&id)) {
+            request.stage = TwinStage::Published;
+        }
+        self.last_publish_sequence += 1;
+        if self.connected {
+            self.outgoing.push_back(Packet::Publish(publish.clone()));
+        }
+        self.in_flight.insert(
+            packet_id,
+            InFlight::Publish(InFlightPublish {
+                publish,
+                sequence: self.last_publish_sequence,
+                transmitted: false,
+                twin_request,
+            }),
+        );
     }
-
     fn handle_publish(&mut self, publish: Publish) -> Result<Option<MethodCall>, DisconnectReason> {
         if publish.qos == QoS::ExactlyOnce {
             return Err(violation(format!(
@@ -559,7 +759,11 @@ impl Session {
 
     fn answer_method(&mut self, request_id: &str, status: i32, message: &str) {
         let payload = Bytes::from(json!({ "message": message }).to_string());
-        self.publish(topics::method_response_topic(status, request_id), payload);
+        self.publish(
+            topics::method_response_topic(status, request_id),
+            payload,
+            None,
+        );
     }
 
     /// The next packet id not in flight. In-flight packets are bounded far below 65535 (see the module
@@ -579,6 +783,18 @@ fn violation(message: String) -> DisconnectReason {
     DisconnectReason::ProtocolViolation(message)
 }
 
+/// The order of SUBSCRIBEs after a reconnect: twin responses first, so that re-sent twin requests find
+/// their subscription in place even at a hub that forgot it.
+fn subscription_rank(subscription: Subscription) -> u8 {
+    match subscription {
+        Subscription::TwinResponses => 0,
+        Subscription::DesiredPatches => 1,
+        Subscription::Methods => 2,
+        Subscription::CloudToDevice => 3,
+        Subscription::ModuleInputs => 4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use fleethub_mqtt::{ConnectReturnCode, SubscribeReturnCode};
@@ -586,6 +802,7 @@ mod tests {
     use tokio::sync::oneshot::error::TryRecvError;
 
     use super::*;
+    use crate::desired::DesiredEvent;
     use crate::methods::{MethodRequest, MethodResponse, erase_handler};
 
     const TIMEOUT: Duration = Duration::from_secs(30);
@@ -854,6 +1071,299 @@ mod tests {
         expect_subscribe(&drain(&mut session, now)[0], "$iothub/twin/res/#");
     }
 
+    fn on_method(session: &mut Session) -> oneshot::Receiver<Result<(), SubscribeError>> {
+        let (reply, receiver) = oneshot::channel();
+        let handler =
+            erase_handler(|_request: MethodRequest| async { MethodResponse::ok(Value::Null) });
+        session.handle_request(Request::OnMethod(Box::new(OnMethodCommand {
+            handler,
+            reply,
+        })));
+        receiver
+    }
+
+    fn grant(session: &mut Session, packet: &Packet) {
+        let Packet::Subscribe(subscribe) = packet else {
+            panic!("expected SUBSCRIBE, got {packet:?}");
+        };
+        session
+            .handle_packet(suback(
+                subscribe.packet_id,
+                SubscribeReturnCode::Success(QoS::AtLeastOnce),
+            ))
+            .expect("valid");
+    }
+
+    fn filters(packets: &[Packet]) -> Vec<&str> {
+        packets
+            .iter()
+            .filter_map(|packet| match packet {
+                Packet::Subscribe(subscribe) => Some(subscribe.filters[0].0.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reconnection_resubscribes_first_then_resends_unacknowledged_publishes_in_order() {
+        let now = Instant::now();
+        let mut session = session_with_twin_responses(now);
+        let mut method_subscribed = on_method(&mut session);
+        let (sender, mut desired) = tokio::sync::mpsc::channel(4);
+        let (reply, _desired_subscribed) = oneshot::channel();
+        session.handle_request(Request::DesiredPatches(Box::new(DesiredPatchesCommand {
+            sink: crate::desired::tests_support::sink(sender),
+            reply,
+        })));
+        for packet in drain(&mut session, now) {
+            grant(&mut session, &packet);
+        }
+        assert!(matches!(method_subscribed.try_recv(), Ok(Ok(()))));
+
+        // A reported patch goes out but is not acknowledged; a method response is queued but never written.
+        let (patch, mut patch_reply) = twin_command(
+            TwinRequest::PatchReported(Bytes::from_static(b"{\"a\":1}")),
+            now,
+        );
+        session.handle_request(patch);
+        let sent = drain(&mut session, now);
+        let original = expect_publish(&sent[0]).clone();
+        assert!(!original.dup);
+        session.handle_request(Request::MethodResponse(Box::new(MethodResponseMessage {
+            status: 200,
+            request_id: "m1".into(),
+            payload: Bytes::from_static(b"{}"),
+            permit: None,
+        })));
+        assert!(!session.is_quiet());
+
+        session.connection_lost();
+        assert!(
+            drain(&mut session, now).is_empty(),
+            "nothing queued without a connection"
+        );
+        let (get, mut get_reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(get);
+        assert!(drain(&mut session, now).is_empty());
+        assert_eq!(
+            session.next_deadline(),
+            Some(now + TIMEOUT),
+            "no keep-alive without a connection, only twin deadlines"
+        );
+
+        let later = now + Duration::from_secs(1);
+        session.connected(later);
+        let sent = drain(&mut session, later);
+        assert_eq!(
+            filters(&sent),
+            [
+                "$iothub/twin/res/#",
+                "$iothub/twin/PATCH/properties/desired/#",
+                "$iothub/methods/POST/#"
+            ],
+            "every subscription again, twin responses first"
+        );
+        assert!(
+            sent[..3]
+                .iter()
+                .all(|packet| matches!(packet, Packet::Subscribe(_)))
+        );
+        let resent: Vec<&Publish> = sent[3..].iter().map(expect_publish).collect();
+        assert_eq!(resent.len(), 3, "{sent:?}");
+        assert_eq!(
+            (
+                resent[0].dup,
+                resent[0].packet_id,
+                &resent[0].topic,
+                &resent[0].payload
+            ),
+            (true, original.packet_id, &original.topic, &original.payload),
+            "the written patch again, same packet id, DUP set"
+        );
+        assert_eq!(
+            (resent[1].dup, resent[1].topic.as_str()),
+            (false, "$iothub/methods/res/200/?$rid=m1"),
+            "never written, so no DUP"
+        );
+        assert_eq!(
+            (resent[2].dup, resent[2].topic.as_str()),
+            (false, "$iothub/twin/GET/?$rid=3")
+        );
+        assert!(matches!(desired.try_recv(), Ok(DesiredEvent::Resync)));
+
+        for packet in &sent[..3] {
+            grant(&mut session, packet);
+        }
+        for publish in &resent {
+            session
+                .handle_packet(Packet::PubAck(publish.packet_id.expect("QoS 1")))
+                .expect("valid");
+        }
+        session
+            .handle_packet(hub_publish(
+                "$iothub/twin/res/204/?$rid=2&$version=4",
+                None,
+                "",
+            ))
+            .expect("valid");
+        session
+            .handle_packet(hub_publish("$iothub/twin/res/200/?$rid=3", None, "{}"))
+            .expect("valid");
+        assert_eq!(
+            patch_reply
+                .try_recv()
+                .expect("answered")
+                .expect("success")
+                .version,
+            Some(4)
+        );
+        assert!(get_reply.try_recv().expect("answered").is_ok());
+        assert!(session.is_quiet());
+        assert_eq!(session.next_deadline(), Some(later + KEEP_ALIVE));
+    }
+
+    #[test]
+    fn acknowledged_patch_fails_when_its_response_is_lost_and_acknowledged_get_is_sent_again() {
+        let now = Instant::now();
+        let mut session = session_with_twin_responses(now);
+        let (get, mut get_reply) = twin_command(TwinRequest::Get, now);
+        let (patch, mut patch_reply) = twin_command(
+            TwinRequest::PatchReported(Bytes::from_static(b"{\"a\":1}")),
+            now,
+        );
+        session.handle_request(get);
+        session.handle_request(patch);
+        for packet in drain(&mut session, now) {
+            session
+                .handle_packet(Packet::PubAck(
+                    expect_publish(&packet).packet_id.expect("QoS 1"),
+                ))
+                .expect("valid");
+        }
+
+        session.connection_lost();
+        assert!(matches!(
+            patch_reply.try_recv(),
+            Ok(Err(TwinError::Disconnected))
+        ));
+        assert!(matches!(get_reply.try_recv(), Err(TryRecvError::Empty)));
+
+        session.connected(now);
+        let sent = drain(&mut session, now);
+        assert_eq!(filters(&sent), ["$iothub/twin/res/#"]);
+        let again = expect_publish(&sent[1]);
+        assert_eq!(
+            (again.dup, again.topic.as_str()),
+            (false, "$iothub/twin/GET/?$rid=2")
+        );
+        assert_eq!(
+            sent.len(),
+            2,
+            "the acknowledged patch is not re-sent: {sent:?}"
+        );
+        session
+            .handle_packet(hub_publish("$iothub/twin/res/200/?$rid=2", None, "{}"))
+            .expect("valid");
+        assert!(get_reply.try_recv().expect("answered").is_ok());
+    }
+
+    #[test]
+    fn request_still_waiting_for_a_connection_at_its_deadline_fails_disconnected_and_is_not_resent()
+    {
+        let now = Instant::now();
+        let mut session = session_with_twin_responses(now);
+        let (patch, mut patch_reply) = twin_command(
+            TwinRequest::PatchReported(Bytes::from_static(b"{\"a\":1}")),
+            now,
+        );
+        session.handle_request(patch);
+        drain(&mut session, now);
+        session.connection_lost();
+        session
+            .on_timer(now + TIMEOUT)
+            .expect("no keep-alive while disconnected");
+        assert!(matches!(
+            patch_reply.try_recv(),
+            Ok(Err(TwinError::Disconnected))
+        ));
+        session.connected(now + TIMEOUT);
+        let sent = drain(&mut session, now + TIMEOUT);
+        assert_eq!(
+            filters(&sent),
+            ["$iothub/twin/res/#"],
+            "the caller was told it failed, so it stays unsent: {sent:?}"
+        );
+        assert_eq!(sent.len(), 1);
+    }
+
+    #[test]
+    fn subscription_requested_while_disconnected_is_sent_on_reconnection() {
+        let now = Instant::now();
+        let mut session = session(now);
+        session.connection_lost();
+        let mut subscribed = on_method(&mut session);
+        assert!(drain(&mut session, now).is_empty());
+        session.connected(now);
+        let sent = drain(&mut session, now);
+        assert_eq!(filters(&sent), ["$iothub/methods/POST/#"]);
+        grant(&mut session, &sent[0]);
+        assert!(matches!(subscribed.try_recv(), Ok(Ok(()))));
+    }
+
+    #[test]
+    fn refused_resubscription_is_forgotten_so_the_next_request_subscribes_again() {
+        let now = Instant::now();
+        let mut session = session_with_twin_responses(now);
+        session.connection_lost();
+        session.connected(now);
+        let sent = drain(&mut session, now);
+        let subscribe_id = expect_subscribe(&sent[0], "$iothub/twin/res/#");
+        session
+            .handle_packet(suback(subscribe_id, SubscribeReturnCode::Failure))
+            .expect("valid");
+        let (get, _reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(get);
+        let sent = drain(&mut session, now);
+        assert_eq!(sent.len(), 1, "held back until the new SUBACK: {sent:?}");
+        expect_subscribe(&sent[0], "$iothub/twin/res/#");
+    }
+
+    #[test]
+    fn session_is_quiet_only_when_nothing_waits_for_the_hub_or_a_method_handler() {
+        let now = Instant::now();
+        let mut session = session(now);
+        assert!(session.is_quiet());
+        let _subscribed = on_method(&mut session);
+        let sent = drain(&mut session, now);
+        assert!(!session.is_quiet(), "SUBSCRIBE in flight");
+        grant(&mut session, &sent[0]);
+        assert!(session.is_quiet());
+
+        let call = session
+            .handle_packet(hub_publish("$iothub/methods/POST/m/?$rid=1", None, ""))
+            .expect("valid")
+            .expect("dispatched");
+        assert!(!session.is_quiet(), "a handler is running");
+        session.handle_request(Request::MethodResponse(Box::new(MethodResponseMessage {
+            status: 200,
+            request_id: call.request_id.clone(),
+            payload: Bytes::from_static(b"{}"),
+            permit: Some(call.permit),
+        })));
+        let sent = drain(&mut session, now);
+        assert!(!session.is_quiet(), "the response awaits its PUBACK");
+        session
+            .handle_packet(Packet::PubAck(
+                expect_publish(&sent[0]).packet_id.expect("QoS 1"),
+            ))
+            .expect("valid");
+        assert!(session.is_quiet(), "the permit went with the response");
+
+        let (get, _reply) = twin_command(TwinRequest::Get, now);
+        session.handle_request(get);
+        assert!(!session.is_quiet(), "a twin request waits");
+    }
+
     #[test]
     fn fail_all_answers_every_waiter_with_disconnected() {
         let now = Instant::now();
@@ -878,7 +1388,11 @@ mod tests {
             subscribe_reply.try_recv(),
             Ok(Err(SubscribeError::Disconnected))
         ));
-        assert_eq!(session.next_deadline(), Some(now + KEEP_ALIVE));
+        assert_eq!(
+            session.next_deadline(),
+            None,
+            "a stopped session has no timers"
+        );
     }
 
     #[test]
@@ -923,6 +1437,7 @@ mod tests {
             status: 200,
             request_id: "abc".into(),
             payload: Bytes::from_static(b"{}"),
+            permit: None,
         };
         session.handle_request(Request::MethodResponse(Box::new(message)));
         let sent = drain(&mut session, now);
@@ -1015,7 +1530,9 @@ mod tests {
                 r#"{"$version":3}"#,
             ))
             .expect("valid");
-        let patch = receiver.try_recv().expect("delivered");
+        let Ok(DesiredEvent::Patch(patch)) = receiver.try_recv() else {
+            panic!("a patch is delivered");
+        };
         assert_eq!(
             (patch.topic_version, &patch.payload[..]),
             (Some(3), &br#"{"$version":3}"#[..])
@@ -1158,10 +1675,10 @@ mod tests {
         let now = Instant::now();
         let mut session = session(now);
         session.last_packet_id = u16::MAX - 1;
-        session.publish("a".into(), Bytes::new());
-        session.publish("b".into(), Bytes::new());
+        session.publish("a".into(), Bytes::new(), None);
+        session.publish("b".into(), Bytes::new(), None);
         session.last_packet_id = u16::MAX - 1;
-        session.publish("c".into(), Bytes::new());
+        session.publish("c".into(), Bytes::new(), None);
         let ids: Vec<u16> = drain(&mut session, now)
             .iter()
             .map(|packet| expect_publish(packet).packet_id.expect("QoS 1").get())

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fleethub_device::{
-    ConnectError, ConnectReturnCode, ConnectStage, ConnectionState, DeviceClient,
-    DeviceClientOptions, DisconnectReason, MethodRequest, MethodResponse, Transport, TwinError,
+    ConnectError, ConnectReturnCode, ConnectStage, ConnectionState, DesiredPatchStream,
+    DeviceClient, DeviceClientOptions, DisconnectReason, MethodRequest, MethodResponse,
+    ReconnectPolicy, Transport, TwinError,
 };
 use fleethub_mqtt::{
     ConnAck, Connect, Packet, PacketId, Publish, QoS, SubAck, SubscribeReturnCode,
@@ -245,6 +246,22 @@ impl ServerConnection {
         }
     }
 
+    /// Expects a twin GET, acknowledges it and answers 200 with `desired` as the desired section, in a QoS 1
+    /// PUBLISH with `packet_id` whose PUBACK it awaits.
+    async fn answer_twin_get(&mut self, desired: &Value, packet_id: u16) {
+        let get = self.receive_publish().await;
+        assert!(
+            get.topic.starts_with("$iothub/twin/GET/?$rid="),
+            "{}",
+            get.topic
+        );
+        let twin = json!({"desired": desired, "reported": {"$version": 1}});
+        let topic = format!("$iothub/twin/res/200/?$rid={}", rid_of(&get.topic));
+        self.publish(&topic, packet_id, twin.to_string().as_bytes())
+            .await;
+        self.expect_puback(packet_id).await;
+    }
+
     /// Expects a QoS 1 PUBLISH, acknowledges it and returns it.
     async fn receive_publish(&mut self) -> Publish {
         match self.receive().await {
@@ -446,10 +463,13 @@ async fn method_requests_are_answered_with_the_handlers_response() {
     );
 }
 
-#[tokio::test]
-async fn desired_patches_arrive_in_order_on_the_stream() {
-    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
-    let (client, mut server) = connect(&mut hub, |options| options).await;
+/// Subscribes to desired patches and answers the stream's opening twin GET with `desired`; returns the
+/// stream and its first item.
+async fn desired_stream(
+    client: &DeviceClient,
+    server: &mut ServerConnection,
+    desired: Value,
+) -> (DesiredPatchStream, Option<Value>) {
     let subscribing = tokio::spawn({
         let client = client.clone();
         async move { client.desired_patches().await }
@@ -458,40 +478,49 @@ async fn desired_patches_arrive_in_order_on_the_stream() {
         .grant_subscription("$iothub/twin/PATCH/properties/desired/#")
         .await;
     let mut patches = subscribing.await.expect("task").expect("subscribed");
+    let reading = tokio::spawn(async move {
+        let first = patches.next().await;
+        (patches, first)
+    });
+    server.grant_subscription("$iothub/twin/res/#").await;
+    server.answer_twin_get(&desired, 100).await;
+    tokio::time::timeout(WAIT, reading)
+        .await
+        .expect("the first item in time")
+        .expect("task")
+}
 
-    server
-        .publish(
-            "$iothub/twin/PATCH/properties/desired/?$version=4",
-            1,
-            br#"{"fw":"2.0","$version":4}"#,
-        )
-        .await;
-    server
-        .publish(
-            "$iothub/twin/PATCH/properties/desired/?$version=4",
-            2,
-            br#"{"fw":"2.0","$version":4}"#,
-        )
-        .await;
-    server
-        .publish(
-            "$iothub/twin/PATCH/properties/desired/?$version=5",
-            3,
-            br#"{"fw":null,"$version":5}"#,
-        )
-        .await;
-    for packet_id in 1..=3 {
+async fn next_item(patches: &mut DesiredPatchStream) -> Option<Value> {
+    tokio::time::timeout(WAIT, patches.next())
+        .await
+        .expect("an item within the wait")
+}
+
+#[tokio::test]
+async fn desired_stream_starts_with_the_twin_then_yields_newer_patches_in_order() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, mut server) = connect(&mut hub, |options| options).await;
+    let (mut patches, first) =
+        desired_stream(&client, &mut server, json!({"fw": "1.0", "$version": 3})).await;
+    assert_eq!(first, Some(json!({"fw": "1.0", "$version": 3})));
+
+    for (packet_id, version, payload) in [
+        (1, 3, r#"{"fw":"1.0","$version":3}"#),
+        (2, 4, r#"{"fw":"2.0","$version":4}"#),
+        (3, 4, r#"{"fw":"2.0","$version":4}"#),
+        (4, 5, r#"{"fw":null,"$version":5}"#),
+    ] {
+        let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
+        server.publish(&topic, packet_id, payload.as_bytes()).await;
         server.expect_puback(packet_id).await;
     }
-    let first = tokio::time::timeout(WAIT, patches.next())
-        .await
-        .expect("patch");
-    assert_eq!(first, Some(json!({"fw": "2.0", "$version": 4})));
-    let second = tokio::time::timeout(WAIT, patches.next())
-        .await
-        .expect("patch");
     assert_eq!(
-        second,
+        next_item(&mut patches).await,
+        Some(json!({"fw": "2.0", "$version": 4})),
+        "version 3 is covered by the twin"
+    );
+    assert_eq!(
+        next_item(&mut patches).await,
         Some(json!({"fw": null, "$version": 5})),
         "the duplicate of version 4 is skipped"
     );
@@ -507,14 +536,9 @@ async fn desired_patches_arrive_in_order_on_the_stream() {
 async fn application_that_falls_behind_gets_the_full_desired_section_instead_of_missed_patches() {
     let mut hub = ScriptedHub::start(Transport::Mqtt).await;
     let (client, mut server) = connect(&mut hub, |options| options).await;
-    let subscribing = tokio::spawn({
-        let client = client.clone();
-        async move { client.desired_patches().await }
-    });
-    server
-        .grant_subscription("$iothub/twin/PATCH/properties/desired/#")
-        .await;
-    let mut patches = subscribing.await.expect("task").expect("subscribed");
+    let (mut patches, first) =
+        desired_stream(&client, &mut server, json!({"step": 1, "$version": 1})).await;
+    assert_eq!(first, Some(json!({"step": 1, "$version": 1})));
 
     // More patches than the stream buffers, none read yet. Each PUBACK means the client has handled it.
     for version in 2..=21u16 {
@@ -536,14 +560,9 @@ async fn application_that_falls_behind_gets_the_full_desired_section_instead_of_
         let first = patches.next().await;
         (first, patches)
     });
-    server.grant_subscription("$iothub/twin/res/#").await;
-    let get = server.receive_publish().await;
-    let twin = json!({"desired": {"step": 21, "$version": 21}, "reported": {"$version": 1}});
-    let topic = format!("$iothub/twin/res/200/?$rid={}", rid_of(&get.topic));
     server
-        .publish(&topic, 30, twin.to_string().as_bytes())
+        .answer_twin_get(&json!({"step": 21, "$version": 21}), 30)
         .await;
-    server.expect_puback(30).await;
     let (first, mut patches) = tokio::time::timeout(WAIT, reading)
         .await
         .expect("in time")
@@ -564,11 +583,8 @@ async fn application_that_falls_behind_gets_the_full_desired_section_instead_of_
             br#"{"step":22,"$version":22}"#,
         )
         .await;
-    let next = tokio::time::timeout(WAIT, patches.next())
-        .await
-        .expect("patch");
     assert_eq!(
-        next,
+        next_item(&mut patches).await,
         Some(json!({"step": 22, "$version": 22})),
         "version 21 is not repeated"
     );
@@ -605,9 +621,12 @@ async fn dropping_every_handle_disconnects_cleanly() {
 }
 
 #[tokio::test]
-async fn hub_closing_the_connection_fails_waiting_requests() {
+async fn without_reconnection_a_closed_connection_fails_waiting_requests() {
     let mut hub = ScriptedHub::start(Transport::Mqtt).await;
-    let (client, mut server) = connect(&mut hub, |options| options).await;
+    let (client, mut server) = connect(&mut hub, |options| {
+        options.with_reconnect(ReconnectPolicy::never())
+    })
+    .await;
     let getting = tokio::spawn({
         let client = client.clone();
         async move { client.get_twin().await }
@@ -831,4 +850,438 @@ async fn gateway_host_name_is_dialled_while_host_name_is_authenticated() {
         password.contains("sr=myhub.azure-devices.net%2Fdevices%2Fdev1"),
         "{password}"
     );
+}
+
+// ---- reconnection and token renewal ----
+
+/// Reconnects within milliseconds, so tests do not wait on the backoff.
+fn fast_reconnect(options: DeviceClientOptions) -> DeviceClientOptions {
+    options.with_reconnect(
+        ReconnectPolicy::default()
+            .with_initial_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(50)),
+    )
+}
+
+async fn wait_for_state(
+    client: &DeviceClient,
+    what: &str,
+    mut predicate: impl FnMut(&ConnectionState) -> bool,
+) -> ConnectionState {
+    let mut state = client.connection_state();
+    tokio::time::timeout(WAIT, state.wait_for(|state| predicate(state)))
+        .await
+        .unwrap_or_else(|_| panic!("{what} within the wait"))
+        .expect("watch open")
+        .clone()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// The `se` of the SAS token a CONNECT carries.
+fn token_expiry(connect: &Connect) -> u64 {
+    let password =
+        std::str::from_utf8(connect.password.as_deref().expect("password")).expect("UTF-8");
+    password
+        .parse::<fleethub_protocol::SasToken>()
+        .expect("a SAS token")
+        .expiry
+}
+
+async fn answer_methods(client: &DeviceClient, server: &mut ServerConnection) {
+    let subscribing = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .on_method(|request: MethodRequest| async move {
+                    MethodResponse::ok(json!({"method": request.method_name}))
+                })
+                .await
+        }
+    });
+    server.grant_subscription("$iothub/methods/POST/#").await;
+    subscribing.await.expect("task").expect("subscribed");
+}
+
+/// Invokes `method` and expects the handler of `answer_methods` to answer it.
+async fn expect_method_answered(server: &mut ServerConnection, method: &str, packet_id: u16) {
+    let topic = format!("$iothub/methods/POST/{method}/?$rid=r{packet_id}");
+    server.publish(&topic, packet_id, b"{}").await;
+    server.expect_puback(packet_id).await;
+    let response = server.receive_publish().await;
+    assert_eq!(
+        response.topic,
+        format!("$iothub/methods/res/200/?$rid=r{packet_id}")
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&response.payload).expect("JSON"),
+        json!({"method": method})
+    );
+}
+
+#[tokio::test]
+async fn dropped_connection_is_reestablished_with_subscriptions_dup_resends_and_a_twin_resync() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, mut server) = connect(&mut hub, fast_reconnect).await;
+    answer_methods(&client, &mut server).await;
+    let (mut patches, first) =
+        desired_stream(&client, &mut server, json!({"x": 1, "$version": 1})).await;
+    assert_eq!(first, Some(json!({"x": 1, "$version": 1})));
+
+    // A reported patch reaches the hub, which drops the connection before acknowledging it.
+    let patching = tokio::spawn({
+        let client = client.clone();
+        async move { client.patch_reported(&json!({"temp": 21})).await }
+    });
+    let patch = match server.receive().await {
+        Some(Packet::Publish(publish)) => publish,
+        other => panic!("expected the reported patch, got {other:?}"),
+    };
+    assert!(!patch.dup);
+    // The application waits for the next desired item meanwhile.
+    let reading = tokio::spawn(async move {
+        let item = patches.next().await;
+        (patches, item)
+    });
+    drop(server);
+
+    let state = wait_for_state(&client, "reconnecting", |state| {
+        matches!(state, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            state,
+            ConnectionState::Reconnecting {
+                attempt: 1,
+                reason: DisconnectReason::HubClosed,
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    let mut server = hub.accept().await;
+    assert!(!server.connect.clean_session);
+    assert_eq!(server.connect.client_id, "dev1");
+    server.accept_connect().await;
+
+    // Every subscription again, twin responses first; then the patch, same packet id, DUP set; then the
+    // stream's twin GET.
+    server.grant_subscription("$iothub/twin/res/#").await;
+    server
+        .grant_subscription("$iothub/twin/PATCH/properties/desired/#")
+        .await;
+    server.grant_subscription("$iothub/methods/POST/#").await;
+    let resent = server.receive_publish().await;
+    assert!(resent.dup, "a re-sent publish carries DUP");
+    assert_eq!(
+        (&resent.packet_id, &resent.topic, &resent.payload),
+        (&patch.packet_id, &patch.topic, &patch.payload)
+    );
+    server
+        .answer_twin_get(&json!({"x": 2, "$version": 2}), 41)
+        .await;
+    let (mut patches, item) = tokio::time::timeout(WAIT, reading)
+        .await
+        .expect("an item within the wait")
+        .expect("task");
+    assert_eq!(
+        item,
+        Some(json!({"x": 2, "$version": 2})),
+        "the change made while the device was offline"
+    );
+    let topic = format!(
+        "$iothub/twin/res/204/?$rid={}&$version=7",
+        rid_of(&resent.topic)
+    );
+    server.publish(&topic, 40, b"").await;
+    server.expect_puback(40).await;
+    assert_eq!(patching.await.expect("task").expect("patch answered"), 7);
+    assert!(client.is_connected());
+
+    // The hub's patch for the version the twin already showed is not heard twice.
+    server
+        .publish(
+            "$iothub/twin/PATCH/properties/desired/?$version=2",
+            42,
+            br#"{"x":2,"$version":2}"#,
+        )
+        .await;
+    server
+        .publish(
+            "$iothub/twin/PATCH/properties/desired/?$version=3",
+            43,
+            br#"{"x":3,"$version":3}"#,
+        )
+        .await;
+    server.expect_puback(42).await;
+    server.expect_puback(43).await;
+    assert_eq!(
+        next_item(&mut patches).await,
+        Some(json!({"x": 3, "$version": 3}))
+    );
+    expect_method_answered(&mut server, "reboot", 44).await;
+}
+
+#[tokio::test]
+async fn twin_requests_during_an_outage_wait_for_the_next_connection_or_fail_disconnected() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, server) = connect(&mut hub, |options| {
+        fast_reconnect(options).with_operation_timeout(Duration::from_secs(1))
+    })
+    .await;
+    drop(server);
+    let mut server = hub.accept().await;
+    // CONNACK withheld: the client stays offline past this request's deadline.
+    wait_for_state(&client, "reconnecting", |state| {
+        matches!(state, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    let result = client.get_twin().await;
+    assert!(
+        matches!(result, Err(TwinError::Disconnected)),
+        "offline until the deadline: {result:?}"
+    );
+
+    let getting = tokio::spawn({
+        let client = client.clone();
+        async move { client.get_twin().await }
+    });
+    tokio::task::yield_now().await;
+    server.accept_connect().await;
+    server.grant_subscription("$iothub/twin/res/#").await;
+    server.answer_twin_get(&json!({"$version": 1}), 1).await;
+    let twin = getting.await.expect("task").expect("twin");
+    assert_eq!(twin["desired"]["$version"], json!(1));
+}
+
+#[tokio::test]
+async fn connack_5_on_reconnection_stops_the_client_for_good() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, mut server) = connect(&mut hub, fast_reconnect).await;
+    answer_methods(&client, &mut server).await;
+    // What the hub does to a device that was disabled or deleted: close, then refuse it.
+    drop(server);
+    let mut server = hub.accept().await;
+    server
+        .send(Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::NotAuthorized,
+        }))
+        .await;
+    match wait_for_disconnect(&client).await {
+        DisconnectReason::ReconnectFailed { attempts, error } => {
+            assert_eq!(attempts, 1);
+            assert!(
+                matches!(
+                    *error,
+                    ConnectError::Refused {
+                        return_code: ConnectReturnCode::NotAuthorized
+                    }
+                ),
+                "{error}"
+            );
+            assert!(error.is_permanent());
+        }
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
+    assert!(matches!(
+        client.get_twin().await,
+        Err(TwinError::Disconnected)
+    ));
+    assert!(!client.is_connected());
+    // And it stays stopped: no further attempt within many initial delays.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), hub.accepted.recv())
+            .await
+            .is_err(),
+        "no reconnection after a permanent refusal"
+    );
+}
+
+#[tokio::test]
+async fn transient_refusals_are_retried_until_max_attempts() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, server) = connect(&mut hub, |options| {
+        fast_reconnect(options).with_reconnect(
+            ReconnectPolicy::default()
+                .with_initial_delay(Duration::from_millis(10))
+                .with_max_delay(Duration::from_millis(50))
+                .with_max_attempts(Some(3)),
+        )
+    })
+    .await;
+    drop(server);
+    for attempt in 1..=3u32 {
+        let mut server = hub.accept().await;
+        let state = client.connection_state().borrow().clone();
+        assert!(
+            matches!(state, ConnectionState::Reconnecting { attempt: seen, .. } if seen == attempt),
+            "{state:?}"
+        );
+        server
+            .send(Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ServerUnavailable,
+            }))
+            .await;
+    }
+    match wait_for_disconnect(&client).await {
+        DisconnectReason::ReconnectFailed { attempts: 3, error } => assert!(
+            matches!(
+                *error,
+                ConnectError::Refused {
+                    return_code: ConnectReturnCode::ServerUnavailable
+                }
+            ),
+            "{error}"
+        ),
+        other => panic!("expected the attempts to run out, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn disconnect_while_reconnecting_stops_at_once() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, server) = connect(&mut hub, fast_reconnect).await;
+    drop(server);
+    // The hub never answers the new CONNECT.
+    let _silent = hub.accept().await;
+    wait_for_state(&client, "reconnecting", |state| {
+        matches!(state, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    client
+        .clone()
+        .disconnect()
+        .await
+        .expect("stopping while reconnecting is clean");
+    assert_eq!(
+        wait_for_disconnect(&client).await,
+        DisconnectReason::ClientRequested
+    );
+}
+
+#[tokio::test]
+async fn missing_pingresp_counts_as_a_lost_connection() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, mut server) = connect(&mut hub, |options| {
+        fast_reconnect(options).with_keep_alive(Duration::from_secs(1))
+    })
+    .await;
+    assert_eq!(server.receive().await, Some(Packet::PingReq));
+    let state = wait_for_state(&client, "reconnecting", |state| {
+        matches!(state, ConnectionState::Reconnecting { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            state,
+            ConnectionState::Reconnecting {
+                reason: DisconnectReason::KeepAliveTimeout,
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    assert_eq!(hub.accept().await.connect.client_id, "dev1");
+}
+
+#[tokio::test]
+async fn sas_token_is_renewed_before_it_expires_and_methods_still_arrive() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, mut server) = connect(&mut hub, |options| {
+        fast_reconnect(options).with_sas_ttl(Duration::from_secs(3))
+    })
+    .await;
+    let first_expiry = token_expiry(&server.connect);
+    answer_methods(&client, &mut server).await;
+
+    // Before the token runs out: DISCONNECT, then a new connection with a later token.
+    assert_eq!(server.receive().await, Some(Packet::Disconnect));
+    assert!(
+        unix_now() < first_expiry,
+        "renewed before the token expired"
+    );
+    let mut server = hub.accept().await;
+    assert!(token_expiry(&server.connect) > first_expiry);
+    assert!(!server.connect.clean_session);
+    server.accept_connect().await;
+    server.grant_subscription("$iothub/methods/POST/#").await;
+    wait_for_state(&client, "connected again", |state| {
+        *state == ConnectionState::Connected
+    })
+    .await;
+    expect_method_answered(&mut server, "afterRenewal", 1).await;
+}
+
+#[tokio::test]
+async fn twin_request_unanswered_at_renewal_is_sent_again_on_the_new_connection() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let (client, mut server) = connect(&mut hub, |options| {
+        fast_reconnect(options).with_sas_ttl(Duration::from_secs(3))
+    })
+    .await;
+    let getting = tokio::spawn({
+        let client = client.clone();
+        async move { client.get_twin().await }
+    });
+    server.grant_subscription("$iothub/twin/res/#").await;
+    let unanswered = server.receive_publish().await;
+
+    // Renewal waits for the response, and goes ahead without it before the token expires.
+    assert_eq!(server.receive().await, Some(Packet::Disconnect));
+    let mut server = hub.accept().await;
+    server.accept_connect().await;
+    server.grant_subscription("$iothub/twin/res/#").await;
+    let again = server.receive_publish().await;
+    assert_eq!(again.topic, unanswered.topic, "the same request, same $rid");
+    let topic = format!("$iothub/twin/res/200/?$rid={}", rid_of(&again.topic));
+    server
+        .publish(
+            &topic,
+            1,
+            br#"{"desired":{"$version":4},"reported":{"$version":1}}"#,
+        )
+        .await;
+    server.expect_puback(1).await;
+    let twin = getting
+        .await
+        .expect("task")
+        .expect("answered after the renewal");
+    assert_eq!(twin["desired"]["$version"], json!(4));
+}
+
+/// A valid-looking token (the signature is not checked by the scripted hub) expiring at `expiry_unix`.
+fn ready_made_token_connection_string(expiry_unix: u64) -> String {
+    format!(
+        "HostName=localhost;DeviceId=dev1;SharedAccessSignature=SharedAccessSignature sr=localhost%2Fdevices%2Fdev1&sig=e6S%2BETCWXU62jbeBg713p%2FhE4ML0WVBfjuydqACS%2B%2FY%3D&se={expiry_unix}"
+    )
+}
+
+#[tokio::test]
+async fn ready_made_token_cannot_be_renewed_so_the_client_stops_when_it_expires() {
+    let mut hub = ScriptedHub::start(Transport::Mqtt).await;
+    let text = ready_made_token_connection_string(unix_now() + 2);
+    let connecting = tokio::spawn(DeviceClient::connect(&text, fast_reconnect(hub.options())));
+    let mut server = hub.accept().await;
+    server.accept_connect().await;
+    let client = connecting.await.expect("task").expect("connects");
+    assert_eq!(server.receive().await, Some(Packet::Disconnect));
+    assert_eq!(
+        wait_for_disconnect(&client).await,
+        DisconnectReason::SasTokenExpired
+    );
+
+    let expired = ready_made_token_connection_string(unix_now() - 1);
+    let result = DeviceClient::connect(&expired, hub.options()).await;
+    match result {
+        Err(error @ ConnectError::SasTokenExpired { .. }) => assert!(error.is_permanent()),
+        other => panic!("expected an expired token, got {other:?}"),
+    }
 }
