@@ -55,12 +55,29 @@ pub mod device_app {
     #[derive(Clone, Debug)]
     pub struct DeviceAppOptions {
         pub step: Duration,
+        /// Print nothing (when another display shows the progress, as `fleethub demo` does).
+        pub quiet: bool,
     }
 
     impl Default for DeviceAppOptions {
         fn default() -> Self {
             Self {
                 step: Duration::from_secs(2),
+                quiet: false,
+            }
+        }
+    }
+
+    /// Prints the app's console lines unless quiet.
+    #[derive(Clone, Copy)]
+    struct Console {
+        quiet: bool,
+    }
+
+    impl Console {
+        fn say(self, line: impl std::fmt::Display) {
+            if !self.quiet {
+                println!("{line}");
             }
         }
     }
@@ -72,23 +89,28 @@ pub mod device_app {
         options: DeviceAppOptions,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let console = Console {
+            quiet: options.quiet,
+        };
         let client = DeviceClient::connect(connection_string, client_options).await?;
-        println!("Device {} connected", client.client_id());
+        console.say(format_args!("Device {} connected", client.client_id()));
         client
             .patch_reported(&json!({"firmwareStatus": "standBy", "logTime": utc_now()}))
             .await?;
-        println!("Reported firmwareStatus standBy");
+        console.say("Reported firmwareStatus standBy");
         let updating = Arc::new(AtomicBool::new(false));
         let handler_client = client.clone();
+        let step = options.step;
         client
             .on_method(move |request: MethodRequest| {
                 let client = handler_client.clone();
                 let updating = Arc::clone(&updating);
-                let step = options.step;
-                async move { handle_method(client, updating, step, request) }
+                async move { handle_method(client, updating, step, request, console) }
             })
             .await?;
-        println!("Waiting for the {METHOD_NAME} direct method...");
+        console.say(format_args!(
+            "Waiting for the {METHOD_NAME} direct method..."
+        ));
         stop.await;
         client.disconnect().await?;
         Ok(())
@@ -99,12 +121,11 @@ pub mod device_app {
         updating: Arc<AtomicBool>,
         step: Duration,
         request: MethodRequest,
+        console: Console,
     ) -> MethodResponse {
         if request.method_name != METHOD_NAME {
-            return MethodResponse::new(
-                404,
-                json!({"Response": format!("unknown method {}", request.method_name)}),
-            );
+            let text = format!("unknown method {}", request.method_name);
+            return MethodResponse::new(404, json!({ "Response": text }));
         }
         if updating.swap(true, Ordering::SeqCst) {
             return MethodResponse::new(
@@ -118,9 +139,9 @@ pub mod device_app {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        println!("Received firmwareUpdate for {package}");
+        console.say(format_args!("Received firmwareUpdate for {package}"));
         tokio::spawn(async move {
-            if let Err(error) = simulate_update(&client, step).await {
+            if let Err(error) = simulate_update(&client, step, console).await {
                 eprintln!("firmware update failed: {error}");
             }
             updating.store(false, Ordering::SeqCst);
@@ -128,13 +149,17 @@ pub mod device_app {
         MethodResponse::new(200, json!({"Response": STARTED_RESPONSE}))
     }
 
-    async fn simulate_update(client: &DeviceClient, step: Duration) -> anyhow::Result<()> {
+    async fn simulate_update(
+        client: &DeviceClient,
+        step: Duration,
+        console: Console,
+    ) -> anyhow::Result<()> {
         for (status, time_key) in &STATES[1..] {
             tokio::time::sleep(step).await;
             client
                 .patch_reported(&json!({"firmwareStatus": status, *time_key: utc_now()}))
                 .await?;
-            println!("Reported firmwareStatus {status}");
+            console.say(format_args!("Reported firmwareStatus {status}"));
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ async fn the_firmware_update_goes_through_its_states_in_order() {
     let device = tokio::spawn(async move {
         let app_options = device_app::DeviceAppOptions {
             step: Duration::from_millis(300),
+            quiet: true,
         };
         device_app::run(&device_connection_string, options, app_options, async {
             let _ = stopped.await;

@@ -317,7 +317,11 @@ fn run_checkpointer(
 }
 
 fn migrate(connection: &mut Connection) -> StoreResult<()> {
-    let current: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    // The version check and the migrations share one IMMEDIATE transaction: another process opening the same
+    // database at the same moment (a CLI beside a starting hub) waits instead of migrating twice.
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let current: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
         return Err(StoreError::Incompatible(format!(
@@ -325,11 +329,10 @@ fn migrate(connection: &mut Connection) -> StoreResult<()> {
         )));
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let transaction = connection.transaction()?;
         transaction.execute_batch(migration)?;
         transaction.pragma_update(None, "user_version", index as i64 + 1)?;
-        transaction.commit()?;
     }
+    transaction.commit()?;
     Ok(())
 }
 

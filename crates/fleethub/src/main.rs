@@ -1,20 +1,34 @@
-//! The `fleethub` command: runs the hub (`serve`) and prints connection strings for it.
+//! The `fleethub` command: runs the hub (`serve`), prints its connection strings, and drives a hub (this one
+//! or Azure IoT Hub) through the service SDK: devices and modules, twins, direct methods, the change feed.
+//!
+//! Exit status: 0 when the command did what was asked, 1 when it failed (the message on stderr says what was
+//! wrong and what to do), 2 for a usage error (clap's).
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod device;
+mod failure;
+mod hub;
+mod json_input;
+mod local_hub;
+mod method;
+mod output;
+mod serve;
+mod twin;
+mod watch;
+
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use clap::builder::styling::{AnsiColor, Style};
 use clap::{Parser, Subcommand};
-use fleethub_hub::{HubConfig, HubLimits};
-use fleethub_store::{SqliteStore, SqliteStoreOptions, Store};
 
 #[derive(Parser)]
 #[command(
     name = "fleethub",
     version,
-    about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub"
+    about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub",
+    after_help = "The device, twin and method commands find the hub from --hub, --data-dir, \
+                  FLEETHUB_CONNECTION_STRING or FLEETHUB_DATA_DIR (see `fleethub device --help`) and print \
+                  tables, or JSON with --output json."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,47 +38,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub: MQTT (TLS) for devices, HTTPS for the REST API and MQTT over WebSocket.
-    Serve(ServeArgs),
+    Serve(serve::ServeArgs),
     /// Print a service connection string for a local hub's shared access policy.
-    ConnectionString(ConnectionStringArgs),
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Where the hub keeps its database, CA and certificates (created if missing).
-    #[arg(long, default_value = "./fleethub-data", env = "FLEETHUB_DATA_DIR")]
-    data_dir: PathBuf,
-    /// A name devices and services use to reach the hub; repeat for several. The server certificate covers
-    /// each, plus localhost and 127.0.0.1.
-    #[arg(long = "hostname", value_name = "NAME")]
-    hostnames: Vec<String>,
-    /// Address of the MQTT/TLS listener.
-    #[arg(long, default_value = "0.0.0.0:8883", value_name = "ADDR:PORT")]
-    mqtt_listen: SocketAddr,
-    /// Address of the HTTPS listener (REST API and MQTT over WebSocket).
-    #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
-    https_listen: SocketAddr,
-    /// Largest MQTT packet accepted, in bytes.
-    #[arg(long, default_value_t = HubLimits::default().max_packet_size, value_name = "BYTES")]
-    max_packet_size: usize,
-    /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    shutdown_grace: u64,
-}
-
-#[derive(clap::Args)]
-struct ConnectionStringArgs {
-    /// The data directory of the hub (the one given to `fleethub serve`).
-    #[arg(long, default_value = "./fleethub-data", env = "FLEETHUB_DATA_DIR")]
-    data_dir: PathBuf,
-    /// Which shared access policy: iothubowner, service, registryRead, registryReadWrite or device.
-    #[arg(long, default_value = "iothubowner")]
-    policy: String,
+    ConnectionString(local_hub::ConnectionStringArgs),
+    /// Devices and modules in the identity registry: create, show, list, delete, connection strings.
+    Device(device::DeviceCommand),
+    /// Device and module twins: show, patch, replace, and watch changes as they happen.
+    Twin(twin::TwinCommand),
+    /// Direct methods: invoke one on a connected device or module.
+    Method(method::MethodCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_logging();
+    serve::install_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,121 +64,24 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::ConnectionString(args) => connection_string(args).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::ConnectionString(args) => local_hub::connection_string(args).await,
+            Command::Device(command) => device::run(command).await,
+            Command::Twin(command) => twin::run(command).await,
+            Command::Method(command) => method::run(command).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+            let style = if std::io::stderr().is_terminal() && !no_color {
+                AnsiColor::Red.on_default().bold()
+            } else {
+                Style::new()
+            };
+            eprintln!("{}error:{} {error:#}", style.render(), style.render_reset());
             ExitCode::FAILURE
         }
     }
-}
-
-fn install_logging() {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
-    let filter: Targets = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let json = std::env::var("FLEETHUB_LOG_FORMAT").is_ok_and(|format| format == "json");
-    let registry = tracing_subscriber::registry().with(filter);
-    if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .init();
-    } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .init();
-    }
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut hostnames = args.hostnames;
-    if hostnames.is_empty() {
-        hostnames.push("localhost".into());
-    }
-    let config = HubConfig {
-        data_dir: args.data_dir,
-        hostnames,
-        mqtt_listen: args.mqtt_listen,
-        https_listen: args.https_listen,
-        limits: HubLimits {
-            max_packet_size: args.max_packet_size,
-            ..HubLimits::default()
-        },
-        twin_limits: Default::default(),
-    };
-    let hub = fleethub_hub::start(config).await?;
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    hub.shutdown(Duration::from_secs(args.shutdown_grace)).await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("wait for SIGINT")?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
-}
-
-async fn connection_string(args: ConnectionStringArgs) -> anyhow::Result<()> {
-    let database = args.data_dir.join(fleethub_hub::DATABASE_FILE);
-    if !Path::new(&database).exists() {
-        bail!(
-            "{} holds no hub yet: start one with `fleethub serve --data-dir {}` first",
-            args.data_dir.display(),
-            args.data_dir.display()
-        );
-    }
-    let store = SqliteStore::open(&database, SqliteStoreOptions::default())
-        .context("open the hub's store")?;
-    let policies = store
-        .policies()
-        .await
-        .context("read the shared access policies")?;
-    let Some(policy) = policies
-        .iter()
-        .find(|policy| policy.key_name == args.policy)
-    else {
-        let names: Vec<&str> = policies
-            .iter()
-            .map(|policy| policy.key_name.as_str())
-            .collect();
-        bail!(
-            "no shared access policy {:?}; this hub has: {}",
-            args.policy,
-            names.join(", ")
-        );
-    };
-    let hostname = store
-        .get_meta(fleethub_hub::META_HOSTNAME)
-        .await?
-        .unwrap_or_else(|| "localhost".into());
-    let port = store
-        .get_meta(fleethub_hub::META_HTTPS_PORT)
-        .await?
-        .unwrap_or_else(|| "443".into());
-    let host = if port == "443" {
-        hostname
-    } else {
-        format!("{hostname}:{port}")
-    };
-    println!(
-        "HostName={host};SharedAccessKeyName={};SharedAccessKey={}",
-        policy.key_name, policy.primary_key
-    );
-    Ok(())
 }

@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         options,
         DeviceAppOptions {
             step: Duration::from_secs(args.step_seconds),
+            quiet: false,
         },
         stop,
     )

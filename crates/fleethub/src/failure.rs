@@ -1,0 +1,391 @@
+//! The one place where a failed call to the hub becomes the message users read: what was wrong (with
+//! the Azure error code) and what to do about it.
+
+use anyhow::anyhow;
+use fleethub_service::ServiceError;
+use fleethub_service::protocol::errors::{ErrorCode, ReportedErrorCode};
+use fleethub_service::protocol::ids::{DeviceId, ModuleId};
+
+use crate::hub::{Hub, HubOrigin, Trust};
+
+/// What kind of call failed: decides which right a 403 is about and which command shows a fresh etag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    ReadIdentity,
+    WriteIdentity,
+    ReadTwin,
+    WriteTwin,
+    InvokeMethod,
+    WatchChanges,
+}
+
+/// A direct-method call, for the not-online and timed-out messages.
+#[derive(Clone, Debug)]
+pub(crate) struct MethodCall {
+    pub(crate) name: String,
+    pub(crate) response_timeout: u64,
+    pub(crate) connect_timeout: Option<u64>,
+}
+
+/// The call that failed, as the user asked for it.
+#[derive(Clone, Debug)]
+pub(crate) struct Operation {
+    /// The verb phrase, e.g. "create device dev1", "list devices".
+    pub(crate) action: String,
+    pub(crate) kind: Kind,
+    pub(crate) device: Option<DeviceId>,
+    pub(crate) module: Option<ModuleId>,
+    pub(crate) etag: Option<String>,
+    pub(crate) method: Option<MethodCall>,
+}
+
+impl Operation {
+    pub(crate) fn new(kind: Kind, action: impl Into<String>) -> Operation {
+        Operation {
+            action: action.into(),
+            kind,
+            device: None,
+            module: None,
+            etag: None,
+            method: None,
+        }
+    }
+
+    pub(crate) fn on(mut self, device: &DeviceId, module: Option<&ModuleId>) -> Operation {
+        self.device = Some(device.clone());
+        self.module = module.cloned();
+        self
+    }
+
+    pub(crate) fn with_etag(mut self, etag: Option<&str>) -> Operation {
+        self.etag = etag.map(str::to_owned);
+        self
+    }
+
+    pub(crate) fn with_method(mut self, method: MethodCall) -> Operation {
+        self.method = Some(method);
+        self
+    }
+
+    /// "device dev1" or "module m1 of device dev1".
+    fn subject(&self) -> String {
+        match (&self.device, &self.module) {
+            (Some(device), Some(module)) => format!("module {module} of device {device}"),
+            (Some(device), None) => format!("device {device}"),
+            (None, _) => "the hub".to_owned(),
+        }
+    }
+
+    /// ` --module m1` when the operation is about a module.
+    fn module_flag(&self) -> String {
+        self.module
+            .as_ref()
+            .map(|module| format!(" --module {module}"))
+            .unwrap_or_default()
+    }
+
+    fn device_text(&self) -> String {
+        self.device
+            .as_ref()
+            .map(|device| device.to_string())
+            .unwrap_or_else(|| "DEVICE".to_owned())
+    }
+}
+
+/// Turns a failed SDK call into the message users read, asking the hub once more where its answer is
+/// ambiguous.
+pub(crate) trait ExplainResult<T> {
+    async fn or_explain(self, hub: &Hub, operation: &Operation) -> anyhow::Result<T>;
+}
+
+impl<T> ExplainResult<T> for Result<T, ServiceError> {
+    async fn or_explain(self, hub: &Hub, operation: &Operation) -> anyhow::Result<T> {
+        let error = match self {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        // The hub answers ModuleNotFound also when the device itself does not exist; tell the two apart.
+        if error.error_code() == Some(ErrorCode::ModuleNotFound)
+            && let Some(device) = &operation.device
+            && let Err(device_error) = hub.client.get_device(device).await
+            && device_error.error_code() == Some(ErrorCode::DeviceNotFound)
+        {
+            return Err(explain(hub, operation, device_error));
+        }
+        Err(explain(hub, operation, error))
+    }
+}
+
+/// The message for `error`, which happened while doing `operation` on `hub`.
+pub(crate) fn explain(hub: &Hub, operation: &Operation, error: ServiceError) -> anyhow::Error {
+    anyhow!(message(hub, operation, &error))
+}
+
+fn message(hub: &Hub, operation: &Operation, error: &ServiceError) -> String {
+    match error {
+        ServiceError::Api {
+            status,
+            code,
+            message,
+            ..
+        } => api_message(hub, operation, *status, code, message),
+        ServiceError::Tls { host, source } => {
+            let trusted = match &hub.trust {
+                Trust::CaFlag(path) => format!(
+                    "the hub's certificate is not accepted with the CA of --ca {}",
+                    path.display()
+                ),
+                Trust::DataDirCa(path) => format!(
+                    "the hub's certificate is not accepted with the data directory's CA {}",
+                    path.display()
+                ),
+                Trust::SystemRoots => {
+                    "the hub's certificate is not signed by a CA the system trusts (no --ca given and no DIR/ca.pem found)"
+                        .to_owned()
+                }
+            };
+            let name_hint = if matches!(
+                source,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                    | rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForNameContext { .. }
+                    )
+            ) {
+                format!(
+                    ", or start the hub with `--hostname {}` so that its certificate names it",
+                    host_without_port(host)
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "tls handshake with {host} failed ({source}): {trusted}; pass --ca FILE with the CA that signed the hub's certificate (a fleethub hub's is ca.pem in its data directory){name_hint}"
+            )
+        }
+        ServiceError::Transport { host, source } => {
+            let cause = root_cause(source);
+            let advice = match &hub.origin {
+                HubOrigin::DataDir(path) => format!(
+                    "is the hub running? start it with `fleethub serve --data-dir {}`",
+                    path.display()
+                ),
+                HubOrigin::Flag | HubOrigin::Environment => {
+                    "check that the hub is running and that HostName in the connection string is right"
+                        .to_owned()
+                }
+            };
+            format!("cannot reach the hub at {host} ({cause}): {advice}")
+        }
+        ServiceError::Timeout { after } => format!(
+            "the hub at {} did not answer within {} s while trying to {}: check that it is running and reachable",
+            hub.host(),
+            after.as_secs(),
+            operation.action
+        ),
+        ServiceError::Decode { what, source, .. } => format!(
+            "the answer of {} is not {what} ({source}): is HostName an IoT hub?",
+            hub.host()
+        ),
+        ServiceError::InvalidRequest { reason } => {
+            format!("cannot {}: {reason}", operation.action)
+        }
+        other => format!("cannot {}: {other}", operation.action),
+    }
+}
+
+fn api_message(
+    hub: &Hub,
+    operation: &Operation,
+    status: u16,
+    code: &ReportedErrorCode,
+    hub_message: &str,
+) -> String {
+    let code_text = code_text(status, code);
+    let with_message = if hub_message.is_empty() {
+        code_text.clone()
+    } else {
+        format!("{code_text}: {hub_message}")
+    };
+    let subject = operation.subject();
+    let device = operation.device_text();
+    let known = match code {
+        ReportedErrorCode::Known(code) => Some(*code),
+        _ => None,
+    };
+    match known {
+        Some(ErrorCode::DeviceNotFound) => format!(
+            "device {device} is not registered ({code_text}): check the id with `fleethub device list`, or create it with `fleethub device create {device}`"
+        ),
+        Some(ErrorCode::ModuleNotFound) => {
+            let module = operation
+                .module
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "MODULE".to_owned());
+            format!(
+                "module {module} of device {device} is not registered ({code_text}): see the device's modules with `fleethub device list {device} --modules`, or create it with `fleethub device create {device} --module {module}`"
+            )
+        }
+        Some(ErrorCode::DeviceAlreadyExists | ErrorCode::ModuleAlreadyExistsOnDevice) => format!(
+            "{subject} already exists ({code_text}): see it with `fleethub device show {device}{}`, or delete it first with `fleethub device delete {device}{}`",
+            operation.module_flag(),
+            operation.module_flag()
+        ),
+        Some(ErrorCode::DeviceNotOnline) => {
+            let connect = if operation
+                .method
+                .as_ref()
+                .is_some_and(|method| method.connect_timeout.is_some())
+            {
+                "raise --connect-timeout"
+            } else {
+                "use --connect-timeout"
+            };
+            format!(
+                "{subject} is not online ({code_text}): it is not connected or has not subscribed to methods; check the device app or {connect}"
+            )
+        }
+        Some(ErrorCode::GatewayTimeout) => match &operation.method {
+            Some(method) => format!(
+                "{subject} did not answer method {} within {} s ({code_text}): check that the device app handles {}, or raise --timeout",
+                method.name, method.response_timeout, method.name
+            ),
+            None => format!("the hub timed out ({with_message})"),
+        },
+        Some(ErrorCode::ThrottlingException) => format!(
+            "{subject} has too many calls in flight ({with_message}): wait for them to finish, then retry"
+        ),
+        Some(ErrorCode::MessageTooLarge) => {
+            format!("the payload is too large ({with_message}): send a smaller one")
+        }
+        _ if status == 412 => {
+            let etag = operation.etag.as_deref().unwrap_or("given");
+            let (what, show, verb) = match operation.kind {
+                Kind::WriteIdentity => ("identity", "device show", "delete"),
+                _ => ("twin", "twin show", "write"),
+            };
+            format!(
+                "the etag {etag} is not the current one: the {what} of {subject} changed since that etag was read ({code_text}): read the current etag with `fleethub {show} {device}{}`, or leave out --etag to {verb} regardless",
+                operation.module_flag()
+            )
+        }
+        _ if status == 401 => {
+            let advice = match &hub.origin {
+                HubOrigin::DataDir(path) => format!(
+                    "the data directory {} may belong to another hub than the one at {}",
+                    path.display(),
+                    hub.host()
+                ),
+                _ => "check SharedAccessKeyName and SharedAccessKey in the connection string (for a local hub `fleethub connection-string --data-dir DIR` prints a current one)".to_owned(),
+            };
+            format!(
+                "the hub rejected the credentials of policy {} ({with_message}): {advice}",
+                hub.policy
+            )
+        }
+        _ if status == 403 => {
+            let (right, policies, suggestion) = match operation.kind {
+                Kind::ReadIdentity => (
+                    "RegistryRead",
+                    "registryRead, registryReadWrite or iothubowner",
+                    "registryRead",
+                ),
+                Kind::WriteIdentity => (
+                    "RegistryWrite",
+                    "registryReadWrite or iothubowner",
+                    "registryReadWrite",
+                ),
+                Kind::ReadTwin | Kind::WatchChanges => (
+                    "ServiceConnect or RegistryRead",
+                    "service, registryRead or iothubowner",
+                    "service",
+                ),
+                Kind::WriteTwin | Kind::InvokeMethod => {
+                    ("ServiceConnect", "service or iothubowner", "service")
+                }
+            };
+            format!(
+                "policy {} may not {} ({with_message}): use the connection string of a policy with {right} ({policies}), e.g. `fleethub connection-string --policy {suggestion}` for a local hub",
+                hub.policy, operation.action
+            )
+        }
+        _ if status == 404 && operation.kind == Kind::WatchChanges => format!(
+            "{} has no change stream ({with_message}): `twin watch` needs a fleethub hub recent enough to serve GET /changes",
+            hub.host()
+        ),
+        _ if status == 400 => {
+            format!(
+                "the hub rejected the request to {} ({with_message})",
+                operation.action
+            )
+        }
+        _ => format!("cannot {} ({with_message})", operation.action),
+    }
+}
+
+/// `404001 DeviceNotFound`, or the status with whatever the hub reported when the code is not a known one.
+fn code_text(status: u16, code: &ReportedErrorCode) -> String {
+    match code {
+        ReportedErrorCode::Known(code) => format!("{} {}", code.numeric(), code.name()),
+        ReportedErrorCode::UnknownName(name) => format!("{status} {name}"),
+        ReportedErrorCode::UnknownNumber(number) => number.to_string(),
+        ReportedErrorCode::Missing => format!("HTTP {status}"),
+    }
+}
+
+/// The innermost error's message: "Connection refused (os error 111)" rather than reqwest's layers.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+fn host_without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !port.is_empty()
+                && port.bytes().all(|byte| byte.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            name
+        }
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_read_as_number_and_name() {
+        assert_eq!(
+            code_text(404, &ReportedErrorCode::Known(ErrorCode::DeviceNotOnline)),
+            "404103 DeviceNotOnline"
+        );
+        assert_eq!(
+            code_text(409, &ReportedErrorCode::UnknownName("New".to_owned())),
+            "409 New"
+        );
+        assert_eq!(
+            code_text(400, &ReportedErrorCode::UnknownNumber(400999)),
+            "400999"
+        );
+        assert_eq!(code_text(502, &ReportedErrorCode::Missing), "HTTP 502");
+    }
+
+    #[test]
+    fn ports_are_dropped_from_host_names() {
+        for (input, expected) in [
+            ("localhost:8443", "localhost"),
+            ("hub.example", "hub.example"),
+            ("[::1]:8443", "[::1]"),
+            ("127.0.0.1:443", "127.0.0.1"),
+            ("::1", "::1"),
+        ] {
+            assert_eq!(host_without_port(input), expected, "{input}");
+        }
+    }
+}

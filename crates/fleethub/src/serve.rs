@@ -1,0 +1,89 @@
+//! `fleethub serve`: runs the hub in this process until SIGTERM or SIGINT, then shuts it down gracefully.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleethub_hub::{HubConfig, HubLimits};
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Where the hub keeps its database, CA and certificates (created if missing).
+    #[arg(long, default_value = "./fleethub-data", env = "FLEETHUB_DATA_DIR")]
+    data_dir: PathBuf,
+    /// A name devices and services use to reach the hub; repeat for several. The server certificate covers
+    /// each, plus localhost and 127.0.0.1.
+    #[arg(long = "hostname", value_name = "NAME")]
+    hostnames: Vec<String>,
+    /// Address of the MQTT/TLS listener.
+    #[arg(long, default_value = "0.0.0.0:8883", value_name = "ADDR:PORT")]
+    mqtt_listen: SocketAddr,
+    /// Address of the HTTPS listener (REST API and MQTT over WebSocket).
+    #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
+    https_listen: SocketAddr,
+    /// Largest MQTT packet accepted, in bytes.
+    #[arg(long, default_value_t = HubLimits::default().max_packet_size, value_name = "BYTES")]
+    max_packet_size: usize,
+    /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    shutdown_grace: u64,
+}
+
+/// Logs to stderr, as text or (`FLEETHUB_LOG_FORMAT=json`) JSON lines, filtered by `RUST_LOG` (default: info).
+pub(crate) fn install_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let json = std::env::var("FLEETHUB_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut hostnames = args.hostnames;
+    if hostnames.is_empty() {
+        hostnames.push("localhost".into());
+    }
+    let config = HubConfig {
+        data_dir: args.data_dir,
+        hostnames,
+        mqtt_listen: args.mqtt_listen,
+        https_listen: args.https_listen,
+        limits: HubLimits {
+            max_packet_size: args.max_packet_size,
+            ..HubLimits::default()
+        },
+        twin_limits: Default::default(),
+    };
+    let hub = fleethub_hub::start(config).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    hub.shutdown(Duration::from_secs(args.shutdown_grace)).await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("wait for SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
