@@ -4,6 +4,7 @@
 //! Exit status: 0 when the command did what was asked, 1 when it failed (the message on stderr says what was
 //! wrong and what to do), 2 for a usage error (clap's).
 
+mod demo;
 mod device;
 mod failure;
 mod hub;
@@ -47,11 +48,17 @@ enum Command {
     Twin(twin::TwinCommand),
     /// Direct methods: invoke one on a connected device or module.
     Method(method::MethodCommand),
+    /// Run the reference firmware-update workflow end to end on a hub started just for it.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    serve::install_logging();
+    let default_level = match cli.command {
+        Command::Serve(_) => tracing::Level::INFO,
+        _ => tracing::Level::WARN,
+    };
+    serve::install_logging(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::ConnectionString(args) => local_hub::connection_string(args).await,
             Command::Device(command) => device::run(command).await,
             Command::Twin(command) => twin::run(command).await,

@@ -31,13 +31,14 @@ pub(crate) struct ServeArgs {
 }
 
 /// Logs to stderr, as text or (`FLEETHUB_LOG_FORMAT=json`) JSON lines, filtered by `RUST_LOG` (default: info).
-pub(crate) fn install_logging() {
+/// Logs to stderr; `RUST_LOG` overrides `default` (INFO for `serve`, WARN for client commands and the demo).
+pub(crate) fn install_logging(default: tracing::Level) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let filter: Targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+        .unwrap_or_else(|| Targets::new().with_default(default));
     let json = std::env::var("FLEETHUB_LOG_FORMAT").is_ok_and(|format| format == "json");
     let registry = tracing_subscriber::registry().with(filter);
     if json {
