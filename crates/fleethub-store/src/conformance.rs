@@ -33,6 +33,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     twin_writes_follow_core_rules_and_etags(&*store).await;
     a_failing_write_does_not_disturb_concurrent_writes(&store).await;
     commit_hooks_run_in_version_order(&store).await;
+    twin_writes_return_the_current_identity(&*store).await;
     change_feed_is_ordered_filtered_and_notified(&*store).await;
     sessions_persist_and_die_with_their_identity(&*store).await;
     connection_state_and_activity_are_recorded(&*store).await;
@@ -362,6 +363,77 @@ async fn a_failing_write_does_not_disturb_concurrent_writes(store: &Arc<dyn Stor
             assert!(reported.get("$bad").is_none());
         }
     }
+}
+
+/// A twin write returns the whole record as it is now, including identity changes made between twin writes
+/// (a backend that keeps hot records in memory must not serve a stale identity).
+async fn twin_writes_return_the_current_identity(store: &dyn Store) {
+    let key = device("fresh-identity");
+    store.create_identity(create(&key)).await.expect("create");
+    let patch = |n: i64| UpdateTwin {
+        key: key.clone(),
+        change: TwinChange::ReportedPatch(json!({ "n": n })),
+        if_match: IfMatch::Any,
+        now: NOW,
+        on_commit: None,
+    };
+    store.update_twin(patch(1)).await.expect("first patch");
+    let mut spec = sas_spec();
+    spec.status = DeviceStatus::Disabled;
+    let update = UpdateIdentity {
+        key: key.clone(),
+        spec,
+        if_match: IfMatch::Any,
+        fresh_keys: fresh_keys(),
+        now: NOW,
+    };
+    store.update_identity(update).await.expect("disable");
+    let after_disable = store.update_twin(patch(2)).await.expect("second patch");
+    assert_eq!(after_disable.record.identity.status, DeviceStatus::Disabled);
+    store
+        .set_connection_state(&key, ConnectionState::Connected, NOW)
+        .await
+        .expect("connect");
+    let after_connect = store.update_twin(patch(3)).await.expect("third patch");
+    assert_eq!(
+        after_connect.record.identity.connection_state,
+        ConnectionState::Connected
+    );
+    let active_at = datetime!(2026-05-01 12:00 UTC);
+    store
+        .record_activity(vec![(key.clone(), active_at)])
+        .await
+        .expect("activity");
+    let after_activity = store.update_twin(patch(4)).await.expect("fourth patch");
+    assert_eq!(
+        after_activity.record.identity.last_activity_time,
+        Some(active_at)
+    );
+    let refused = store
+        .update_twin(UpdateTwin {
+            change: TwinChange::ReportedPatch(json!({"$bad": 1})),
+            ..patch(0)
+        })
+        .await;
+    assert!(matches!(refused, Err(StoreError::Twin(_))));
+    let after_refusal = store.update_twin(patch(5)).await.expect("fifth patch");
+    assert_eq!(
+        after_refusal.record.twin.properties_json()["reported"]["n"],
+        json!(5)
+    );
+    assert_eq!(
+        after_refusal.record.twin.reported_version(),
+        after_activity.record.twin.reported_version() + 1,
+        "a refused patch changed nothing"
+    );
+    store
+        .delete_identity(&key, IfMatch::Any)
+        .await
+        .expect("delete");
+    assert_eq!(
+        store.update_twin(patch(6)).await.map(|_| ()),
+        Err(StoreError::NotFound(key.clone()))
+    );
 }
 
 async fn commit_hooks_run_in_version_order(store: &Arc<dyn Store>) {

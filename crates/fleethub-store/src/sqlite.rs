@@ -8,6 +8,7 @@
 //!
 //! Cancellation: dropping a write's future never cancels the write; once queued it runs to completion.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -162,6 +163,31 @@ struct WriteContext {
     options: SqliteStoreOptions,
     /// Newest change-feed sequence appended in this batch.
     last_sequence: Option<u64>,
+    /// Records of recently written twins, as the writer last wrote them, so a busy device's next patch skips
+    /// the SELECT and the JSON decoding. Only the writer changes rows, so an entry is exact as long as every
+    /// write job that changes a record another way removes it first, and a failed batch clears all of them.
+    hot_records: HashMap<IdentityKey, DeviceRecord>,
+}
+
+/// Bound of `WriteContext::hot_records`; when reached the cache starts over.
+const HOT_RECORDS: usize = 50_000;
+
+impl WriteContext {
+    fn forget(&mut self, key: &IdentityKey) {
+        self.hot_records.remove(key);
+    }
+
+    fn forget_device(&mut self, device_id: &DeviceId) {
+        self.hot_records
+            .retain(|key, _| &key.device_id != device_id);
+    }
+
+    fn remember(&mut self, record: DeviceRecord) {
+        if self.hot_records.len() >= HOT_RECORDS {
+            self.hot_records.clear();
+        }
+        self.hot_records.insert(record.key.clone(), record);
+    }
 }
 
 pub struct SqliteStore {
@@ -195,6 +221,7 @@ impl SqliteStore {
         let context = WriteContext {
             options,
             last_sequence: None,
+            hot_records: HashMap::new(),
         };
         let (stop_checkpointer, checkpointer_stop) = std::sync::mpsc::channel();
         let checkpoint_path = path.to_owned();
@@ -434,6 +461,8 @@ fn run_batch(
     if outcome.is_err() {
         let _ = connection.execute_batch("ROLLBACK");
         context.last_sequence = None;
+        // Records changed by the rolled-back batch may sit in the cache.
+        context.hot_records.clear();
     }
     outcome
 }
@@ -663,6 +692,7 @@ impl Store for SqliteStore {
                 fresh_keys,
                 now,
             } = request;
+            context.forget(&key);
             if key.module_id.is_some()
                 && load_record(connection, &IdentityKey::device(key.device_id.clone()))?.is_none()
             {
@@ -711,6 +741,7 @@ impl Store for SqliteStore {
                 fresh_keys,
                 now,
             } = request;
+            context.forget(&key);
             let mut record =
                 load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
             check_if_match(&if_match, record.identity.etag())?;
@@ -739,6 +770,11 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         let key = key.clone();
         self.write(move |connection, context| {
+            if key.module_id.is_none() {
+                context.forget_device(&key.device_id);
+            } else {
+                context.forget(&key);
+            }
             let record =
                 load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
             check_if_match(&if_match, record.identity.etag())?;
@@ -794,34 +830,42 @@ impl Store for SqliteStore {
             now,
             on_commit,
         } = request;
-        self.write_then(move |connection, context| {
-            let mut record = load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            check_if_match(&if_match, record.twin.etag())?;
-            let limits = &context.options.twin_limits;
-            let (operation, body, desired_patch_for_device) = match change {
-                TwinChange::ReportedPatch(patch) => {
-                    let applied = record.twin.apply_reported_patch(&patch, now, limits)?;
-                    let body = json!({
-                        "version": applied.twin_version,
-                        "properties": { "reported": with_version(patch, applied.reported_version) },
-                    });
-                    (ChangeOperation::UpdateTwin, body, None)
-                }
-                TwinChange::ServicePatch(body) => {
-                    let applied = record.twin.apply_service_patch(&body, now, limits)?;
-                    let change = twin_change_body(&record.twin, applied.twin_version, &body, &applied.desired_patch_for_device);
-                    (ChangeOperation::UpdateTwin, change, applied.desired_patch_for_device)
-                }
-                TwinChange::ServiceReplace(body) => {
-                    let applied = record.twin.apply_service_replace(&body, now, limits)?;
-                    let change = twin_change_body(&record.twin, applied.twin_version, &body, &applied.desired_patch_for_device);
-                    (ChangeOperation::ReplaceTwin, change, applied.desired_patch_for_device)
-                }
-            };
-            store_twin(connection, &key, &record.twin)?;
-            append_change(connection, context, &key, operation, Some(record.twin.version()), &body, now)?;
-            Ok(TwinUpdated { record, desired_patch_for_device })
-        }, on_commit)
+        self.write_then(
+            move |connection, context| {
+                let mut record = match context.hot_records.remove(&key) {
+                    Some(record) => record,
+                    None => load_record(connection, &key)?
+                        .ok_or_else(|| StoreError::NotFound(key.clone()))?,
+                };
+                let limits = context.options.twin_limits;
+                // Refusals leave the record untouched (core checks a whole patch before applying it), so a refused
+                // write puts it back into the cache as it was.
+                let applied = apply_twin_change(&mut record, &if_match, change, now, &limits);
+                let (operation, body, desired_patch_for_device) = match applied {
+                    Ok(applied) => applied,
+                    Err(error) => {
+                        context.remember(record);
+                        return Err(error);
+                    }
+                };
+                store_twin(connection, &key, &record.twin)?;
+                append_change(
+                    connection,
+                    context,
+                    &key,
+                    operation,
+                    Some(record.twin.version()),
+                    &body,
+                    now,
+                )?;
+                context.remember(record.clone());
+                Ok(TwinUpdated {
+                    record,
+                    desired_patch_for_device,
+                })
+            },
+            on_commit,
+        )
     }
 
     fn set_connection_state(
@@ -832,6 +876,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         let key = key.clone();
         self.write(move |connection, context| {
+            context.forget(&key);
             let Some(mut record) = load_record(connection, &key)? else {
                 // Deleted while connected: nothing left to record.
                 return Ok(());
@@ -852,6 +897,7 @@ impl Store for SqliteStore {
 
     fn mark_all_disconnected(&self, now: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>> {
         self.write(move |connection, context| {
+            context.hot_records.clear();
             let mut statement = connection.prepare_cached(
                 "SELECT device_id, module_id FROM identities
                  WHERE json_extract(identity, '$.connection_state') != 'Disconnected'",
@@ -887,7 +933,10 @@ impl Store for SqliteStore {
         &self,
         batch: Vec<(IdentityKey, OffsetDateTime)>,
     ) -> BoxFuture<'_, StoreResult<()>> {
-        self.write(move |connection, _| {
+        self.write(move |connection, context| {
+            for (key, _) in &batch {
+                context.forget(key);
+            }
             let mut statement = connection.prepare_cached(
                 "UPDATE identities SET last_activity_time = ?3 WHERE device_id = ?1 AND module_id = ?2")?;
             for (key, time) in &batch {
@@ -1049,6 +1098,56 @@ impl Store for SqliteStore {
     fn change_notifier(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
+}
+
+/// Applies a twin change to a record with core's rules: the change-feed operation and body, and the desired
+/// patch to push to the device if desired properties changed.
+fn apply_twin_change(
+    record: &mut DeviceRecord,
+    if_match: &IfMatch,
+    change: TwinChange,
+    now: OffsetDateTime,
+    limits: &TwinLimits,
+) -> StoreResult<(ChangeOperation, Value, Option<Value>)> {
+    check_if_match(if_match, record.twin.etag())?;
+    Ok(match change {
+        TwinChange::ReportedPatch(patch) => {
+            let applied = record.twin.apply_reported_patch(&patch, now, limits)?;
+            let body = json!({
+                "version": applied.twin_version,
+                "properties": { "reported": with_version(patch, applied.reported_version) },
+            });
+            (ChangeOperation::UpdateTwin, body, None)
+        }
+        TwinChange::ServicePatch(body) => {
+            let applied = record.twin.apply_service_patch(&body, now, limits)?;
+            let change = twin_change_body(
+                &record.twin,
+                applied.twin_version,
+                &body,
+                &applied.desired_patch_for_device,
+            );
+            (
+                ChangeOperation::UpdateTwin,
+                change,
+                applied.desired_patch_for_device,
+            )
+        }
+        TwinChange::ServiceReplace(body) => {
+            let applied = record.twin.apply_service_replace(&body, now, limits)?;
+            let change = twin_change_body(
+                &record.twin,
+                applied.twin_version,
+                &body,
+                &applied.desired_patch_for_device,
+            );
+            (
+                ChangeOperation::ReplaceTwin,
+                change,
+                applied.desired_patch_for_device,
+            )
+        }
+    })
 }
 
 fn decode_change(row: &rusqlite::Row<'_>) -> StoreResult<ChangeRecord> {
