@@ -67,6 +67,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX changes_by_device ON changes (device_id, sequence);
     "#,
+    // 2: the twin index: one row per JSON node under the configured indexed paths (see index.rs).
+    r#"
+    CREATE TABLE twin_index (
+        path TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        value,
+        row INTEGER NOT NULL,
+        PRIMARY KEY (path, kind, value, row)
+    ) WITHOUT ROWID;
+    CREATE INDEX twin_index_by_row ON twin_index (row, path);
+    "#,
 ];
 
 #[derive(Clone, Debug)]
