@@ -29,6 +29,8 @@ pub mod required {
     pub const TWIN_WRITE: Requirement = Requirement(&[ServiceConnect]);
     pub const INVOKE_METHOD: Requirement = Requirement(&[ServiceConnect]);
     pub const SERVICE_STATISTICS: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
+    /// Twin queries (`POST /devices/query`) read twins.
+    pub const QUERY: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
     /// The change feed (`GET /changes`) shows twins and registry changes.
     pub const WATCH_CHANGES: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod listeners;
 pub mod methods;
 pub mod mqtt;
+pub mod query;
 pub mod rest;
 pub mod services;
 pub mod sessions;

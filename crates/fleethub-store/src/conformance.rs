@@ -2,6 +2,8 @@
 //! factory that opens the backend on the same underlying data each time it is called (so persistence
 //! across reopening is checked too).
 
+mod jobs;
+
 use std::sync::Arc;
 
 use fleethub_core::access::{AccessPolicy, BUILT_IN_POLICIES};
@@ -40,6 +42,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     policies_and_meta_round_trip(&*store).await;
     drop(store);
     everything_survives_reopening(factory).await;
+    jobs::run_all(factory).await;
 }
 
 fn device(id: &str) -> IdentityKey {

@@ -10,9 +10,13 @@
 //!   behaves alike; a backend only decides how to keep bytes.
 
 pub mod conformance;
+mod index;
+mod jobs;
 mod records;
 mod sqlite;
 
+pub use index::IndexedPaths;
+pub use jobs::{AZURE_JOB_RETENTION, JOB_TARGET_CHUNK, JobFilter, JobRecord};
 pub use records::*;
 pub use sqlite::{SqliteStore, SqliteStoreOptions};
 
@@ -20,13 +24,17 @@ use std::future::Future;
 use std::pin::Pin;
 
 use fleethub_core::access::AccessPolicy;
+use fleethub_core::executor::{Statistics, TargetRecord};
 use fleethub_core::identity::{FreshKeys, IdentityKey, IdentitySpec};
-use fleethub_protocol::ids::{DeviceId, IfMatch};
+use fleethub_protocol::ids::{DeviceId, IfMatch, JobId};
 use fleethub_protocol::rest::ConnectionState;
+use fleethub_query::{Predicate, Pushdown};
 use time::OffsetDateTime;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type StoreResult<T> = Result<T, StoreError>;
+/// Per distinct value, how many twins have it (see [`Store::group_count`]).
+pub type GroupCounts = Vec<(serde_json::Value, u64)>;
 
 /// Everything the hub keeps durably. Object-safe so the hub holds an `Arc<dyn Store>` and a PostgreSQL
 /// backend can be added without touching the services.
@@ -71,6 +79,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, StoreResult<()>>;
     fn statistics(&self) -> BoxFuture<'_, StoreResult<RegistryCounts>>;
 
+    // ---- queries ----
+    /// One page of twins (devices, or modules) in `(deviceId, moduleId)` order strictly after `after`, at most
+    /// `limit`, keeping those the filter may match. The filter is applied through the backend's index: exactly
+    /// where the backend can, as a superset elsewhere, so callers always evaluate the query on what comes back.
+    /// Keyset order makes paging stable under concurrent writes: no twin is skipped or repeated.
+    fn query_twins(&self, request: TwinQuery) -> BoxFuture<'_, StoreResult<Vec<DeviceRecord>>>;
+    /// The number of twins the query's WHERE matches, when it is exactly its pushdown (`filter.exact`) and the
+    /// backend can count that without reading twins; `None` otherwise (the caller then counts by evaluating).
+    fn count_twins(
+        &self,
+        modules: bool,
+        filter: Pushdown,
+    ) -> BoxFuture<'_, StoreResult<Option<u64>>>;
+    /// Per distinct scalar value at `path`, how many twins matched by `filter` have it; twins where the path is
+    /// missing or holds an object or array are not counted. `None` unless exact, as for `count_twins`.
+    fn group_count(
+        &self,
+        modules: bool,
+        filter: Pushdown,
+        path: Vec<String>,
+    ) -> BoxFuture<'_, StoreResult<Option<GroupCounts>>>;
+
     // ---- persistent MQTT sessions (clean-session 0) ----
     fn load_session(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<Option<StoredSession>>>;
     fn save_session(
@@ -97,6 +127,56 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, StoreResult<Vec<ChangeRecord>>>;
     /// Watches the sequence number of the newest durable change record.
     fn change_notifier(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    // ---- jobs and the per-target records of their executions ----
+    /// Stores a new job (`JobAlreadyExists` if the id is taken). Its targets are saved separately.
+    fn create_job(&self, job: JobRecord) -> BoxFuture<'_, StoreResult<()>>;
+    /// Replaces a job's row (status, times, statistics, ...); `JobNotFound` if it is gone.
+    fn update_job(&self, job: JobRecord) -> BoxFuture<'_, StoreResult<()>>;
+    fn get_job(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<Option<JobRecord>>>;
+    /// Jobs of a type and/or status, by id, with keyset paging.
+    fn list_jobs(&self, filter: JobFilter) -> BoxFuture<'_, StoreResult<Vec<JobRecord>>>;
+    /// Jobs not `completed`, `failed` or `cancelled`, by id: what a starting hub resumes or schedules.
+    fn list_unfinished_jobs(&self) -> BoxFuture<'_, StoreResult<Vec<JobRecord>>>;
+    /// Deletes a job and all its target records (`JobNotFound` if there is no such job). The job is gone
+    /// for readers and writers at once; its records are deleted in chunks of [`JOB_TARGET_CHUNK`] rows.
+    fn delete_job(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<()>>;
+    /// Deletes the finished jobs that ended before `ended_before` (now minus the retention, Azure's being
+    /// [`AZURE_JOB_RETENTION`]) with their records, and records left by an interrupted deletion. Returns how
+    /// many jobs were deleted.
+    fn purge_jobs(&self, ended_before: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Inserts or replaces target records of a job (`JobNotFound` if there is no such job). Many records are
+    /// written as one durable write per [`JOB_TARGET_CHUNK`] rows, so live writes interleave with them; if
+    /// the future fails, a prefix of the chunks may have been written (saving again is idempotent).
+    fn save_job_targets(
+        &self,
+        job_id: &JobId,
+        records: Vec<TargetRecord>,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// A job's target records by device id then module id, strictly after `after`, at most `limit`.
+    fn list_job_targets(
+        &self,
+        job_id: &JobId,
+        after: Option<IdentityKey>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<TargetRecord>>>;
+    /// The records of one device and its modules across all jobs, by job id.
+    fn list_device_job_targets(
+        &self,
+        device_id: &DeviceId,
+    ) -> BoxFuture<'_, StoreResult<Vec<(JobId, TargetRecord)>>>;
+    /// Counts a job's stored target records per status.
+    fn job_target_statistics(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<Statistics>>;
+}
+
+/// A page request of [`Store::query_twins`].
+#[derive(Clone, Debug)]
+pub struct TwinQuery {
+    /// Modules (`FROM devices.modules`) instead of devices.
+    pub modules: bool,
+    pub filter: Predicate,
+    pub after: Option<IdentityKey>,
+    pub limit: usize,
 }
 
 /// `PUT /devices/{id}` (or module) without `If-Match`.

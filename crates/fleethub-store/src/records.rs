@@ -4,8 +4,12 @@ use fleethub_core::identity::{Identity, IdentityKey, IdentitySpecError};
 use fleethub_core::twin::{TwinDocument, TwinPatchError};
 pub use fleethub_protocol::changes::{ChangeOperation, ChangeRecord};
 use fleethub_protocol::ids::DeviceId;
+use fleethub_protocol::ids::{ETag, JobId};
+use fleethub_protocol::rest::{
+    DeviceCapabilities, NEVER_TIME, Twin, TwinProperties, X509Thumbprint,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// One device or module: its identity and its twin, always read and written together.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,6 +17,60 @@ pub struct DeviceRecord {
     pub key: IdentityKey,
     pub identity: Identity,
     pub twin: TwinDocument,
+}
+
+impl DeviceRecord {
+    /// The service view of the twin: what `GET /twins/{id}` returns and what a query over `devices` (or
+    /// `devices.modules`) sees for this identity.
+    pub fn twin_json(&self) -> Value {
+        let record = self;
+        let identity = &record.identity;
+        let properties = match record.twin.properties_json() {
+            Value::Object(mut sections) => TwinProperties {
+                desired: take_object(&mut sections, "desired"),
+                reported: take_object(&mut sections, "reported"),
+            },
+            _ => TwinProperties::default(),
+        };
+        let twin = Twin {
+            device_id: Some(record.key.device_id.clone()),
+            module_id: record.key.module_id.clone(),
+            etag: Some(ETag::new(record.twin.etag())),
+            device_etag: Some(ETag::new(identity.etag())),
+            status: Some(identity.status),
+            status_reason: identity.status_reason.clone(),
+            status_update_time: Some(identity.status_updated_time.unwrap_or(NEVER_TIME)),
+            connection_state: Some(identity.connection_state),
+            last_activity_time: Some(identity.last_activity_time.unwrap_or(NEVER_TIME)),
+            cloud_to_device_message_count: Some(identity.cloud_to_device_message_count),
+            authentication_type: Some(identity.authentication.kind),
+            x509_thumbprint: Some(X509Thumbprint {
+                primary_thumbprint: identity.authentication.primary_thumbprint.clone(),
+                secondary_thumbprint: identity.authentication.secondary_thumbprint.clone(),
+            }),
+            model_id: Some(String::new()),
+            version: Some(record.twin.version()),
+            tags: Some(record.twin.tags().clone()),
+            properties: Some(properties),
+            capabilities: record
+                .key
+                .module_id
+                .is_none()
+                .then_some(DeviceCapabilities {
+                    iot_edge: identity.iot_edge,
+                }),
+            device_scope: None,
+            parent_scopes: None,
+        };
+        serde_json::to_value(twin).expect("REST shapes always serialise")
+    }
+}
+
+fn take_object(map: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+    match map.remove(key) {
+        Some(Value::Object(object)) => object,
+        _ => Map::new(),
+    }
 }
 
 /// A twin write, applied by the store inside its transaction with `fleethub-core`'s rules.
@@ -63,6 +121,10 @@ pub enum StoreError {
     AlreadyExists(IdentityKey),
     #[error("etag {given:?} does not match the current etag {current:?}")]
     PreconditionFailed { given: String, current: String },
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    #[error("job {0} already exists")]
+    JobAlreadyExists(JobId),
     #[error(transparent)]
     Twin(#[from] TwinPatchError),
     #[error(transparent)]

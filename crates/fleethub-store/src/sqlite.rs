@@ -22,11 +22,17 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::index::{self, IndexedPaths, Section};
+use crate::jobs::{self, JOB_TARGET_CHUNK, JobFilter, JobRecord};
 use crate::{
     BoxFuture, ChangeOperation, ChangeRecord, CreateIdentity, DeviceRecord, IdentityUpdated,
-    RegistryCounts, Store, StoreError, StoreResult, StoredSession, TwinChange, TwinUpdated,
-    UpdateIdentity, UpdateTwin,
+    RegistryCounts, Store, StoreError, StoreResult, StoredSession, TwinChange, TwinQuery,
+    TwinUpdated, UpdateIdentity, UpdateTwin,
 };
+use fleethub_core::executor::{Statistics, TargetRecord};
+use fleethub_protocol::ids::JobId;
+use fleethub_query::Pushdown;
+use rusqlite::types::Value as SqlValue;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` holds how many have run.
 /// Never edit a released migration: append a new one.
@@ -78,6 +84,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX twin_index_by_row ON twin_index (row, path);
     "#,
+    // 3: jobs and the per-target records of their executions (see jobs.rs).
+    crate::jobs::MIGRATION,
 ];
 
 #[derive(Clone, Debug)]
@@ -89,6 +97,8 @@ pub struct SqliteStoreOptions {
     pub max_batch: usize,
     /// Reader connections kept open.
     pub readers: usize,
+    /// Twin paths the query engine can filter through the index (see `index.rs`).
+    pub indexed_paths: IndexedPaths,
 }
 
 impl Default for SqliteStoreOptions {
@@ -98,6 +108,7 @@ impl Default for SqliteStoreOptions {
             change_feed_retention: 1_000_000,
             max_batch: 2048,
             readers: 4,
+            indexed_paths: IndexedPaths::default(),
         }
     }
 }
@@ -203,6 +214,7 @@ impl WriteContext {
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn WriteJob>>,
+    indexed_paths: IndexedPaths,
     /// Dropping it stops the checkpointer thread.
     _stop_checkpointer: std::sync::mpsc::Sender<()>,
     readers: Arc<ReaderPool>,
@@ -215,6 +227,7 @@ impl SqliteStore {
     pub fn open(path: &Path, options: SqliteStoreOptions) -> StoreResult<Self> {
         let mut connection = open_connection(path)?;
         migrate(&mut connection)?;
+        rebuild_index_if_needed(&mut connection, &options.indexed_paths)?;
         let last_sequence: u64 = connection
             .query_row(
                 "SELECT COALESCE(MAX(sequence), 0) FROM changes",
@@ -229,6 +242,7 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             keep: options.readers,
         });
+        let indexed_paths = options.indexed_paths.clone();
         let context = WriteContext {
             options,
             last_sequence: None,
@@ -256,6 +270,7 @@ impl SqliteStore {
             })?;
         Ok(Self {
             _stop_checkpointer: stop_checkpointer,
+            indexed_paths,
             writer,
             readers,
             changes,
@@ -548,7 +563,11 @@ fn decode_row_key(device_id: String, module_id: String) -> StoreResult<IdentityK
     })
 }
 
-fn insert_record(connection: &Connection, record: &DeviceRecord) -> StoreResult<()> {
+fn insert_record(
+    connection: &Connection,
+    indexed: &IndexedPaths,
+    record: &DeviceRecord,
+) -> StoreResult<()> {
     connection
         .prepare_cached(
             "INSERT INTO identities (device_id, module_id, identity, twin) VALUES (?1, ?2, ?3, ?4)",
@@ -559,34 +578,131 @@ fn insert_record(connection: &Connection, record: &DeviceRecord) -> StoreResult<
             serde_json::to_string(&record.identity)?,
             serde_json::to_string(&record.twin)?,
         ])?;
-    Ok(())
+    reindex(
+        connection,
+        indexed,
+        record,
+        &[
+            Section::Tags,
+            Section::Desired,
+            Section::Reported,
+            Section::Identity,
+        ],
+    )
 }
 
 fn store_identity(
     connection: &Connection,
-    key: &IdentityKey,
-    identity: &Identity,
+    indexed: &IndexedPaths,
+    record: &DeviceRecord,
 ) -> StoreResult<()> {
     connection
         .prepare_cached(
             "UPDATE identities SET identity = ?3 WHERE device_id = ?1 AND module_id = ?2",
         )?
         .execute(params![
-            key.device_id.as_ref(),
-            module_column(key),
-            serde_json::to_string(identity)?
+            record.key.device_id.as_ref(),
+            module_column(&record.key),
+            serde_json::to_string(&record.identity)?
         ])?;
-    Ok(())
+    reindex(connection, indexed, record, &[Section::Identity])
 }
 
-fn store_twin(connection: &Connection, key: &IdentityKey, twin: &TwinDocument) -> StoreResult<()> {
+fn store_twin(
+    connection: &Connection,
+    indexed: &IndexedPaths,
+    record: &DeviceRecord,
+    sections: &[Section],
+) -> StoreResult<()> {
     connection
         .prepare_cached("UPDATE identities SET twin = ?3 WHERE device_id = ?1 AND module_id = ?2")?
         .execute(params![
-            key.device_id.as_ref(),
-            module_column(key),
-            serde_json::to_string(twin)?
+            record.key.device_id.as_ref(),
+            module_column(&record.key),
+            serde_json::to_string(&record.twin)?
         ])?;
+    reindex(connection, indexed, record, sections)
+}
+
+/// Replaces the index rows of `record` under the indexed paths of `sections`.
+fn reindex(
+    connection: &Connection,
+    indexed: &IndexedPaths,
+    record: &DeviceRecord,
+    sections: &[Section],
+) -> StoreResult<()> {
+    let roots = indexed.roots(sections);
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let row: i64 = connection
+        .prepare_cached("SELECT id FROM identities WHERE device_id = ?1 AND module_id = ?2")?
+        .query_row(
+            params![record.key.device_id.as_ref(), module_column(&record.key)],
+            |row| row.get(0),
+        )?;
+    let mut delete = connection
+        .prepare_cached("DELETE FROM twin_index WHERE row = ?1 AND path >= ?2 AND path < ?3")?;
+    for root in roots {
+        // A root and everything under it: keys are joined with U+001F, so "root" .. "root\u{20}" is the subtree.
+        let upper = format!("{root}\u{20}");
+        delete.execute(params![row, root, upper])?;
+    }
+    let mut insert = connection.prepare_cached(
+        "INSERT OR REPLACE INTO twin_index (path, kind, value, row) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (path, kind, value) in indexed.entries(&record.identity, &record.twin, sections) {
+        insert.execute(params![path, kind, value, row])?;
+    }
+    Ok(())
+}
+
+/// Rebuilds the whole twin index when the indexed paths changed since the last start (or on first use).
+fn rebuild_index_if_needed(connection: &mut Connection, indexed: &IndexedPaths) -> StoreResult<()> {
+    let fingerprint = indexed.fingerprint();
+    let stored: Option<String> = connection
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'twin_index'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if stored.as_deref() == Some(fingerprint.as_str()) {
+        return Ok(());
+    }
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    transaction.execute("DELETE FROM twin_index", [])?;
+    {
+        let mut rows =
+            transaction.prepare("SELECT device_id, module_id, identity, twin FROM identities")?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            let key = decode_row_key(row.get(0)?, row.get(1)?)?;
+            let record = decode_record(
+                key,
+                &row.get::<_, String>(2)?,
+                &row.get::<_, String>(3)?,
+                None,
+            )?;
+            reindex(
+                &transaction,
+                indexed,
+                &record,
+                &[
+                    Section::Tags,
+                    Section::Desired,
+                    Section::Reported,
+                    Section::Identity,
+                ],
+            )?;
+        }
+    }
+    transaction.execute(
+        "INSERT INTO meta (key, value) VALUES ('twin_index', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![fingerprint],
+    )?;
+    transaction.commit()?;
     Ok(())
 }
 
@@ -719,7 +835,7 @@ impl Store for SqliteStore {
                 identity,
                 twin,
             };
-            insert_record(connection, &record)?;
+            insert_record(connection, &context.options.indexed_paths, &record)?;
             // A leftover session of an earlier identity with the same id must not leak subscriptions.
             connection
                 .prepare_cached("DELETE FROM sessions WHERE device_id = ?1 AND module_id = ?2")?
@@ -757,7 +873,7 @@ impl Store for SqliteStore {
                 load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
             check_if_match(&if_match, record.identity.etag())?;
             let status_changed = record.identity.update(spec, fresh_keys, now)?;
-            store_identity(connection, &key, &record.identity)?;
+            store_identity(connection, &context.options.indexed_paths, &record)?;
             append_change(
                 connection,
                 context,
@@ -849,6 +965,7 @@ impl Store for SqliteStore {
                         .ok_or_else(|| StoreError::NotFound(key.clone()))?,
                 };
                 let limits = context.options.twin_limits;
+                let sections = indexed_sections(&change, &context.options.indexed_paths);
                 // Refusals leave the record untouched (core checks a whole patch before applying it), so a refused
                 // write puts it back into the cache as it was.
                 let applied = apply_twin_change(&mut record, &if_match, change, now, &limits);
@@ -859,7 +976,12 @@ impl Store for SqliteStore {
                         return Err(error);
                     }
                 };
-                store_twin(connection, &key, &record.twin)?;
+                store_twin(
+                    connection,
+                    &context.options.indexed_paths,
+                    &record,
+                    &sections,
+                )?;
                 append_change(
                     connection,
                     context,
@@ -897,7 +1019,7 @@ impl Store for SqliteStore {
             }
             record.identity.connection_state = state;
             record.identity.connection_state_updated_time = Some(now);
-            store_identity(connection, &key, &record.identity)?;
+            store_identity(connection, &context.options.indexed_paths, &record)?;
             let operation = match state {
                 ConnectionState::Connected => ChangeOperation::DeviceConnected,
                 ConnectionState::Disconnected => ChangeOperation::DeviceDisconnected,
@@ -925,7 +1047,7 @@ impl Store for SqliteStore {
                 };
                 record.identity.connection_state = ConnectionState::Disconnected;
                 record.identity.connection_state_updated_time = Some(now);
-                store_identity(connection, &key, &record.identity)?;
+                store_identity(connection, &context.options.indexed_paths, &record)?;
                 append_change(
                     connection,
                     context,
@@ -970,6 +1092,108 @@ impl Store for SqliteStore {
                 enabled_device_count: enabled as u64,
                 disabled_device_count: (total - enabled) as u64,
             })
+        })
+    }
+
+    fn query_twins(&self, request: TwinQuery) -> BoxFuture<'_, StoreResult<Vec<DeviceRecord>>> {
+        let indexed = self.indexed_paths.clone();
+        self.read(move |connection| {
+            let mut translation = index::translate(&request.filter, &indexed);
+            let module_condition = if request.modules { "i.module_id != ''" } else { "i.module_id = ''" };
+            let after = match &request.after {
+                Some(key) => {
+                    translation.parameters.push(SqlValue::Text(key.device_id.as_ref().to_owned()));
+                    let device = translation.parameters.len();
+                    translation.parameters.push(SqlValue::Text(module_column(key).to_owned()));
+                    let module = translation.parameters.len();
+                    format!(" AND (i.device_id, i.module_id) > (?{device}, ?{module})")
+                }
+                None => String::new(),
+            };
+            translation.parameters.push(SqlValue::Integer(request.limit as i64));
+            let limit = translation.parameters.len();
+            let sql = format!(
+                "SELECT i.device_id, i.module_id, i.identity, i.twin, i.last_activity_time FROM identities i
+                 WHERE {module_condition}{after} AND {} ORDER BY i.device_id, i.module_id LIMIT ?{limit}",
+                translation.sql
+            );
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(translation.parameters.iter()))?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key = decode_row_key(row.get(0)?, row.get(1)?)?;
+                let activity: Option<String> = row.get(4)?;
+                records.push(decode_record(key, &row.get::<_, String>(2)?, &row.get::<_, String>(3)?, activity.as_deref())?);
+            }
+            Ok(records)
+        })
+    }
+
+    fn count_twins(
+        &self,
+        modules: bool,
+        filter: Pushdown,
+    ) -> BoxFuture<'_, StoreResult<Option<u64>>> {
+        let indexed = self.indexed_paths.clone();
+        self.read(move |connection| {
+            let translation = index::translate(&filter.predicate, &indexed);
+            if !(filter.exact && translation.exact) {
+                return Ok(None);
+            }
+            let module_condition = if modules {
+                "i.module_id != ''"
+            } else {
+                "i.module_id = ''"
+            };
+            let sql = format!(
+                "SELECT COUNT(*) FROM identities i WHERE {module_condition} AND {}",
+                translation.sql
+            );
+            let count: i64 = connection.prepare_cached(&sql)?.query_row(
+                rusqlite::params_from_iter(translation.parameters.iter()),
+                |row| row.get(0),
+            )?;
+            Ok(Some(count as u64))
+        })
+    }
+
+    fn group_count(
+        &self,
+        modules: bool,
+        filter: Pushdown,
+        path: Vec<String>,
+    ) -> BoxFuture<'_, StoreResult<Option<crate::GroupCounts>>> {
+        let indexed = self.indexed_paths.clone();
+        self.read(move |connection| {
+            let mut translation = index::translate(&filter.predicate, &indexed);
+            let Some(index_path) = index::indexed_path(&path, &indexed) else {
+                return Ok(None);
+            };
+            if !(filter.exact && translation.exact) {
+                return Ok(None);
+            }
+            translation.parameters.push(SqlValue::Text(index_path));
+            let path_parameter = translation.parameters.len();
+            let module_condition = if modules { "i.module_id != ''" } else { "i.module_id = ''" };
+            // Scalars only (kinds 0-3): objects and arrays are not group keys.
+            let sql = format!(
+                "SELECT t.kind, t.value, COUNT(*) FROM twin_index t JOIN identities i ON i.id = t.row
+                 WHERE t.path = ?{path_parameter} AND t.kind <= 3 AND {module_condition} AND {}
+                 GROUP BY t.kind, t.value",
+                translation.sql
+            );
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(translation.parameters.iter()))?;
+            let mut groups = Vec::new();
+            while let Some(row) = rows.next()? {
+                let kind: i64 = row.get(0)?;
+                let value: SqlValue = row.get(1)?;
+                let count: i64 = row.get(2)?;
+                if let Some(value) = index::row_json(kind, value) {
+                    groups.push((value, count as u64));
+                }
+            }
+            Ok(Some(groups))
         })
     }
 
@@ -1108,6 +1332,153 @@ impl Store for SqliteStore {
 
     fn change_notifier(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    fn create_job(&self, job: JobRecord) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, _| jobs::insert_job(connection, &job))
+    }
+
+    fn update_job(&self, job: JobRecord) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, _| jobs::update_job(connection, &job))
+    }
+
+    fn get_job(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<Option<JobRecord>>> {
+        let job_id = job_id.clone();
+        self.read(move |connection| jobs::load_job(connection, &job_id))
+    }
+
+    fn list_jobs(&self, filter: JobFilter) -> BoxFuture<'_, StoreResult<Vec<JobRecord>>> {
+        self.read(move |connection| jobs::list_jobs(connection, &filter))
+    }
+
+    fn list_unfinished_jobs(&self) -> BoxFuture<'_, StoreResult<Vec<JobRecord>>> {
+        self.read(jobs::list_unfinished_jobs)
+    }
+
+    fn delete_job(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<()>> {
+        let job_id = job_id.clone();
+        Box::pin(async move {
+            let row_job_id = job_id.clone();
+            if !self
+                .write(move |connection, _| jobs::delete_job_row(connection, &row_job_id))
+                .await?
+            {
+                return Err(StoreError::JobNotFound(job_id));
+            }
+            self.delete_job_targets(job_id).await
+        })
+    }
+
+    fn purge_jobs(&self, ended_before: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let mut purged = 0;
+            loop {
+                let expired = self
+                    .read(move |connection| jobs::expired_job_ids(connection, ended_before, 100))
+                    .await?;
+                if expired.is_empty() {
+                    break;
+                }
+                for job_id in expired {
+                    match self.delete_job(&job_id).await {
+                        Ok(()) => purged += 1,
+                        // Deleted meanwhile by someone else: nothing left to do.
+                        Err(StoreError::JobNotFound(_)) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+            for job_id in self.read(jobs::orphaned_job_ids).await? {
+                self.delete_job_targets(job_id).await?;
+            }
+            Ok(purged)
+        })
+    }
+
+    fn save_job_targets(
+        &self,
+        job_id: &JobId,
+        records: Vec<TargetRecord>,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let job_id = job_id.clone();
+        Box::pin(async move {
+            // One durable write per chunk, awaited in turn: a transaction never holds more than one chunk
+            // of a big job, so twin writes queued meanwhile wait for one chunk at most.
+            let mut records = records.into_iter().peekable();
+            while records.peek().is_some() {
+                let chunk: Vec<TargetRecord> = records.by_ref().take(JOB_TARGET_CHUNK).collect();
+                let job_id = job_id.clone();
+                self.write(move |connection, _| jobs::save_targets(connection, &job_id, &chunk))
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn list_job_targets(
+        &self,
+        job_id: &JobId,
+        after: Option<IdentityKey>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<TargetRecord>>> {
+        let job_id = job_id.clone();
+        self.read(move |connection| jobs::list_targets(connection, &job_id, after.as_ref(), limit))
+    }
+
+    fn list_device_job_targets(
+        &self,
+        device_id: &DeviceId,
+    ) -> BoxFuture<'_, StoreResult<Vec<(JobId, TargetRecord)>>> {
+        let device_id = device_id.clone();
+        self.read(move |connection| jobs::list_device_targets(connection, &device_id))
+    }
+
+    fn job_target_statistics(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<Statistics>> {
+        let job_id = job_id.clone();
+        self.read(move |connection| jobs::target_statistics(connection, &job_id))
+    }
+}
+
+impl SqliteStore {
+    /// Deletes a job's target rows, one write per [`JOB_TARGET_CHUNK`] rows.
+    fn delete_job_targets(&self, job_id: JobId) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            loop {
+                let chunk_job_id = job_id.clone();
+                let deleted = self
+                    .write(move |connection, _| {
+                        jobs::delete_target_chunk(connection, &chunk_job_id, JOB_TARGET_CHUNK)
+                    })
+                    .await?;
+                if deleted < JOB_TARGET_CHUNK {
+                    return Ok(());
+                }
+            }
+        })
+    }
+}
+
+/// The twin sections whose index rows a change may alter (a reported patch that touches no indexed path
+/// costs no index work).
+fn indexed_sections(change: &TwinChange, indexed: &IndexedPaths) -> Vec<Section> {
+    match change {
+        TwinChange::ReportedPatch(patch) if indexed.touches_reported(patch) => {
+            vec![Section::Reported]
+        }
+        TwinChange::ReportedPatch(_) => Vec::new(),
+        TwinChange::ServicePatch(body) => {
+            let mut sections = Vec::new();
+            if body.get("tags").is_some() && indexed.has_section(Section::Tags) {
+                sections.push(Section::Tags);
+            }
+            if body.pointer("/properties/desired").is_some()
+                && indexed.has_section(Section::Desired)
+            {
+                sections.push(Section::Desired);
+            }
+            sections
+        }
+        TwinChange::ServiceReplace(_) => vec![Section::Tags, Section::Desired],
     }
 }
 

@@ -331,6 +331,7 @@ pub struct ServiceApi {
 pub struct Reply {
     pub status: reqwest::StatusCode,
     pub error_code: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
     pub body: serde_json::Value,
 }
 
@@ -429,6 +430,7 @@ impl ServiceApi {
         }
         let response = request.send().await.expect("the hub answers");
         let status = response.status();
+        let headers = response.headers().clone();
         let error_code = response
             .headers()
             .get("iothub-errorcode")
@@ -442,6 +444,7 @@ impl ServiceApi {
         Reply {
             status,
             error_code,
+            headers,
             body,
         }
     }

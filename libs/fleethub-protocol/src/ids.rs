@@ -1,5 +1,5 @@
-//! Identifier newtypes (`DeviceId`, `ModuleId`, `ClientId`, `ETag`) validated on construction, and the
-//! direct-method name rule.
+//! Identifier newtypes (`DeviceId`, `ModuleId`, `JobId`, `ClientId`, `ETag`) validated on construction, and
+//! the direct-method name rule.
 //!
 //! Sources for the rules:
 //! - device and module ids: Azure docs "Understand the identity registry in your IoT hub"
@@ -9,6 +9,9 @@
 //!   The current page says this for *both* `deviceId` and `moduleId`. Older revisions of the page and
 //!   the Event Grid schema docs list `+` and `#` as allowed for both; they were withdrawn because they are
 //!   MQTT wildcards and cannot appear in the `devices/{id}/modules/{mid}/...` topic names.
+//! - job ids: Azure documents no rule for the `jobId` of `PUT /jobs/v2/{id}` (the REST reference says only
+//!   "the unique identifier of the job"). fleethub applies the device id rule: it covers the GUIDs and names
+//!   the SDK samples use, and keeps job ids safe in URL paths and in `devices.jobs.jobId = '...'` queries.
 //! - method names: Azure docs "Understand and invoke direct methods from IoT Hub"
 //!   (articles/iot-hub/iot-hub-devguide-direct-methods.md): "property names and values can only contain
 //!   US-ASCII printable alphanumeric, except any in the following set:
@@ -26,6 +29,7 @@ pub const MAX_ID_LENGTH: usize = 128;
 pub enum IdKind {
     DeviceId,
     ModuleId,
+    JobId,
     MethodName,
 }
 
@@ -34,6 +38,7 @@ impl fmt::Display for IdKind {
         formatter.write_str(match self {
             IdKind::DeviceId => "device id",
             IdKind::ModuleId => "module id",
+            IdKind::JobId => "job id",
             IdKind::MethodName => "method name",
         })
     }
@@ -222,6 +227,13 @@ validated_id!(
     /// too; see the module docs). Edge system modules such as `$edgeAgent` are valid.
     ModuleId,
     IdKind::ModuleId
+);
+
+validated_id!(
+    /// A job id (`PUT /jobs/v2/{id}`). Azure documents no rule; fleethub applies the [`DeviceId`] rule (see
+    /// the module docs).
+    JobId,
+    IdKind::JobId
 );
 
 /// The MQTT client id of a device (`dev`) or module (`dev/mod`) connection.

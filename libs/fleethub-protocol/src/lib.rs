@@ -9,6 +9,7 @@ pub mod changes;
 pub mod connection_string;
 pub mod errors;
 pub mod ids;
+pub mod jobs;
 pub mod percent;
 pub mod property_bag;
 pub mod rest;
@@ -23,7 +24,7 @@ pub use errors::{
     ErrorBody, ErrorCode, ParsedErrorResponse, ReportedErrorCode, parse_error_response,
 };
 pub use ids::{
-    ClientId, DeviceId, ETag, IdError, IdKind, IfMatch, ModuleId, parse_if_match,
+    ClientId, DeviceId, ETag, IdError, IdKind, IfMatch, JobId, ModuleId, parse_if_match,
     validate_method_name,
 };
 pub use property_bag::{PropertyBag, PropertyBagError};

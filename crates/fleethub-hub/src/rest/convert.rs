@@ -4,10 +4,10 @@ use fleethub_core::identity::{Authentication, IdentityKey, IdentitySpec};
 use fleethub_protocol::ids::ETag;
 use fleethub_protocol::rest::{
     AuthenticationMechanism, AuthenticationType, Device, DeviceCapabilities, DeviceStatus, Module,
-    NEVER_TIME, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
+    NEVER_TIME, SymmetricKey, X509Thumbprint,
 };
 use fleethub_store::DeviceRecord;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::ApiError;
 
@@ -70,52 +70,7 @@ fn authentication_mechanism(authentication: &Authentication) -> AuthenticationMe
 
 /// The service view of the twin, as `GET /twins/{id}` returns it.
 pub fn twin_json(record: &DeviceRecord) -> Value {
-    let identity = &record.identity;
-    let properties = match record.twin.properties_json() {
-        Value::Object(mut sections) => TwinProperties {
-            desired: take_object(&mut sections, "desired"),
-            reported: take_object(&mut sections, "reported"),
-        },
-        _ => TwinProperties::default(),
-    };
-    let twin = Twin {
-        device_id: Some(record.key.device_id.clone()),
-        module_id: record.key.module_id.clone(),
-        etag: Some(ETag::new(record.twin.etag())),
-        device_etag: Some(ETag::new(identity.etag())),
-        status: Some(identity.status),
-        status_reason: identity.status_reason.clone(),
-        status_update_time: Some(identity.status_updated_time.unwrap_or(NEVER_TIME)),
-        connection_state: Some(identity.connection_state),
-        last_activity_time: Some(identity.last_activity_time.unwrap_or(NEVER_TIME)),
-        cloud_to_device_message_count: Some(identity.cloud_to_device_message_count),
-        authentication_type: Some(identity.authentication.kind),
-        x509_thumbprint: Some(X509Thumbprint {
-            primary_thumbprint: identity.authentication.primary_thumbprint.clone(),
-            secondary_thumbprint: identity.authentication.secondary_thumbprint.clone(),
-        }),
-        model_id: Some(String::new()),
-        version: Some(record.twin.version()),
-        tags: Some(record.twin.tags().clone()),
-        properties: Some(properties),
-        capabilities: record
-            .key
-            .module_id
-            .is_none()
-            .then_some(DeviceCapabilities {
-                iot_edge: identity.iot_edge,
-            }),
-        device_scope: None,
-        parent_scopes: None,
-    };
-    serde_json::to_value(twin).expect("REST shapes always serialise")
-}
-
-fn take_object(map: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
-    match map.remove(key) {
-        Some(Value::Object(object)) => object,
-        _ => Map::new(),
-    }
+    record.twin_json()
 }
 
 /// Reads a `PUT /devices/{id}` (or module) body into what the registry needs. Unknown and read-only

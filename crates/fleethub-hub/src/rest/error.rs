@@ -99,6 +99,8 @@ impl From<StoreError> for ApiError {
             StoreError::PreconditionFailed { .. } => {
                 ApiError::new(ErrorCode::PreconditionFailed, message)
             }
+            StoreError::JobNotFound(_) => ApiError::new(ErrorCode::JobNotFound, message),
+            StoreError::JobAlreadyExists(_) => ApiError::new(ErrorCode::JobAlreadyExists, message),
             StoreError::Twin(_) | StoreError::IdentitySpec(_) => {
                 ApiError::new(ErrorCode::ArgumentInvalid, message)
             }

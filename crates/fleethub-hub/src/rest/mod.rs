@@ -7,6 +7,7 @@
 mod changes;
 mod convert;
 pub mod error;
+mod query;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,7 +72,10 @@ pub fn router(
         .route("/devices", get(list_devices))
         .route(
             "/devices/{device_id}",
-            put(put_device).get(get_device).delete(delete_device),
+            put(put_device)
+                .get(get_device)
+                .delete(delete_device)
+                .post(query::post_devices),
         )
         .route("/devices/{device_id}/modules", get(list_modules))
         .route(
