@@ -377,6 +377,46 @@ impl<'q> Aggregator<'q> {
         }
     }
 
+    /// Whether [`Aggregator::push_counted`] applies: the query groups (or aggregates) and every aggregate in
+    /// it is `COUNT()`, so a group's row depends only on its key and how many documents it has. A store that
+    /// can count documents per key without reading them answers such queries this way.
+    pub fn counts_only(&self) -> bool {
+        matches!(self.state, State::Groups { .. })
+            && self.columns.iter().all(|column| match &column.kind {
+                ColumnKind::Aggregate(function, _) => *function == AggregateFunction::Count,
+                _ => true,
+            })
+    }
+
+    /// Adds `count` documents that all look like `document` for the GROUP BY keys (e.g. a minimal document
+    /// holding only the key paths). Only when [`Aggregator::counts_only`]; otherwise it does nothing and
+    /// returns false.
+    pub fn push_counted(&mut self, document: &Value, count: u64) -> bool {
+        if !self.counts_only() || count == 0 {
+            return self.counts_only();
+        }
+        self.push(document);
+        if let State::Groups { index, groups } = &mut self.state {
+            let key: Vec<KeyPart> = self
+                .query
+                .group_by
+                .iter()
+                .map(|key| KeyPart::of(&evaluate(key, document)))
+                .collect();
+            if let Some(group) = index
+                .get(&key)
+                .and_then(|group_index| groups.get_mut(*group_index))
+            {
+                for accumulator in group.accumulators.iter_mut().flatten() {
+                    if let Accumulator::Count(total) = accumulator {
+                        *total += count - 1;
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// The answer: the rows of the groups (or the projected documents), sorted by ORDER BY, cut
     /// to TOP.
     pub fn finish(self) -> Vec<Value> {
