@@ -314,3 +314,54 @@ async fn counts_from_the_index_equal_counts_by_evaluation() {
     );
     assert!(rows.iter().any(|row| row.contains("nested")), "{rows:?}");
 }
+
+#[tokio::test]
+async fn the_service_sdk_streams_every_page() {
+    let hub = TestHub::start().await;
+    let api = ServiceApi::for_hub(&hub, "iothubowner");
+    for index in 0..10 {
+        hub.create_device(&format!("dev{index}")).await;
+    }
+    let key = hub.policy("iothubowner").primary_key;
+    let client = fleethub_service::ServiceClient::from_connection_string(
+        &format!(
+            "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={key}",
+            api.host
+        ),
+        fleethub_service::ServiceClientOptions {
+            ca_pem: Some(hub.hub.ca_pem.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let items = client
+        .query("SELECT deviceId FROM devices", Some(3))
+        .collect_all()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|item| item["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..10)
+            .map(|index| format!("dev{index}"))
+            .collect::<Vec<_>>()
+    );
+    let page = client
+        .query_page("SELECT * FROM devices", None, Some(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.items.len(), page.item_type.as_deref()),
+        (4, Some("twin"))
+    );
+    assert!(page.continuation.is_some());
+    let error = client
+        .query("SELECT * FROM nowhere", None)
+        .collect_all()
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(400), "{error}");
+}

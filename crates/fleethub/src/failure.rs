@@ -17,6 +17,7 @@ pub(crate) enum Kind {
     WriteTwin,
     InvokeMethod,
     WatchChanges,
+    Query,
 }
 
 /// A direct-method call, for the not-online and timed-out messages.
@@ -295,7 +296,7 @@ fn api_message(
                     "registryReadWrite or iothubowner",
                     "registryReadWrite",
                 ),
-                Kind::ReadTwin | Kind::WatchChanges => (
+                Kind::ReadTwin | Kind::WatchChanges | Kind::Query => (
                     "ServiceConnect or RegistryRead",
                     "service, registryRead or iothubowner",
                     "service",

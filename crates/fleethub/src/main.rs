@@ -12,6 +12,7 @@ mod json_input;
 mod local_hub;
 mod method;
 mod output;
+mod query;
 mod serve;
 mod twin;
 mod watch;
@@ -48,6 +49,8 @@ enum Command {
     Twin(twin::TwinCommand),
     /// Direct methods: invoke one on a connected device or module.
     Method(method::MethodCommand),
+    /// Run an IoT Hub query and print every result (follows continuation tokens).
+    Query(query::QueryCommand),
     /// Run the reference firmware-update workflow end to end on a hub started just for it.
     Demo(demo::DemoArgs),
 }
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Query(command) => query::run(command).await,
             Command::ConnectionString(args) => local_hub::connection_string(args).await,
             Command::Device(command) => device::run(command).await,
             Command::Twin(command) => twin::run(command).await,

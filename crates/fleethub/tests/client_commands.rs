@@ -1066,3 +1066,47 @@ fn client_help_documents_how_the_hub_is_found() {
         assert!(output.status.success(), "{group:?}: {}", stderr(&output));
     }
 }
+
+#[test]
+fn query_follows_every_page_and_prints_tables_or_json() {
+    let hub = Hub::start();
+    for index in 0..5 {
+        let id = format!("q{index}");
+        assert!(hub.run(&["device", "create", &id]).status.success());
+        let site = if index < 3 { "north" } else { "south" };
+        let patch = format!(r#"{{"tags": {{"site": "{site}"}}}}"#);
+        assert!(hub.run(&["twin", "patch", &id, &patch]).status.success());
+    }
+    let all = json_of(&hub.run(&[
+        "query",
+        "SELECT deviceId FROM devices WHERE tags.site = 'north'",
+        "--page-size",
+        "2",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(
+        all,
+        json!([{"deviceId": "q0"}, {"deviceId": "q1"}, {"deviceId": "q2"}])
+    );
+    let groups = stdout(&hub.run(&[
+        "query",
+        "SELECT tags.site AS site, COUNT() AS n FROM devices GROUP BY tags.site",
+    ]));
+    assert!(
+        groups.starts_with("SITE") && groups.contains("north") && groups.contains('3'),
+        "{groups}"
+    );
+    let twins = stdout(&hub.run(&["query", "SELECT * FROM devices WHERE tags.site = 'south'"]));
+    assert!(
+        twins.contains("q3") && twins.contains("q4") && !twins.contains("q0"),
+        "{twins}"
+    );
+    let bad = hub.run(&["query", "SELECT * FROM devices WHERE"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("syntax error at position"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -17,6 +17,8 @@
 //!   [`replace_twin`](ServiceClient::replace_twin), and the module-twin variants;
 //! - direct methods: [`invoke_method`](ServiceClient::invoke_method),
 //!   [`invoke_module_method`](ServiceClient::invoke_module_method);
+//! - twin queries: [`query`](ServiceClient::query) streams every result across pages,
+//!   [`query_page`](ServiceClient::query_page) gives one page and its continuation token;
 //! - the change feed, pushed: [`watch_changes`](ServiceClient::watch_changes) (a fleethub extension, not in
 //!   Azure) streams twin, identity and connection changes and resumes by itself after a dropped connection;
 //! - [`raw`](ServiceClient::raw): any signed request, for endpoints not wrapped yet and for tests.
@@ -93,6 +95,7 @@ mod changes;
 mod client;
 mod error;
 mod methods;
+mod query;
 mod registry;
 mod tls;
 mod twins;
@@ -102,6 +105,7 @@ pub use auth::{RENEW_BEFORE_EXPIRY_SECONDS, TOKEN_LIFETIME_SECONDS};
 pub use changes::{ChangeStream, WatchOptions};
 pub use client::{RawResponse, ServiceClient, ServiceClientOptions};
 pub use error::{ConfigError, ServiceError};
+pub use query::{QueryPage, QueryStream};
 pub use wire::API_VERSION;
 
 /// The wire types this client takes and returns (ids, REST JSON shapes, error codes, connection strings).
