@@ -3,6 +3,7 @@
 //! store build on these.
 
 pub mod access;
+pub mod configuration;
 pub mod executor;
 pub mod identity;
 pub mod jobs;

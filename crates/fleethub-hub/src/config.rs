@@ -74,6 +74,15 @@ pub struct HubLimits {
     pub activity_flush_interval: Duration,
     /// REST request bodies larger than this are refused with 413.
     pub max_request_body_bytes: usize,
+    /// Jobs (Jobs v2) running at once; more wait as `queued` until one ends (Azure refuses a 2nd to 11th
+    /// active job, depending on its tier, with 429 ThrottlingMaxActiveJobCountExceeded).
+    pub max_running_jobs: usize,
+    /// Devices one job works on at once (direct methods awaiting an answer, twin writes in flight).
+    pub job_device_concurrency: usize,
+    /// Devices one job starts per second at most; 0 for no limit. With `job_device_concurrency` this bounds
+    /// what a job adds to the store's write queue and to devices' push queues, so live traffic keeps flowing
+    /// (see `jobs.rs`).
+    pub job_start_rate_per_second: u32,
 }
 
 impl Default for HubLimits {
@@ -86,6 +95,9 @@ impl Default for HubLimits {
             method_payload_max_bytes: 128 * 1024,
             activity_flush_interval: Duration::from_secs(5),
             max_request_body_bytes: 1024 * 1024,
+            max_running_jobs: 100,
+            job_device_concurrency: 100,
+            job_start_rate_per_second: 1000,
         }
     }
 }

@@ -12,6 +12,7 @@ use fleethub_protocol::ids::{DeviceId, IfMatch};
 use fleethub_protocol::rest::{ConnectionState, DeviceStatus};
 use fleethub_protocol::topics::Subscription;
 use fleethub_store::{
+    BulkOperation,
     CreateIdentity, DeviceRecord, Store, StoreError, TwinChange, TwinCommitHook, TwinUpdated,
     UpdateIdentity, UpdateTwin,
 };
@@ -28,6 +29,50 @@ pub struct Services {
     pub sessions: Arc<SessionTable>,
     pub methods: PendingMethods,
     policies: RwLock<Arc<Vec<AccessPolicy>>>,
+}
+
+/// One item of [`Services::bulk_registry`], already validated by the REST edge.
+#[derive(Debug, Clone)]
+pub struct BulkItem {
+    pub key: IdentityKey,
+    pub mode: BulkMode,
+    /// For creates and updates; `None` means an enabled SAS identity with generated keys.
+    pub spec: Option<IdentitySpec>,
+    /// A service twin patch (`tags`, `properties.desired`) to apply with the item.
+    pub twin_patch: Option<Value>,
+    /// Reported properties of a created identity (imports from another hub carry them).
+    pub reported: Option<Value>,
+}
+
+/// Azure's import modes, reduced to what the store does.
+#[derive(Debug, Clone)]
+pub enum BulkMode {
+    /// `create`: an existing id is an error.
+    Create,
+    /// `update` / `updateIfMatchETag`: create, or update if the identity's etag matches.
+    Upsert(IfMatch),
+    /// `delete` / `deleteIfMatchETag`.
+    Delete(IfMatch),
+    /// `updateTwin` / `updateTwinIfMatchETag`: patch the twin if its etag matches.
+    UpdateTwin(IfMatch),
+}
+
+fn default_spec() -> IdentitySpec {
+    IdentitySpec {
+        status: DeviceStatus::Enabled,
+        status_reason: None,
+        authentication: fleethub_core::identity::Authentication {
+            kind: fleethub_protocol::rest::AuthenticationType::Sas,
+            primary_key: None,
+            secondary_key: None,
+            primary_thumbprint: None,
+            secondary_thumbprint: None,
+        },
+        iot_edge: false,
+        managed_by: None,
+        device_scope: None,
+        parent_scopes: Vec::new(),
+    }
 }
 
 /// Azure's bounds for method timeouts, in seconds.
@@ -231,6 +276,71 @@ impl Services {
                 on_commit: Some(push),
             })
             .await
+    }
+
+    /// Many registry writes in one durable transaction (`POST /devices`). Each item succeeds or fails on its
+    /// own; pushes and disconnects follow as for single writes.
+    pub async fn bulk_registry(&self, items: Vec<BulkItem>) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let now = self.now();
+        let mut operations = Vec::with_capacity(items.len());
+        for item in items {
+            let operation = match item.mode {
+                BulkMode::Create => BulkOperation::Create {
+                    request: self.create_request(item.key, item.spec.unwrap_or_else(default_spec), now),
+                    twin_patch: item.twin_patch,
+                    reported: item.reported,
+                },
+                BulkMode::Upsert(if_match) => {
+                    let spec = item.spec.unwrap_or_else(default_spec);
+                    if self.store.get(&item.key).await?.is_some() {
+                        let request =
+                            UpdateIdentity { key: item.key, spec, if_match, fresh_keys: fresh_keys(), now };
+                        BulkOperation::Update { request, twin_patch: item.twin_patch }
+                    } else {
+                        BulkOperation::Create {
+                            request: self.create_request(item.key, spec, now),
+                            twin_patch: item.twin_patch,
+                            reported: item.reported,
+                        }
+                    }
+                }
+                BulkMode::Delete(if_match) => BulkOperation::Delete { key: item.key, if_match },
+                BulkMode::UpdateTwin(if_match) => BulkOperation::UpdateTwin {
+                    key: item.key,
+                    patch: item.twin_patch.unwrap_or_else(|| serde_json::json!({})),
+                    if_match,
+                    now,
+                },
+            };
+            operations.push(operation);
+        }
+        let kinds: Vec<bool> = operations.iter().map(|operation| matches!(operation, BulkOperation::Delete { .. })).collect();
+        let results = self.store.bulk(operations).await?;
+        Ok(results
+            .into_iter()
+            .zip(kinds)
+            .map(|(result, deleted)| {
+                let applied = result?;
+                if deleted {
+                    self.sessions.disconnect(&applied.key, CloseReason::Deleted);
+                    if applied.key.module_id.is_none() {
+                        self.sessions.disconnect_device_and_modules(&applied.key.device_id, CloseReason::Deleted);
+                    }
+                } else if applied.status_changed
+                    && applied.record.as_ref().is_some_and(|record| record.identity.status == DeviceStatus::Disabled)
+                {
+                    self.sessions.disconnect_device_and_modules(&applied.key.device_id, CloseReason::Disabled);
+                }
+                if let (Some(patch), Some(record)) = (&applied.desired_patch_for_device, &applied.record) {
+                    push_desired_patch(&self.sessions, &applied.key, record.twin.desired_version(), patch);
+                }
+                Ok(())
+            })
+            .collect())
+    }
+
+    fn create_request(&self, key: IdentityKey, spec: IdentitySpec, now: OffsetDateTime) -> CreateIdentity {
+        CreateIdentity { key, spec, generation_id: generation_id(now), fresh_keys: fresh_keys(), now }
     }
 
     // ---- methods ----

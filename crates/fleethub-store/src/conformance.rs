@@ -36,6 +36,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     a_failing_write_does_not_disturb_concurrent_writes(&store).await;
     commit_hooks_run_in_version_order(&store).await;
     twin_writes_return_the_current_identity(&*store).await;
+    bulk_writes_apply_each_item_on_its_own(&*store).await;
     change_feed_is_ordered_filtered_and_notified(&*store).await;
     sessions_persist_and_die_with_their_identity(&*store).await;
     connection_state_and_activity_are_recorded(&*store).await;
@@ -366,6 +367,89 @@ async fn a_failing_write_does_not_disturb_concurrent_writes(store: &Arc<dyn Stor
             assert!(reported.get("$bad").is_none());
         }
     }
+}
+
+async fn bulk_writes_apply_each_item_on_its_own(store: &dyn Store) {
+    use crate::BulkOperation;
+    let existing = device("bulk-existing");
+    store
+        .create_identity(create(&existing))
+        .await
+        .expect("create");
+    let update = UpdateIdentity {
+        key: existing.clone(),
+        spec: sas_spec(),
+        if_match: IfMatch::Any,
+        fresh_keys: fresh_keys(),
+        now: NOW,
+    };
+    let operations = vec![
+        BulkOperation::Create {
+            request: create(&device("bulk-new")),
+            twin_patch: Some(json!({"tags": {"site": "x"}})),
+            reported: Some(json!({"firmwareStatus": "standBy"})),
+        },
+        BulkOperation::Create {
+            request: create(&existing),
+            twin_patch: None,
+            reported: None,
+        },
+        BulkOperation::Create {
+            request: create(&device("bulk-bad-twin")),
+            twin_patch: Some(json!({"tags": {"a.b": 1}})),
+            reported: None,
+        },
+        BulkOperation::Update {
+            request: update,
+            twin_patch: Some(json!({"properties": {"desired": {"fw": "3"}}})),
+        },
+        BulkOperation::UpdateTwin {
+            key: device("bulk-missing"),
+            patch: json!({"tags": {"x": 1}}),
+            if_match: IfMatch::Any,
+            now: NOW,
+        },
+        BulkOperation::Delete {
+            key: device("bulk-missing"),
+            if_match: IfMatch::Any,
+        },
+    ];
+    let results = store.bulk(operations).await.expect("the batch commits");
+    assert!(results[0].is_ok());
+    assert_eq!(
+        results[1].as_ref().err(),
+        Some(&StoreError::AlreadyExists(existing.clone()))
+    );
+    assert!(
+        matches!(results[2], Err(StoreError::Twin(_))),
+        "{:?}",
+        results[2]
+    );
+    let updated = results[3].as_ref().expect("update with twin patch");
+    assert_eq!(
+        updated
+            .desired_patch_for_device
+            .as_ref()
+            .map(|patch| patch["fw"].clone()),
+        Some(json!("3"))
+    );
+    assert!(matches!(results[4], Err(StoreError::NotFound(_))));
+    assert!(matches!(results[5], Err(StoreError::NotFound(_))));
+    let created = store
+        .get(&device("bulk-new"))
+        .await
+        .expect("get")
+        .expect("created in bulk");
+    assert_eq!(created.twin.tags()["site"], json!("x"));
+    assert_eq!(created.twin.properties_json()["reported"]["firmwareStatus"], json!("standBy"));
+    assert!(
+        store
+            .get(&device("bulk-bad-twin"))
+            .await
+            .expect("get")
+            .is_none(),
+        "a refused item wrote nothing"
+    );
 }
 
 /// A twin write returns the whole record as it is now, including identity changes made between twin writes

@@ -10,6 +10,7 @@
 //!   behaves alike; a backend only decides how to keep bytes.
 
 pub mod conformance;
+mod configurations;
 mod index;
 mod jobs;
 mod records;
@@ -24,6 +25,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use fleethub_core::access::AccessPolicy;
+use fleethub_core::configuration::{
+    Assignment, Configuration, ConfigurationId, ConfigurationSpec,
+};
 use fleethub_core::executor::{Statistics, TargetRecord};
 use fleethub_core::identity::{FreshKeys, IdentityKey, IdentitySpec};
 use fleethub_protocol::ids::{DeviceId, IfMatch, JobId};
@@ -62,6 +66,12 @@ pub trait Store: Send + Sync + 'static {
         if_match: IfMatch,
     ) -> BoxFuture<'_, StoreResult<()>>;
     fn update_twin(&self, request: UpdateTwin) -> BoxFuture<'_, StoreResult<TwinUpdated>>;
+    /// Many registry writes in one durable transaction (the bulk registry API, imports, simulators). Each
+    /// item succeeds or is refused on its own, in order; a storage failure fails the whole call.
+    fn bulk(
+        &self,
+        operations: Vec<BulkOperation>,
+    ) -> BoxFuture<'_, StoreResult<Vec<StoreResult<BulkApplied>>>>;
     /// Records a connection-state change (and its change-feed record) if it differs from the stored one.
     fn set_connection_state(
         &self,
@@ -167,6 +177,105 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, StoreResult<Vec<(JobId, TargetRecord)>>>;
     /// Counts a job's stored target records per status.
     fn job_target_statistics(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<Statistics>>;
+
+    // ---- configurations (automatic device management) ----
+    /// Stores a new configuration: `ConfigurationAlreadyExists` if the id is taken, `TooManyConfigurations`
+    /// if `max` configurations exist already.
+    fn create_configuration(
+        &self,
+        configuration: Configuration,
+        max: usize,
+    ) -> BoxFuture<'_, StoreResult<Configuration>>;
+    /// Updates a configuration with core's rules (`Configuration::update`: the content is immutable) if its
+    /// etag matches `if_match`; `ConfigurationNotFound` if there is none.
+    fn update_configuration(
+        &self,
+        id: &ConfigurationId,
+        spec: ConfigurationSpec,
+        if_match: IfMatch,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<Configuration>>;
+    fn get_configuration(
+        &self,
+        id: &ConfigurationId,
+    ) -> BoxFuture<'_, StoreResult<Option<Configuration>>>;
+    /// Configurations by id, at most `limit`.
+    fn list_configurations(&self, limit: usize)
+    -> BoxFuture<'_, StoreResult<Vec<Configuration>>>;
+    /// Deletes a configuration if its etag matches; twins keep their bookkeeping until re-evaluated.
+    fn delete_configuration(
+        &self,
+        id: &ConfigurationId,
+        if_match: IfMatch,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// Records on a twin which configurations target it and applies the winner (core's
+    /// `configuration::assign`, computed against the twin as it is inside the write): a desired patch when
+    /// the applied configuration changes, with its change-feed record; the statuses alone are written
+    /// without one (they are not a twin write). Writes nothing when nothing changes. `NotFound` if the
+    /// identity is gone.
+    fn assign_configurations(
+        &self,
+        request: AssignConfigurations,
+    ) -> BoxFuture<'_, StoreResult<TwinUpdated>>;
+}
+
+/// A request of [`Store::assign_configurations`].
+pub struct AssignConfigurations {
+    pub key: IdentityKey,
+    pub assignment: Assignment,
+    pub now: OffsetDateTime,
+    /// As [`UpdateTwin::on_commit`]: pushes the desired patch in commit order.
+    pub on_commit: Option<TwinCommitHook>,
+}
+
+impl std::fmt::Debug for AssignConfigurations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssignConfigurations")
+            .field("key", &self.key)
+            .field("assignment", &self.assignment)
+            .field("now", &self.now)
+            .field("on_commit", &self.on_commit.is_some())
+            .finish()
+    }
+}
+
+/// One item of [`Store::bulk`].
+#[derive(Clone, Debug)]
+pub enum BulkOperation {
+    /// Creates an identity, refusing an existing one, with an optional service twin patch (tags, desired).
+    Create {
+        request: CreateIdentity,
+        twin_patch: Option<serde_json::Value>,
+        /// Reported properties (imports from another hub carry them).
+        reported: Option<serde_json::Value>,
+    },
+    /// Updates an existing identity (if its etag matches `request.if_match`), then applies the twin patch.
+    Update {
+        request: UpdateIdentity,
+        twin_patch: Option<serde_json::Value>,
+    },
+    Delete {
+        key: IdentityKey,
+        if_match: IfMatch,
+    },
+    /// A service twin patch (tags, desired) if the twin's etag matches.
+    UpdateTwin {
+        key: IdentityKey,
+        patch: serde_json::Value,
+        if_match: IfMatch,
+        now: OffsetDateTime,
+    },
+}
+
+/// What a bulk item did.
+#[derive(Clone, Debug)]
+pub struct BulkApplied {
+    pub key: IdentityKey,
+    /// The identity after the item; `None` when it was deleted.
+    pub record: Option<DeviceRecord>,
+    /// For the hub to push, as with [`Store::update_twin`].
+    pub desired_patch_for_device: Option<serde_json::Value>,
+    pub status_changed: bool,
 }
 
 /// A page request of [`Store::query_twins`].

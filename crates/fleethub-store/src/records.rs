@@ -1,5 +1,6 @@
 //! The values the store keeps and hands out, and its error type.
 
+use fleethub_core::configuration::{ConfigurationError, ConfigurationId};
 use fleethub_core::identity::{Identity, IdentityKey, IdentitySpecError};
 use fleethub_core::twin::{TwinDocument, TwinPatchError};
 pub use fleethub_protocol::changes::{ChangeOperation, ChangeRecord};
@@ -62,7 +63,15 @@ impl DeviceRecord {
             device_scope: None,
             parent_scopes: None,
         };
-        serde_json::to_value(twin).expect("REST shapes always serialise")
+        let mut json = serde_json::to_value(twin).expect("REST shapes always serialise");
+        // Automatic device management's `configurations.{id}.status`, when any configuration targets the twin.
+        let configurations = record.twin.configurations();
+        if !configurations.is_empty()
+            && let Value::Object(members) = &mut json
+        {
+            members.insert("configurations".into(), configurations.to_json());
+        }
+        json
     }
 }
 
@@ -125,6 +134,14 @@ pub enum StoreError {
     JobNotFound(JobId),
     #[error("job {0} already exists")]
     JobAlreadyExists(JobId),
+    #[error("configuration {0} not found")]
+    ConfigurationNotFound(ConfigurationId),
+    #[error("configuration {0} already exists")]
+    ConfigurationAlreadyExists(ConfigurationId),
+    #[error("the hub already has {max} configurations, the most it can hold")]
+    TooManyConfigurations { max: usize },
+    #[error(transparent)]
+    Configuration(#[from] ConfigurationError),
     #[error(transparent)]
     Twin(#[from] TwinPatchError),
     #[error(transparent)]

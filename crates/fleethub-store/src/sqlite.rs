@@ -23,11 +23,16 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::index::{self, IndexedPaths, Section};
+use crate::configurations;
 use crate::jobs::{self, JOB_TARGET_CHUNK, JobFilter, JobRecord};
+use crate::AssignConfigurations;
+use fleethub_core::configuration::{
+    self, Configuration, ConfigurationId, ConfigurationSpec,
+};
 use crate::{
-    BoxFuture, ChangeOperation, ChangeRecord, CreateIdentity, DeviceRecord, IdentityUpdated,
-    RegistryCounts, Store, StoreError, StoreResult, StoredSession, TwinChange, TwinQuery,
-    TwinUpdated, UpdateIdentity, UpdateTwin,
+    BoxFuture, BulkApplied, BulkOperation, ChangeOperation, ChangeRecord, CreateIdentity,
+    DeviceRecord, IdentityUpdated, RegistryCounts, Store, StoreError, StoreResult, StoredSession,
+    TwinChange, TwinQuery, TwinUpdated, UpdateIdentity, UpdateTwin,
 };
 use fleethub_core::executor::{Statistics, TargetRecord};
 use fleethub_protocol::ids::JobId;
@@ -86,6 +91,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 3: jobs and the per-target records of their executions (see jobs.rs).
     crate::jobs::MIGRATION,
+    // 4: configurations of automatic device management (see configurations.rs).
+    crate::configurations::MIGRATION,
 ];
 
 #[derive(Clone, Debug)]
@@ -812,47 +819,7 @@ impl Store for SqliteStore {
 
     fn create_identity(&self, request: CreateIdentity) -> BoxFuture<'_, StoreResult<DeviceRecord>> {
         self.write(move |connection, context| {
-            let CreateIdentity {
-                key,
-                spec,
-                generation_id,
-                fresh_keys,
-                now,
-            } = request;
-            context.forget(&key);
-            if key.module_id.is_some()
-                && load_record(connection, &IdentityKey::device(key.device_id.clone()))?.is_none()
-            {
-                return Err(StoreError::ParentNotFound(key.device_id.clone()));
-            }
-            if load_record(connection, &key)?.is_some() {
-                return Err(StoreError::AlreadyExists(key));
-            }
-            let identity = Identity::create(spec, generation_id, fresh_keys, now)?;
-            let twin = TwinDocument::new(now);
-            let record = DeviceRecord {
-                key,
-                identity,
-                twin,
-            };
-            insert_record(connection, &context.options.indexed_paths, &record)?;
-            // A leftover session of an earlier identity with the same id must not leak subscriptions.
-            connection
-                .prepare_cached("DELETE FROM sessions WHERE device_id = ?1 AND module_id = ?2")?
-                .execute(params![
-                    record.key.device_id.as_ref(),
-                    module_column(&record.key)
-                ])?;
-            append_change(
-                connection,
-                context,
-                &record.key,
-                ChangeOperation::CreateDeviceIdentity,
-                Some(record.twin.version()),
-                &json!({}),
-                now,
-            )?;
-            Ok(record)
+            create_identity_in(connection, context, request, None, None)
         })
     }
 
@@ -860,34 +827,7 @@ impl Store for SqliteStore {
         &self,
         request: UpdateIdentity,
     ) -> BoxFuture<'_, StoreResult<IdentityUpdated>> {
-        self.write(move |connection, context| {
-            let UpdateIdentity {
-                key,
-                spec,
-                if_match,
-                fresh_keys,
-                now,
-            } = request;
-            context.forget(&key);
-            let mut record =
-                load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            check_if_match(&if_match, record.identity.etag())?;
-            let status_changed = record.identity.update(spec, fresh_keys, now)?;
-            store_identity(connection, &context.options.indexed_paths, &record)?;
-            append_change(
-                connection,
-                context,
-                &key,
-                ChangeOperation::UpdateDeviceIdentity,
-                None,
-                &json!({}),
-                now,
-            )?;
-            Ok(IdentityUpdated {
-                record,
-                status_changed,
-            })
-        })
+        self.write(move |connection, context| update_identity_in(connection, context, request))
     }
 
     fn delete_identity(
@@ -897,55 +837,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         let key = key.clone();
         self.write(move |connection, context| {
-            if key.module_id.is_none() {
-                context.forget_device(&key.device_id);
-            } else {
-                context.forget(&key);
-            }
-            let record =
-                load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            check_if_match(&if_match, record.identity.etag())?;
-            let now = OffsetDateTime::now_utc();
-            let mut deleted = vec![key.clone()];
-            if key.module_id.is_none() {
-                let mut statement = connection.prepare_cached(
-                    "SELECT module_id FROM identities WHERE device_id = ?1 AND module_id != ''",
-                )?;
-                let modules = statement.query_map(params![key.device_id.as_ref()], |row| {
-                    row.get::<_, String>(0)
-                })?;
-                for module in modules {
-                    deleted.push(decode_row_key(key.device_id.as_ref().to_owned(), module?)?);
-                }
-                connection
-                    .prepare_cached("DELETE FROM identities WHERE device_id = ?1")?
-                    .execute(params![key.device_id.as_ref()])?;
-                connection
-                    .prepare_cached("DELETE FROM sessions WHERE device_id = ?1")?
-                    .execute(params![key.device_id.as_ref()])?;
-            } else {
-                let module = module_column(&key);
-                connection
-                    .prepare_cached(
-                        "DELETE FROM identities WHERE device_id = ?1 AND module_id = ?2",
-                    )?
-                    .execute(params![key.device_id.as_ref(), module])?;
-                connection
-                    .prepare_cached("DELETE FROM sessions WHERE device_id = ?1 AND module_id = ?2")?
-                    .execute(params![key.device_id.as_ref(), module])?;
-            }
-            for gone in &deleted {
-                append_change(
-                    connection,
-                    context,
-                    gone,
-                    ChangeOperation::DeleteDeviceIdentity,
-                    None,
-                    &json!({}),
-                    now,
-                )?;
-            }
-            Ok(())
+            delete_identity_in(connection, context, &key, &if_match)
         })
     }
 
@@ -959,46 +851,29 @@ impl Store for SqliteStore {
         } = request;
         self.write_then(
             move |connection, context| {
-                let mut record = match context.hot_records.remove(&key) {
-                    Some(record) => record,
-                    None => load_record(connection, &key)?
-                        .ok_or_else(|| StoreError::NotFound(key.clone()))?,
-                };
-                let limits = context.options.twin_limits;
-                let sections = indexed_sections(&change, &context.options.indexed_paths);
-                // Refusals leave the record untouched (core checks a whole patch before applying it), so a refused
-                // write puts it back into the cache as it was.
-                let applied = apply_twin_change(&mut record, &if_match, change, now, &limits);
-                let (operation, body, desired_patch_for_device) = match applied {
-                    Ok(applied) => applied,
-                    Err(error) => {
-                        context.remember(record);
-                        return Err(error);
-                    }
-                };
-                store_twin(
-                    connection,
-                    &context.options.indexed_paths,
-                    &record,
-                    &sections,
-                )?;
-                append_change(
-                    connection,
-                    context,
-                    &key,
-                    operation,
-                    Some(record.twin.version()),
-                    &body,
-                    now,
-                )?;
-                context.remember(record.clone());
-                Ok(TwinUpdated {
-                    record,
-                    desired_patch_for_device,
-                })
+                update_twin_in(connection, context, &key, change, &if_match, now)
             },
             on_commit,
         )
+    }
+
+    fn bulk(
+        &self,
+        operations: Vec<BulkOperation>,
+    ) -> BoxFuture<'_, StoreResult<Vec<StoreResult<BulkApplied>>>> {
+        self.write(move |connection, context| {
+            let mut results = Vec::with_capacity(operations.len());
+            for operation in operations {
+                let result = bulk_operation_in(connection, context, operation);
+                // Refusals are per item and wrote nothing; a storage failure aborts the whole batch.
+                if let Err(error @ (StoreError::Backend(_) | StoreError::Incompatible(_))) = &result
+                {
+                    return Err(error.clone());
+                }
+                results.push(result);
+            }
+            Ok(results)
+        })
     }
 
     fn set_connection_state(
@@ -1437,6 +1312,112 @@ impl Store for SqliteStore {
         let job_id = job_id.clone();
         self.read(move |connection| jobs::target_statistics(connection, &job_id))
     }
+
+    fn create_configuration(
+        &self,
+        configuration: Configuration,
+        max: usize,
+    ) -> BoxFuture<'_, StoreResult<Configuration>> {
+        self.write(move |connection, _| configurations::insert(connection, configuration, max))
+    }
+
+    fn update_configuration(
+        &self,
+        id: &ConfigurationId,
+        spec: ConfigurationSpec,
+        if_match: IfMatch,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<Configuration>> {
+        let id = id.clone();
+        self.write(move |connection, _| {
+            configurations::update(connection, &id, spec, &if_match, now)
+        })
+    }
+
+    fn get_configuration(
+        &self,
+        id: &ConfigurationId,
+    ) -> BoxFuture<'_, StoreResult<Option<Configuration>>> {
+        let id = id.clone();
+        self.read(move |connection| configurations::load(connection, &id))
+    }
+
+    fn list_configurations(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<Configuration>>> {
+        self.read(move |connection| configurations::list(connection, limit))
+    }
+
+    fn delete_configuration(
+        &self,
+        id: &ConfigurationId,
+        if_match: IfMatch,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let id = id.clone();
+        self.write(move |connection, _| configurations::delete(connection, &id, &if_match))
+    }
+
+    fn assign_configurations(
+        &self,
+        request: AssignConfigurations,
+    ) -> BoxFuture<'_, StoreResult<TwinUpdated>> {
+        let AssignConfigurations {
+            key,
+            assignment,
+            now,
+            on_commit,
+        } = request;
+        self.write_then(
+            move |connection, context| {
+                let mut record = match context.hot_records.remove(&key) {
+                    Some(record) => record,
+                    None => load_record(connection, &key)?
+                        .ok_or_else(|| StoreError::NotFound(key.clone()))?,
+                };
+                let limits = context.options.twin_limits;
+                // Refused before anything is written (core validates a patch in full first).
+                let assigned = match configuration::assign(&mut record.twin, &assignment, now, &limits)
+                {
+                    Ok(assigned) => assigned,
+                    Err(error) => {
+                        context.remember(record);
+                        return Err(error.into());
+                    }
+                };
+                if assigned.changed {
+                    let sections = match &assigned.desired_patch_for_device {
+                        Some(_) if context.options.indexed_paths.has_section(Section::Desired) => {
+                            vec![Section::Desired]
+                        }
+                        _ => Vec::new(),
+                    };
+                    store_twin(connection, &context.options.indexed_paths, &record, &sections)?;
+                    if let Some(patch) = &assigned.desired_patch_for_device {
+                        let body = json!({
+                            "version": record.twin.version(),
+                            "properties": { "desired": patch },
+                        });
+                        append_change(
+                            connection,
+                            context,
+                            &key,
+                            ChangeOperation::UpdateTwin,
+                            Some(record.twin.version()),
+                            &body,
+                            now,
+                        )?;
+                    }
+                }
+                context.remember(record.clone());
+                Ok(TwinUpdated {
+                    record,
+                    desired_patch_for_device: assigned.desired_patch_for_device,
+                })
+            },
+            on_commit,
+        )
+    }
 }
 
 impl SqliteStore {
@@ -1455,6 +1436,302 @@ impl SqliteStore {
                 }
             }
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Write operations, shared by the single-item methods and the bulk registry API. Each checks everything that
+// can refuse it before its first write (see `run_batch`).
+
+fn create_identity_in(
+    connection: &Connection,
+    context: &mut WriteContext,
+    request: CreateIdentity,
+    twin_patch: Option<&Value>,
+    reported: Option<&Value>,
+) -> StoreResult<DeviceRecord> {
+    let CreateIdentity {
+        key,
+        spec,
+        generation_id,
+        fresh_keys,
+        now,
+    } = request;
+    context.forget(&key);
+    if key.module_id.is_some()
+        && load_record(connection, &IdentityKey::device(key.device_id.clone()))?.is_none()
+    {
+        return Err(StoreError::ParentNotFound(key.device_id.clone()));
+    }
+    if load_record(connection, &key)?.is_some() {
+        return Err(StoreError::AlreadyExists(key));
+    }
+    let identity = Identity::create(spec, generation_id, fresh_keys, now)?;
+    let mut twin = TwinDocument::new(now);
+    if let Some(patch) = twin_patch {
+        twin.apply_service_patch(patch, now, &context.options.twin_limits)?;
+    }
+    if let Some(patch) = reported {
+        twin.apply_reported_patch(patch, now, &context.options.twin_limits)?;
+    }
+    let record = DeviceRecord {
+        key,
+        identity,
+        twin,
+    };
+    insert_record(connection, &context.options.indexed_paths, &record)?;
+    // A leftover session of an earlier identity with the same id must not leak subscriptions.
+    connection
+        .prepare_cached("DELETE FROM sessions WHERE device_id = ?1 AND module_id = ?2")?
+        .execute(params![
+            record.key.device_id.as_ref(),
+            module_column(&record.key)
+        ])?;
+    append_change(
+        connection,
+        context,
+        &record.key,
+        ChangeOperation::CreateDeviceIdentity,
+        Some(record.twin.version()),
+        &json!({}),
+        now,
+    )?;
+    Ok(record)
+}
+
+fn update_identity_in(
+    connection: &Connection,
+    context: &mut WriteContext,
+    request: UpdateIdentity,
+) -> StoreResult<IdentityUpdated> {
+    let UpdateIdentity {
+        key,
+        spec,
+        if_match,
+        fresh_keys,
+        now,
+    } = request;
+    context.forget(&key);
+    let mut record =
+        load_record(connection, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+    check_if_match(&if_match, record.identity.etag())?;
+    let status_changed = record.identity.update(spec, fresh_keys, now)?;
+    store_identity(connection, &context.options.indexed_paths, &record)?;
+    append_change(
+        connection,
+        context,
+        &key,
+        ChangeOperation::UpdateDeviceIdentity,
+        None,
+        &json!({}),
+        now,
+    )?;
+    Ok(IdentityUpdated {
+        record,
+        status_changed,
+    })
+}
+
+fn delete_identity_in(
+    connection: &Connection,
+    context: &mut WriteContext,
+    key: &IdentityKey,
+    if_match: &IfMatch,
+) -> StoreResult<()> {
+    if key.module_id.is_none() {
+        context.forget_device(&key.device_id);
+    } else {
+        context.forget(key);
+    }
+    let record = load_record(connection, key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+    check_if_match(if_match, record.identity.etag())?;
+    let now = OffsetDateTime::now_utc();
+    let mut deleted = vec![key.clone()];
+    if key.module_id.is_none() {
+        let mut statement = connection.prepare_cached(
+            "SELECT module_id FROM identities WHERE device_id = ?1 AND module_id != ''",
+        )?;
+        let modules = statement.query_map(params![key.device_id.as_ref()], |row| {
+            row.get::<_, String>(0)
+        })?;
+        for module in modules {
+            deleted.push(decode_row_key(key.device_id.as_ref().to_owned(), module?)?);
+        }
+        // Index rows first: row ids can be reused by identities created later.
+        connection
+            .prepare_cached("DELETE FROM twin_index WHERE row IN (SELECT id FROM identities WHERE device_id = ?1)")?
+            .execute(params![key.device_id.as_ref()])?;
+        connection
+            .prepare_cached("DELETE FROM identities WHERE device_id = ?1")?
+            .execute(params![key.device_id.as_ref()])?;
+        connection
+            .prepare_cached("DELETE FROM sessions WHERE device_id = ?1")?
+            .execute(params![key.device_id.as_ref()])?;
+    } else {
+        let module = module_column(key);
+        connection
+            .prepare_cached(
+                "DELETE FROM twin_index WHERE row IN (SELECT id FROM identities WHERE device_id = ?1 AND module_id = ?2)",
+            )?
+            .execute(params![key.device_id.as_ref(), module])?;
+        connection
+            .prepare_cached("DELETE FROM identities WHERE device_id = ?1 AND module_id = ?2")?
+            .execute(params![key.device_id.as_ref(), module])?;
+        connection
+            .prepare_cached("DELETE FROM sessions WHERE device_id = ?1 AND module_id = ?2")?
+            .execute(params![key.device_id.as_ref(), module])?;
+    }
+    for gone in &deleted {
+        append_change(
+            connection,
+            context,
+            gone,
+            ChangeOperation::DeleteDeviceIdentity,
+            None,
+            &json!({}),
+            now,
+        )?;
+    }
+    Ok(())
+}
+
+fn update_twin_in(
+    connection: &Connection,
+    context: &mut WriteContext,
+    key: &IdentityKey,
+    change: TwinChange,
+    if_match: &IfMatch,
+    now: OffsetDateTime,
+) -> StoreResult<TwinUpdated> {
+    let mut record = match context.hot_records.remove(key) {
+        Some(record) => record,
+        None => load_record(connection, key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?,
+    };
+    let limits = context.options.twin_limits;
+    let sections = indexed_sections(&change, &context.options.indexed_paths);
+    // Refusals leave the record untouched (core checks a whole patch before applying it), so a refused write
+    // puts it back into the cache as it was.
+    let (operation, body, desired_patch_for_device) =
+        match apply_twin_change(&mut record, if_match, change, now, &limits) {
+            Ok(applied) => applied,
+            Err(error) => {
+                context.remember(record);
+                return Err(error);
+            }
+        };
+    store_twin(
+        connection,
+        &context.options.indexed_paths,
+        &record,
+        &sections,
+    )?;
+    append_change(
+        connection,
+        context,
+        key,
+        operation,
+        Some(record.twin.version()),
+        &body,
+        now,
+    )?;
+    context.remember(record.clone());
+    Ok(TwinUpdated {
+        record,
+        desired_patch_for_device,
+    })
+}
+
+/// One bulk item, with Azure's import-mode semantics (mapped to these operations by the hub).
+fn bulk_operation_in(
+    connection: &Connection,
+    context: &mut WriteContext,
+    operation: BulkOperation,
+) -> StoreResult<BulkApplied> {
+    match operation {
+        BulkOperation::Create {
+            request,
+            twin_patch,
+            reported,
+        } => {
+            let record = create_identity_in(
+                connection,
+                context,
+                request,
+                twin_patch.as_ref(),
+                reported.as_ref(),
+            )?;
+            Ok(BulkApplied {
+                key: record.key.clone(),
+                record: Some(record),
+                desired_patch_for_device: None,
+                status_changed: false,
+            })
+        }
+        BulkOperation::Update {
+            request,
+            twin_patch,
+        } => {
+            let key = request.key.clone();
+            // Check the twin patch before the identity write, so a refused item writes nothing.
+            if let Some(patch) = &twin_patch {
+                let current = load_record(connection, &key)?
+                    .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                check_if_match(&request.if_match, current.identity.etag())?;
+                let mut probe = current.twin.clone();
+                probe.apply_service_patch(patch, request.now, &context.options.twin_limits)?;
+            }
+            let now = request.now;
+            let updated = update_identity_in(connection, context, request)?;
+            let mut applied = BulkApplied {
+                key: key.clone(),
+                record: Some(updated.record),
+                desired_patch_for_device: None,
+                status_changed: updated.status_changed,
+            };
+            if let Some(patch) = twin_patch {
+                let twin = update_twin_in(
+                    connection,
+                    context,
+                    &key,
+                    TwinChange::ServicePatch(patch),
+                    &IfMatch::Any,
+                    now,
+                )?;
+                applied.desired_patch_for_device = twin.desired_patch_for_device;
+                applied.record = Some(twin.record);
+            }
+            Ok(applied)
+        }
+        BulkOperation::Delete { key, if_match } => {
+            delete_identity_in(connection, context, &key, &if_match)?;
+            Ok(BulkApplied {
+                key,
+                record: None,
+                desired_patch_for_device: None,
+                status_changed: false,
+            })
+        }
+        BulkOperation::UpdateTwin {
+            key,
+            patch,
+            if_match,
+            now,
+        } => {
+            let twin = update_twin_in(
+                connection,
+                context,
+                &key,
+                TwinChange::ServicePatch(patch),
+                &if_match,
+                now,
+            )?;
+            Ok(BulkApplied {
+                key,
+                record: Some(twin.record),
+                desired_patch_for_device: twin.desired_patch_for_device,
+                status_changed: false,
+            })
+        }
     }
 }
 

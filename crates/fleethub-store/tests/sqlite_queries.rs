@@ -352,3 +352,60 @@ fn pushdown_agrees_with_the_evaluator_on_random_conditions() {
         runtime.block_on(check(&*store, &everything, &modules, &condition));
     });
 }
+
+/// Index rows die with their identity: a device created later (which may reuse the row id) does not inherit
+/// the deleted one's tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_identities_leave_nothing_in_the_index() {
+    let directory = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &directory.path().join("d.db"),
+            SqliteStoreOptions::default(),
+        )
+        .unwrap(),
+    );
+    let now = datetime!(2026-05-01 10:00 UTC);
+    let create = |id: &str| CreateIdentity {
+        key: IdentityKey::device(id.parse().unwrap()),
+        spec: spec(),
+        generation_id: "1".into(),
+        fresh_keys: FreshKeys {
+            primary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+            secondary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+        },
+        now,
+    };
+    store.create_identity(create("old")).await.unwrap();
+    let key = IdentityKey::device("old".parse().unwrap());
+    store
+        .update_twin(UpdateTwin {
+            key: key.clone(),
+            change: TwinChange::ServicePatch(json!({"tags": {"doomed": true}})),
+            if_match: IfMatch::Any,
+            now,
+            on_commit: None,
+        })
+        .await
+        .unwrap();
+    store.delete_identity(&key, IfMatch::Any).await.unwrap();
+    store.create_identity(create("new")).await.unwrap();
+    let query = fleethub_query::parse_condition("tags.doomed = true", Source::Devices).unwrap();
+    let pushdown = query.pushdown();
+    assert_eq!(
+        store.count_twins(false, pushdown.clone()).await.unwrap(),
+        Some(0)
+    );
+    assert!(
+        store
+            .query_twins(TwinQuery {
+                modules: false,
+                filter: pushdown.predicate,
+                after: None,
+                limit: 10
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -5,7 +5,9 @@
 //! pass random bytes). Every parser here faces untrusted input and returns an error rather than panicking.
 //! Facts are taken from the official SDKs' source and Azure's docs; each module names its sources.
 
+pub mod bulk;
 pub mod changes;
+pub mod configurations;
 pub mod connection_string;
 pub mod errors;
 pub mod ids;

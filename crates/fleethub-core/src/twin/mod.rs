@@ -54,6 +54,7 @@ pub use limits::{TwinLimits, TwinSectionKind};
 pub use merge::merge_patch_diff;
 pub use storage::UnsupportedTwinSchema;
 
+use crate::configuration::TwinConfigurations;
 use crate::timestamp::TwinTicks;
 use merge::{merge_plain, merge_with_metadata, without_nulls};
 use metadata::{MetadataNode, Stamp};
@@ -82,6 +83,8 @@ pub struct TwinDocument {
     tags_size: usize,
     desired: Section,
     reported: Section,
+    /// The configurations that target this twin and the one applied (automatic device management).
+    configurations: TwinConfigurations,
 }
 
 /// Desired or reported properties.
@@ -137,6 +140,7 @@ impl TwinDocument {
             tags_size: 0,
             desired: Section::new(at),
             reported: Section::new(at),
+            configurations: TwinConfigurations::default(),
         }
     }
 
@@ -176,6 +180,17 @@ impl TwinDocument {
     /// Reported properties without `$metadata` and `$version`.
     pub fn reported_properties(&self) -> &Map<String, Value> {
         &self.reported.properties
+    }
+
+    /// Which configurations target this twin and which one is applied (the twin's `configurations`).
+    pub fn configurations(&self) -> &TwinConfigurations {
+        &self.configurations
+    }
+
+    /// Records the configurations' state; see `configuration::assign`, the one writer. It is not a
+    /// twin write: versions and etag stay.
+    pub fn set_configurations(&mut self, configurations: TwinConfigurations) {
+        self.configurations = configurations;
     }
 
     /// A section's size as Azure counts it against `TwinLimits`.

@@ -10,6 +10,9 @@
 //! recomputed while loading, in the same pass that checks metadata against the properties, so a
 //! change to Azure's size counting never leaves stale numbers on disk.
 //!
+//! `configurations` (omitted when empty) is automatic device management's bookkeeping:
+//! `{"targeted":["cfg1","cfg2"],"applied":{"id":"cfg2","createdTime":"...","paths":[["fw"]]}}`.
+//!
 //! Evolution: a new field is added with `#[serde(default)]` and needs no schema bump; unknown fields
 //! are ignored. `schema` changes only for a layout older code cannot read, and such a document is
 //! refused rather than half-read.
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::metadata::MetadataNode;
+use crate::configuration::TwinConfigurations;
 use super::rules::members_size;
 use super::{Section, TwinDocument};
 
@@ -33,6 +37,8 @@ struct StoredTwinRef<'a> {
     tags: &'a Map<String, Value>,
     desired: StoredSectionRef<'a>,
     reported: StoredSectionRef<'a>,
+    #[serde(skip_serializing_if = "TwinConfigurations::is_empty")]
+    configurations: &'a TwinConfigurations,
 }
 
 #[derive(Serialize)]
@@ -52,6 +58,8 @@ pub(crate) struct StoredTwin {
     tags: Map<String, Value>,
     desired: StoredSection,
     reported: StoredSection,
+    #[serde(default)]
+    configurations: TwinConfigurations,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +112,7 @@ impl TryFrom<StoredTwin> for TwinDocument {
             tags_size,
             desired: stored.desired.into(),
             reported: stored.reported.into(),
+            configurations: stored.configurations,
         })
     }
 }
@@ -118,6 +127,7 @@ impl Serialize for TwinDocument {
             tags: &self.tags,
             desired: section_ref(&self.desired),
             reported: section_ref(&self.reported),
+            configurations: &self.configurations,
         }
         .serialize(serializer)
     }

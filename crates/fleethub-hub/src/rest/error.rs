@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use fleethub_core::configuration::ConfigurationError;
 use fleethub_protocol::errors::{ErrorBody, ErrorCode, NumericErrorBody};
 use fleethub_store::StoreError;
 use time::OffsetDateTime;
@@ -101,6 +102,16 @@ impl From<StoreError> for ApiError {
             }
             StoreError::JobNotFound(_) => ApiError::new(ErrorCode::JobNotFound, message),
             StoreError::JobAlreadyExists(_) => ApiError::new(ErrorCode::JobAlreadyExists, message),
+            StoreError::ConfigurationNotFound(_) => {
+                ApiError::new(ErrorCode::ConfigurationNotFound, message)
+            }
+            StoreError::ConfigurationAlreadyExists(_) => {
+                ApiError::new(ErrorCode::ConfigurationAlreadyExists, message)
+            }
+            StoreError::TooManyConfigurations { .. } => {
+                ApiError::new(ErrorCode::ConfigurationCountLimitExceeded, message)
+            }
+            StoreError::Configuration(error) => ApiError::from(error),
             StoreError::Twin(_) | StoreError::IdentitySpec(_) => {
                 ApiError::new(ErrorCode::ArgumentInvalid, message)
             }
@@ -108,6 +119,25 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::ServerError, message)
             }
         }
+    }
+}
+
+impl From<ConfigurationError> for ApiError {
+    fn from(error: ConfigurationError) -> Self {
+        let message = error.to_string();
+        let code = match error {
+            ConfigurationError::InvalidContent(_) => ErrorCode::InvalidConfigurationContent,
+            ConfigurationError::ImmutableContent => {
+                ErrorCode::CannotModifyImmutableConfigurationContent
+            }
+            ConfigurationError::TooManyMetrics { .. } | ConfigurationError::InvalidMetricName(_) => {
+                ErrorCode::InvalidConfigurationCustomMetricsQuery
+            }
+            ConfigurationError::InvalidId(_)
+            | ConfigurationError::InvalidPriority(_)
+            | ConfigurationError::InvalidLabel(_) => ErrorCode::ArgumentInvalid,
+        };
+        ApiError::new(code, message)
     }
 }
 

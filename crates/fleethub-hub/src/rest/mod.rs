@@ -4,6 +4,7 @@
 //! Handlers parse and authorise, call a service, and render; the mapping from failures to HTTP lives in
 //! [`error`] alone.
 
+mod bulk;
 mod changes;
 mod convert;
 pub mod error;
@@ -69,7 +70,7 @@ pub fn router(
     };
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/devices", get(list_devices))
+        .route("/devices", get(list_devices).post(bulk::bulk_devices))
         .route(
             "/devices/{device_id}",
             put(put_device)
