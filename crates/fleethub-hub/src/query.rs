@@ -58,7 +58,7 @@ struct Continuation {
     n: usize,
 }
 
-fn fingerprint(text: &str) -> String {
+pub(crate) fn fingerprint(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
         .take(8)
@@ -92,6 +92,12 @@ impl Services {
         max_items: usize,
     ) -> Result<QueryPage, RunQueryError> {
         let query = fleethub_query::parse(text)?;
+        if query.source == Source::Jobs {
+            // Job records have their own order and tokens (`jobs/device_jobs.rs`).
+            return self
+                .query_device_jobs(&query, text, continuation, max_items)
+                .await;
+        }
         let continuation = continuation
             .filter(|token| !token.is_empty())
             .map(|token| decode(token, text))
@@ -100,11 +106,7 @@ impl Services {
         let modules = match query.source {
             Source::Devices => false,
             Source::Modules => true,
-            Source::Jobs => {
-                return Err(RunQueryError::Unsupported(
-                    "queries over devices.jobs are not available yet on this hub".into(),
-                ));
-            }
+            Source::Jobs => unreachable!("devices.jobs queries are answered above"),
         };
         let (items, next) = if query.needs_all_rows() {
             let all = self.whole_answer(&query, modules).await?;
@@ -301,26 +303,18 @@ impl Services {
                 let Some(names) = path.names() else {
                     return Ok(false);
                 };
-                let Some(groups) = self
+                let Some(counts) = self
                     .store
                     .group_count(modules, pushdown.clone(), names.clone())
                     .await?
                 else {
                     return Ok(false);
                 };
-                let Some(total) = self.store.count_twins(modules, pushdown.clone()).await? else {
-                    return Ok(false);
-                };
-                let defined = Pushdown {
-                    predicate: fleethub_query::Predicate::And(vec![
-                        pushdown.predicate.clone(),
-                        fleethub_query::Predicate::IsDefined(names.clone()),
-                    ]),
-                    exact: true,
-                };
-                let Some(defined) = self.store.count_twins(modules, defined).await? else {
-                    return Ok(false);
-                };
+                let fleethub_store::GroupCounts {
+                    groups,
+                    defined,
+                    total,
+                } = counts;
                 // Objects and arrays at the path are their own groups, which the index cannot tell apart.
                 let scalars: u64 = groups.iter().map(|(_, count)| count).sum();
                 if scalars != defined {

@@ -66,6 +66,16 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         settle_seconds: u64,
     },
+    /// Twin queries over a large fleet: seeding through the bulk registry API, a selective tag filter, a
+    /// GROUP BY count over a reported property, and twin write throughput with the indexes on.
+    Query {
+        /// Twins in the fleet (e.g. 100000 or 1000000).
+        #[arg(long, default_value_t = 100_000)]
+        twins: usize,
+        /// Seconds of twin writes for the write-throughput measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Everything BENCHMARKS.md reports for the hub core, with its default parameters.
     All {
         #[arg(long, default_value_t = 10)]
@@ -138,6 +148,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             devices,
             settle_seconds,
         } => results.push(idle(&hub_bin, devices, settle_seconds).await?),
+        Scenario::Query { twins, seconds } => {
+            results.extend(queries(&hub_bin, twins, seconds).await?)
+        }
         Scenario::All { seconds } => {
             results.extend(methods(&hub_bin, 100, &[1, 100, 1000], seconds).await?);
             results.push(patches(&hub_bin, 1000, seconds).await?);
@@ -488,6 +501,202 @@ async fn idle(hub_bin: &Path, devices: usize, settle_seconds: u64) -> anyhow::Re
     result.bytes_per_connection = Some(per_connection);
     drop(clients);
     Ok(result)
+}
+
+/// The key every seeded twin shares, so the write benchmark can connect any of them (benchmark data only).
+const SEED_KEY: &str = "c2VlZGVkLWtleS1mb3ItYmVuY2htYXJrcy0wMDAwMDA=";
+const STATUSES: [&str; 4] = ["standBy", "downloading", "applying", "completed"];
+
+async fn queries(hub_bin: &Path, twins: usize, seconds: u64) -> anyhow::Result<Vec<Measurement>> {
+    let hub = Hub::start(hub_bin).await?;
+    let mut results = Vec::new();
+
+    // Seed: 1000 twins per bulk request, two requests in flight.
+    let progress = progress(twins as u64, "seeding twins");
+    let started = Instant::now();
+    let limit = Arc::new(Semaphore::new(2));
+    let mut tasks = JoinSet::new();
+    for batch_start in (0..twins).step_by(1000) {
+        let permit = Arc::clone(&limit).acquire_owned().await?;
+        let service = hub.service.clone();
+        let progress = progress.clone();
+        let batch_end = (batch_start + 1000).min(twins);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let items: Vec<serde_json::Value> = (batch_start..batch_end).map(seed_item).collect();
+            let body = serde_json::to_vec(&items)?;
+            let response = service
+                .raw(fleethub_service::Method::POST, "/devices", &[], Some(body))
+                .await?;
+            anyhow::ensure!(
+                response.status.is_success(),
+                "bulk create failed: {}",
+                String::from_utf8_lossy(&response.body)
+            );
+            progress.inc((batch_end - batch_start) as u64);
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    progress.finish_and_clear();
+    let seeded = started.elapsed();
+    let mut seeding = measurement(
+        "bulk registry create",
+        format!("{twins} twins with tags and reported, 1000 per request"),
+        Vec::new(),
+        0,
+        seeded,
+    );
+    seeding.operations = twins as u64;
+    seeding.per_second = twins as f64 / seeded.as_secs_f64();
+    results.push(seeding);
+
+    // A selective tag filter: one building of 1000 (0.1% of the fleet), first page of 100.
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let started = Instant::now();
+    for round in 0..200 {
+        let building = format!("b{:04}", (round * 37) % 1000);
+        let text = format!("SELECT * FROM devices WHERE tags.building = '{building}'");
+        let sent = Instant::now();
+        match hub.service.query_page(&text, None, Some(100)).await {
+            Ok(page) if !page.items.is_empty() => latencies.push(sent.elapsed().as_micros() as u32),
+            _ => errors += 1,
+        }
+    }
+    results.push(measurement(
+        "query: selective tag filter",
+        format!("{twins} twins, tags.building = one of 1000, first 100 twins"),
+        latencies,
+        errors,
+        started.elapsed(),
+    ));
+
+    // GROUP BY count over a reported property.
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let started = Instant::now();
+    let text = "SELECT properties.reported.firmwareStatus AS status, COUNT() AS n FROM devices \
+                GROUP BY properties.reported.firmwareStatus";
+    for _ in 0..10 {
+        let sent = Instant::now();
+        match hub.service.query_page(text, None, None).await {
+            Ok(page) if page.items.len() == 4 => latencies.push(sent.elapsed().as_micros() as u32),
+            _ => errors += 1,
+        }
+    }
+    results.push(measurement(
+        "query: GROUP BY count",
+        format!("{twins} twins, 4 firmwareStatus values"),
+        latencies,
+        errors,
+        started.elapsed(),
+    ));
+
+    // Twin writes with the indexes on: service tag patches (the tags are indexed) from 64 callers.
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for worker in 0..64usize {
+        let service = hub.service.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut index = worker;
+            while Instant::now() < deadline {
+                let id: DeviceId = format!("twin-{:07}", index % twins)
+                    .parse()
+                    .expect("valid id");
+                index += 64;
+                let patch = json!({"tags": {"floor": index % 20, "rack": index % 50}});
+                let sent = Instant::now();
+                match service.update_twin(&id, &patch, None).await {
+                    Ok(_) => latencies.push(sent.elapsed().as_micros() as u32),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let (latencies, errors) = join_latencies(&mut tasks).await?;
+    results.push(measurement(
+        "twin tag writes, indexes on",
+        format!("{twins} twins, 64 concurrent REST PATCH"),
+        latencies,
+        errors,
+        started.elapsed(),
+    ));
+
+    // Durable reported patches from 1000 connected devices on the large fleet (firmwareStatus is indexed).
+    let strings: Vec<String> = (0..1000.min(twins))
+        .map(|index| {
+            format!("HostName=localhost;DeviceId=twin-{index:07};SharedAccessKey={SEED_KEY}")
+        })
+        .collect();
+    let (clients, _) = hub.connect_devices(&strings, false).await?;
+    for client in &clients {
+        client.patch_reported(&json!({"warm": true})).await?;
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = JoinSet::new();
+    for client in clients {
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut sequence = 0u64;
+            while Instant::now() < deadline {
+                sequence += 1;
+                let patch = json!({"firmwareStatus": STATUSES[(sequence % 4) as usize], "sequence": sequence});
+                let sent = Instant::now();
+                match client.patch_reported(&patch).await {
+                    Ok(_) => latencies.push(sent.elapsed().as_micros() as u32),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let (latencies, errors) = join_latencies(&mut tasks).await?;
+    results.push(measurement(
+        "durable reported patches, indexes on",
+        format!("{twins} twins, 1000 devices"),
+        latencies,
+        errors,
+        started.elapsed(),
+    ));
+    Ok(results)
+}
+
+fn seed_item(index: usize) -> serde_json::Value {
+    json!({
+        "id": format!("twin-{index:07}"),
+        "importMode": "create",
+        "authentication": {"type": "sas", "symmetricKey": {"primaryKey": SEED_KEY, "secondaryKey": SEED_KEY}},
+        "tags": {
+            "building": format!("b{:04}", index % 1000),
+            "floor": index % 20,
+            "region": if index % 2 == 0 { "eu" } else { "us" },
+        },
+        "properties": {"reported": {
+            "firmwareStatus": STATUSES[index % 4],
+            "firmwareVersion": format!("1.{}", index % 7),
+            "temperature": 20.5,
+        }},
+    })
+}
+
+async fn join_latencies(tasks: &mut JoinSet<(Vec<u32>, u64)>) -> anyhow::Result<(Vec<u32>, u64)> {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (part, failed) = joined?;
+        latencies.extend(part);
+        errors += failed;
+    }
+    Ok((latencies, errors))
 }
 
 fn measurement(

@@ -66,10 +66,9 @@ pub(crate) fn insert(
     if load(connection, &configuration.id)?.is_some() {
         return Err(StoreError::ConfigurationAlreadyExists(configuration.id));
     }
-    let count: i64 =
-        connection
-            .prepare_cached("SELECT COUNT(*) FROM configurations")?
-            .query_row([], |row| row.get(0))?;
+    let count: i64 = connection
+        .prepare_cached("SELECT COUNT(*) FROM configurations")?
+        .query_row([], |row| row.get(0))?;
     if count as usize >= max {
         return Err(StoreError::TooManyConfigurations { max });
     }

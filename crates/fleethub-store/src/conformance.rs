@@ -2,6 +2,7 @@
 //! factory that opens the backend on the same underlying data each time it is called (so persistence
 //! across reopening is checked too).
 
+mod configurations;
 mod jobs;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     drop(store);
     everything_survives_reopening(factory).await;
     jobs::run_all(factory).await;
+    configurations::run_all(factory).await;
 }
 
 fn device(id: &str) -> IdentityKey {
@@ -441,7 +443,10 @@ async fn bulk_writes_apply_each_item_on_its_own(store: &dyn Store) {
         .expect("get")
         .expect("created in bulk");
     assert_eq!(created.twin.tags()["site"], json!("x"));
-    assert_eq!(created.twin.properties_json()["reported"]["firmwareStatus"], json!("standBy"));
+    assert_eq!(
+        created.twin.properties_json()["reported"]["firmwareStatus"],
+        json!("standBy")
+    );
     assert!(
         store
             .get(&device("bulk-bad-twin"))

@@ -1,10 +1,10 @@
 //! The twin index of the SQLite store: an inverted index over configured twin paths, and the translation of
 //! query predicates (`fleethub_query::Predicate`) into SQL that uses it.
 //!
-//! Every JSON node under an indexed path gets one row `(path, kind, value, row)`: `path` is the node's key path
+//! Every JSON node under an indexed path gets one row `(path, module, kind, value, row)`: `path` is the node's key path
 //! in the query document (the service twin JSON: `tags.site`, `properties.reported.firmwareStatus`), keys
 //! joined by U+001F (twin keys cannot hold control characters, so the join is unambiguous); `kind` is the JSON
-//! type; `value` the scalar (booleans as 0/1; null, objects and arrays as a placeholder 0); `row` the
+//! type (`module` says whether the twin is a module's); `value` the scalar (booleans as 0/1; null, objects and arrays as a placeholder 0); `row` the
 //! identity's rowid.
 //! Objects and arrays have rows too, so "is defined" is one lookup whatever the node's type.
 //!
@@ -231,13 +231,22 @@ pub(crate) struct Translation {
     pub sql: String,
     pub parameters: Vec<SqlValue>,
     pub exact: bool,
+    /// 1 for modules' twins, 0 for devices'.
+    module: i64,
 }
 
-pub(crate) fn translate(predicate: &Predicate, indexed: &IndexedPaths) -> Translation {
+/// `modules`: whether the query is over modules' twins (the index keeps them apart, so a lookup constrains it
+/// and stays on one contiguous index range).
+pub(crate) fn translate(
+    predicate: &Predicate,
+    indexed: &IndexedPaths,
+    modules: bool,
+) -> Translation {
     let mut translation = Translation {
         sql: String::new(),
         parameters: Vec::new(),
         exact: true,
+        module: i64::from(modules),
     };
     let sql = translate_into(predicate, indexed, &mut translation);
     translation.sql = sql;
@@ -296,7 +305,8 @@ fn translate_into(predicate: &Predicate, indexed: &IndexedPaths, out: &mut Trans
                 format!(" AND value {} {value_parameter}", sql_operator(*op))
             };
             format!(
-                "i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter} AND kind = {kind_parameter}{condition})"
+                "i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter} AND module = {} AND kind = {kind_parameter}{condition})",
+                out.module
             )
         }
         Predicate::In { path, values } => {
@@ -323,7 +333,10 @@ fn translate_into(predicate: &Predicate, indexed: &IndexedPaths, out: &mut Trans
                 }
             } else if indexed.covers(path) {
                 let path_parameter = parameter(out, SqlValue::Text(join(path)));
-                format!("i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter})")
+                format!(
+                    "i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter} AND module = {})",
+                    out.module
+                )
             } else {
                 out.exact = false;
                 return "1".into();
@@ -349,8 +362,9 @@ fn translate_into(predicate: &Predicate, indexed: &IndexedPaths, out: &mut Trans
             }
             let path_parameter = parameter(out, SqlValue::Text(join(path)));
             format!(
-                "i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter} AND kind = {KIND_STRING} \
-                 AND value >= {prefix_parameter} AND substr(value, 1, length({prefix_parameter})) = {prefix_parameter})"
+                "i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter} AND module = {} AND kind = {KIND_STRING} \
+                 AND value >= {prefix_parameter} AND substr(value, 1, length({prefix_parameter})) = {prefix_parameter})",
+                out.module
             )
         }
     }

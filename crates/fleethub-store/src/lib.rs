@@ -9,8 +9,8 @@
 //! - domain rules (twin merge, versions, limits, identity rules) come from `fleethub-core`, so every backend
 //!   behaves alike; a backend only decides how to keep bytes.
 
-pub mod conformance;
 mod configurations;
+pub mod conformance;
 mod index;
 mod jobs;
 mod records;
@@ -25,9 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use fleethub_core::access::AccessPolicy;
-use fleethub_core::configuration::{
-    Assignment, Configuration, ConfigurationId, ConfigurationSpec,
-};
+use fleethub_core::configuration::{Assignment, Configuration, ConfigurationId, ConfigurationSpec};
 use fleethub_core::executor::{Statistics, TargetRecord};
 use fleethub_core::identity::{FreshKeys, IdentityKey, IdentitySpec};
 use fleethub_protocol::ids::{DeviceId, IfMatch, JobId};
@@ -37,8 +35,16 @@ use time::OffsetDateTime;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type StoreResult<T> = Result<T, StoreError>;
-/// Per distinct value, how many twins have it (see [`Store::group_count`]).
-pub type GroupCounts = Vec<(serde_json::Value, u64)>;
+/// The answer of [`Store::group_count`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupCounts {
+    /// Per distinct scalar value at the path, how many matching twins have it.
+    pub groups: Vec<(serde_json::Value, u64)>,
+    /// Matching twins where the path exists (scalars, objects and arrays alike).
+    pub defined: u64,
+    /// Matching twins.
+    pub total: u64,
+}
 
 /// Everything the hub keeps durably. Object-safe so the hub holds an `Arc<dyn Store>` and a PostgreSQL
 /// backend can be added without touching the services.
@@ -200,8 +206,7 @@ pub trait Store: Send + Sync + 'static {
         id: &ConfigurationId,
     ) -> BoxFuture<'_, StoreResult<Option<Configuration>>>;
     /// Configurations by id, at most `limit`.
-    fn list_configurations(&self, limit: usize)
-    -> BoxFuture<'_, StoreResult<Vec<Configuration>>>;
+    fn list_configurations(&self, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Configuration>>>;
     /// Deletes a configuration if its etag matches; twins keep their bookkeeping until re-evaluated.
     fn delete_configuration(
         &self,

@@ -22,18 +22,16 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::index::{self, IndexedPaths, Section};
-use crate::configurations;
-use crate::jobs::{self, JOB_TARGET_CHUNK, JobFilter, JobRecord};
 use crate::AssignConfigurations;
-use fleethub_core::configuration::{
-    self, Configuration, ConfigurationId, ConfigurationSpec,
-};
+use crate::configurations;
+use crate::index::{self, IndexedPaths, Section};
+use crate::jobs::{self, JOB_TARGET_CHUNK, JobFilter, JobRecord};
 use crate::{
     BoxFuture, BulkApplied, BulkOperation, ChangeOperation, ChangeRecord, CreateIdentity,
     DeviceRecord, IdentityUpdated, RegistryCounts, Store, StoreError, StoreResult, StoredSession,
     TwinChange, TwinQuery, TwinUpdated, UpdateIdentity, UpdateTwin,
 };
+use fleethub_core::configuration::{self, Configuration, ConfigurationId, ConfigurationSpec};
 use fleethub_core::executor::{Statistics, TargetRecord};
 use fleethub_protocol::ids::JobId;
 use fleethub_query::Pushdown;
@@ -80,14 +78,17 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 2: the twin index: one row per JSON node under the configured indexed paths (see index.rs).
     r#"
+    -- module: 0 for a device's twin, 1 for a module's, so fleet-wide counts never touch `identities`.
     CREATE TABLE twin_index (
         path TEXT NOT NULL,
+        module INTEGER NOT NULL,
         kind INTEGER NOT NULL,
         value,
         row INTEGER NOT NULL,
-        PRIMARY KEY (path, kind, value, row)
+        PRIMARY KEY (path, module, kind, value, row)
     ) WITHOUT ROWID;
     CREATE INDEX twin_index_by_row ON twin_index (row, path);
+    CREATE INDEX identities_by_module ON identities (module_id);
     "#,
     // 3: jobs and the per-target records of their executions (see jobs.rs).
     crate::jobs::MIGRATION,
@@ -656,10 +657,11 @@ fn reindex(
         delete.execute(params![row, root, upper])?;
     }
     let mut insert = connection.prepare_cached(
-        "INSERT OR REPLACE INTO twin_index (path, kind, value, row) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR REPLACE INTO twin_index (path, module, kind, value, row) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
+    let module = i64::from(record.key.module_id.is_some());
     for (path, kind, value) in indexed.entries(&record.identity, &record.twin, sections) {
-        insert.execute(params![path, kind, value, row])?;
+        insert.execute(params![path, module, kind, value, row])?;
     }
     Ok(())
 }
@@ -973,7 +975,7 @@ impl Store for SqliteStore {
     fn query_twins(&self, request: TwinQuery) -> BoxFuture<'_, StoreResult<Vec<DeviceRecord>>> {
         let indexed = self.indexed_paths.clone();
         self.read(move |connection| {
-            let mut translation = index::translate(&request.filter, &indexed);
+            let mut translation = index::translate(&request.filter, &indexed, request.modules);
             let module_condition = if request.modules { "i.module_id != ''" } else { "i.module_id = ''" };
             let after = match &request.after {
                 Some(key) => {
@@ -1011,7 +1013,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<Option<u64>>> {
         let indexed = self.indexed_paths.clone();
         self.read(move |connection| {
-            let translation = index::translate(&filter.predicate, &indexed);
+            let translation = index::translate(&filter.predicate, &indexed, modules);
             if !(filter.exact && translation.exact) {
                 return Ok(None);
             }
@@ -1040,23 +1042,55 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<Option<crate::GroupCounts>>> {
         let indexed = self.indexed_paths.clone();
         self.read(move |connection| {
-            let mut translation = index::translate(&filter.predicate, &indexed);
+            let mut translation = index::translate(&filter.predicate, &indexed, modules);
             let Some(index_path) = index::indexed_path(&path, &indexed) else {
                 return Ok(None);
             };
             if !(filter.exact && translation.exact) {
                 return Ok(None);
             }
-            translation.parameters.push(SqlValue::Text(index_path));
-            let path_parameter = translation.parameters.len();
+            let module = i64::from(modules);
             let module_condition = if modules { "i.module_id != ''" } else { "i.module_id = ''" };
-            // Scalars only (kinds 0-3): objects and arrays are not group keys.
-            let sql = format!(
-                "SELECT t.kind, t.value, COUNT(*) FROM twin_index t JOIN identities i ON i.id = t.row
-                 WHERE t.path = ?{path_parameter} AND t.kind <= 3 AND {module_condition} AND {}
-                 GROUP BY t.kind, t.value",
-                translation.sql
-            );
+            let unfiltered = translation.sql == "1";
+            // Every twin has one index row per node, so with no WHERE the counts come from the index alone
+            // (and the identities' module index), never reading a twin.
+            let (total, defined, sql) = if unfiltered {
+                let total: i64 = connection
+                    .prepare_cached(&format!("SELECT COUNT(*) FROM identities i WHERE {module_condition}"))?
+                    .query_row([], |row| row.get(0))?;
+                let defined: i64 = connection
+                    .prepare_cached("SELECT COUNT(*) FROM twin_index WHERE path = ?1 AND module = ?2")?
+                    .query_row(params![index_path, module], |row| row.get(0))?;
+                translation.parameters = vec![SqlValue::Text(index_path), SqlValue::Integer(module)];
+                let sql = "SELECT kind, value, COUNT(*) FROM twin_index WHERE path = ?1 AND module = ?2 AND kind <= 3
+                           GROUP BY kind, value"
+                    .to_owned();
+                (total, defined, sql)
+            } else {
+                let parameters = rusqlite::params_from_iter(translation.parameters.iter());
+                let total: i64 = connection
+                    .prepare_cached(&format!(
+                        "SELECT COUNT(*) FROM identities i WHERE {module_condition} AND {}",
+                        translation.sql
+                    ))?
+                    .query_row(parameters, |row| row.get(0))?;
+                translation.parameters.push(SqlValue::Text(index_path));
+                let path_parameter = translation.parameters.len();
+                let defined: i64 = connection
+                    .prepare_cached(&format!(
+                        "SELECT COUNT(*) FROM twin_index t JOIN identities i ON i.id = t.row
+                         WHERE t.path = ?{path_parameter} AND {module_condition} AND {}",
+                        translation.sql
+                    ))?
+                    .query_row(rusqlite::params_from_iter(translation.parameters.iter()), |row| row.get(0))?;
+                let sql = format!(
+                    "SELECT t.kind, t.value, COUNT(*) FROM twin_index t JOIN identities i ON i.id = t.row
+                     WHERE t.path = ?{path_parameter} AND t.kind <= 3 AND {module_condition} AND {}
+                     GROUP BY t.kind, t.value",
+                    translation.sql
+                );
+                (total, defined, sql)
+            };
             let mut statement = connection.prepare_cached(&sql)?;
             let mut rows = statement.query(rusqlite::params_from_iter(translation.parameters.iter()))?;
             let mut groups = Vec::new();
@@ -1068,7 +1102,7 @@ impl Store for SqliteStore {
                     groups.push((value, count as u64));
                 }
             }
-            Ok(Some(groups))
+            Ok(Some(crate::GroupCounts { groups, defined: defined as u64, total: total as u64 }))
         })
     }
 
@@ -1342,10 +1376,7 @@ impl Store for SqliteStore {
         self.read(move |connection| configurations::load(connection, &id))
     }
 
-    fn list_configurations(
-        &self,
-        limit: usize,
-    ) -> BoxFuture<'_, StoreResult<Vec<Configuration>>> {
+    fn list_configurations(&self, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Configuration>>> {
         self.read(move |connection| configurations::list(connection, limit))
     }
 
@@ -1377,14 +1408,14 @@ impl Store for SqliteStore {
                 };
                 let limits = context.options.twin_limits;
                 // Refused before anything is written (core validates a patch in full first).
-                let assigned = match configuration::assign(&mut record.twin, &assignment, now, &limits)
-                {
-                    Ok(assigned) => assigned,
-                    Err(error) => {
-                        context.remember(record);
-                        return Err(error.into());
-                    }
-                };
+                let assigned =
+                    match configuration::assign(&mut record.twin, &assignment, now, &limits) {
+                        Ok(assigned) => assigned,
+                        Err(error) => {
+                            context.remember(record);
+                            return Err(error.into());
+                        }
+                    };
                 if assigned.changed {
                     let sections = match &assigned.desired_patch_for_device {
                         Some(_) if context.options.indexed_paths.has_section(Section::Desired) => {
@@ -1392,7 +1423,12 @@ impl Store for SqliteStore {
                         }
                         _ => Vec::new(),
                     };
-                    store_twin(connection, &context.options.indexed_paths, &record, &sections)?;
+                    store_twin(
+                        connection,
+                        &context.options.indexed_paths,
+                        &record,
+                        &sections,
+                    )?;
                     if let Some(patch) = &assigned.desired_patch_for_device {
                         let body = json!({
                             "version": record.twin.version(),

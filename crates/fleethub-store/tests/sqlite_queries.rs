@@ -264,7 +264,8 @@ async fn pushdown_agrees_with_the_evaluator_on_a_table_of_conditions() {
         .await
         .unwrap()
         .expect("firmwareStatus is indexed by default");
-    for (value, count) in &groups {
+    assert_eq!(groups.total as usize, everything.len());
+    for (value, count) in &groups.groups {
         let expected = everything
             .iter()
             .filter(|document| &document["properties"]["reported"]["firmwareStatus"] == value)
@@ -272,7 +273,7 @@ async fn pushdown_agrees_with_the_evaluator_on_a_table_of_conditions() {
         assert_eq!(*count as usize, expected, "group {value}");
     }
     assert_eq!(
-        groups.iter().map(|(_, count)| count).sum::<u64>() as usize,
+        groups.defined as usize,
         everything
             .iter()
             .filter(|document| document["properties"]["reported"]
