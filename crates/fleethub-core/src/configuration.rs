@@ -167,9 +167,10 @@ impl DesiredContent {
             };
             let rest = match twin_path.strip_prefix(DESIRED_PREFIX) {
                 Some("") => None,
-                Some(rest) => Some(rest.strip_prefix('.').ok_or_else(|| {
-                    invalid(format!("a path starts with {DESIRED_PREFIX}."))
-                })?),
+                Some(rest) => Some(
+                    rest.strip_prefix('.')
+                        .ok_or_else(|| invalid(format!("a path starts with {DESIRED_PREFIX}.")))?,
+                ),
                 None => {
                     return Err(invalid(format!(
                         "configurations write desired properties; a path starts with {DESIRED_PREFIX}"
@@ -179,7 +180,9 @@ impl DesiredContent {
             match rest {
                 None => {
                     let members = value.as_object().ok_or_else(|| {
-                        invalid(format!("the content of {DESIRED_PREFIX} itself must be an object"))
+                        invalid(format!(
+                            "the content of {DESIRED_PREFIX} itself must be an object"
+                        ))
                     })?;
                     for (key, member) in members {
                         check_key(key).map_err(&invalid)?;
@@ -265,9 +268,13 @@ pub enum ConfigurationError {
     InvalidId(#[from] ConfigurationIdError),
     #[error("{0}")]
     InvalidContent(String),
-    #[error("the content of a configuration cannot be changed; only targetCondition, priority, labels and metrics can")]
+    #[error(
+        "the content of a configuration cannot be changed; only targetCondition, priority, labels and metrics can"
+    )]
     ImmutableContent,
-    #[error("a configuration has at most {MAX_CUSTOM_METRICS} custom metrics, this one has {count}")]
+    #[error(
+        "a configuration has at most {MAX_CUSTOM_METRICS} custom metrics, this one has {count}"
+    )]
     TooManyMetrics { count: usize },
     #[error("metric name {0:?} is not allowed: names are 1 to 128 characters without `$`")]
     InvalidMetricName(String),
@@ -468,7 +475,11 @@ impl TwinConfigurations {
     }
 
     pub fn status(&self, id: &ConfigurationId) -> Option<ConfigurationStatus> {
-        if self.applied.as_ref().is_some_and(|applied| &applied.id == id) {
+        if self
+            .applied
+            .as_ref()
+            .is_some_and(|applied| &applied.id == id)
+        {
             Some(ConfigurationStatus::Applied)
         } else if self.targeted.contains(id) {
             Some(ConfigurationStatus::Targeted)
@@ -654,7 +665,9 @@ fn without_nulls(value: &Value) -> Option<Value> {
         Value::Object(members) => Some(Value::Object(
             members
                 .iter()
-                .filter_map(|(key, member)| without_nulls(member).map(|member| (key.clone(), member)))
+                .filter_map(|(key, member)| {
+                    without_nulls(member).map(|member| (key.clone(), member))
+                })
                 .collect(),
         )),
         other => Some(other.clone()),

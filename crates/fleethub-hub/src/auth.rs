@@ -33,6 +33,16 @@ pub mod required {
     pub const QUERY: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
     /// The change feed (`GET /changes`) shows twins and registry changes.
     pub const WATCH_CHANGES: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
+    /// Configurations (automatic device management) are read like the registry and written with
+    /// RegistryWrite (our choice: Azure documents no shared-access right for them; see docs/compat.md).
+    pub const CONFIGURATION_READ: Requirement = Requirement(&[RegistryRead, ServiceConnect]);
+    pub const CONFIGURATION_WRITE: Requirement = Requirement(&[RegistryWrite]);
+    /// Jobs v2 (`PUT /jobs/v2/{id}`, cancel): Azure's jobs docs ask for RegistryRead and RegistryWrite (the
+    /// `registryReadWrite` policy); a job's action is a twin write or a method call, which ServiceConnect
+    /// allows one device at a time, so either right may schedule it.
+    pub const JOB_WRITE: Requirement = Requirement(&[ServiceConnect, RegistryWrite]);
+    /// Reading jobs (`GET /jobs/v2/{id}`, `GET /jobs/v2/query`).
+    pub const JOB_READ: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod configurations;
+pub mod jobs;
 pub mod listeners;
 pub mod methods;
 pub mod mqtt;
@@ -71,6 +73,7 @@ pub struct RunningHub {
     pub https_address: SocketAddr,
     pub ca_pem: String,
     pub services: Arc<Services>,
+    pub jobs: Arc<jobs::JobService>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     _lock: fs::File,
@@ -80,6 +83,8 @@ impl RunningHub {
     /// Stops accepting, closes device connections (recording them disconnected) and waits up to `grace`
     /// for in-flight work. Writes already queued to the store always complete.
     pub async fn shutdown(self, grace: Duration) {
+        // Jobs first, while devices are still connected: their running attempts can finish.
+        self.jobs.stop(grace).await;
         self.services.sessions.close_all(CloseReason::ShuttingDown);
         self.shutdown.cancel();
         self.tracker.close();
@@ -185,12 +190,14 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     let tracker = TaskTracker::new();
     let limiter = ConnectionLimiter::new(services.config.limits.max_connections);
     let ready = Arc::new(AtomicBool::new(false));
+    let jobs = jobs::JobService::start(Arc::clone(&services), &shutdown).await?;
     let router = rest::router(
         Arc::clone(&services),
         Arc::clone(&ready),
         shutdown.clone(),
         tracker.clone(),
-    );
+    )
+    .layer(axum::Extension(Arc::clone(&jobs)));
 
     tracker.spawn(listeners::run_mqtt_listener(
         mqtt_listener,
@@ -209,6 +216,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         tracker.clone(),
         shutdown.clone(),
     ));
+    tracker.spawn(configurations::run(Arc::clone(&services), shutdown.clone()));
     tracker.spawn(run_activity_flusher(
         Arc::clone(&services),
         shutdown.clone(),
@@ -221,6 +229,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         https_address,
         ca_pem: certificates.ca_pem,
         services,
+        jobs,
         shutdown,
         tracker,
         _lock: lock,

@@ -204,10 +204,16 @@ impl Services {
         let mut last_key = None;
         let mut exhausted = wanted == 0;
         while items.len() < wanted && !exhausted {
+            // An exact pushdown returns only matches: read no more than the page still needs.
+            let batch = if pushdown.exact {
+                (wanted - items.len()).max(16)
+            } else {
+                STORE_PAGE
+            };
             let records = self
-                .candidates(&pushdown, modules, after.clone(), STORE_PAGE)
+                .candidates(&pushdown, modules, after.clone(), batch)
                 .await?;
-            exhausted = records.len() < STORE_PAGE;
+            exhausted = records.len() < batch;
             after = records.last().map(|record| record.key.clone());
             for record in records {
                 let document = record.twin_json();

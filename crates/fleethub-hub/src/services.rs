@@ -12,9 +12,8 @@ use fleethub_protocol::ids::{DeviceId, IfMatch};
 use fleethub_protocol::rest::{ConnectionState, DeviceStatus};
 use fleethub_protocol::topics::Subscription;
 use fleethub_store::{
-    BulkOperation,
-    CreateIdentity, DeviceRecord, Store, StoreError, TwinChange, TwinCommitHook, TwinUpdated,
-    UpdateIdentity, UpdateTwin,
+    BulkOperation, CreateIdentity, DeviceRecord, Store, StoreError, TwinChange, TwinCommitHook,
+    TwinUpdated, UpdateIdentity, UpdateTwin,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -28,6 +27,8 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<SessionTable>,
     pub methods: PendingMethods,
+    /// Automatic device management's shared state (the engine runs in `configurations::run`).
+    pub configurations: crate::configurations::Configurations,
     policies: RwLock<Arc<Vec<AccessPolicy>>>,
 }
 
@@ -133,6 +134,7 @@ impl Services {
             store,
             sessions,
             methods: PendingMethods::default(),
+            configurations: crate::configurations::Configurations::new(),
             policies: RwLock::new(Arc::new(policies)),
         }
     }
@@ -280,22 +282,37 @@ impl Services {
 
     /// Many registry writes in one durable transaction (`POST /devices`). Each item succeeds or fails on its
     /// own; pushes and disconnects follow as for single writes.
-    pub async fn bulk_registry(&self, items: Vec<BulkItem>) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    pub async fn bulk_registry(
+        &self,
+        items: Vec<BulkItem>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let now = self.now();
         let mut operations = Vec::with_capacity(items.len());
         for item in items {
             let operation = match item.mode {
                 BulkMode::Create => BulkOperation::Create {
-                    request: self.create_request(item.key, item.spec.unwrap_or_else(default_spec), now),
+                    request: self.create_request(
+                        item.key,
+                        item.spec.unwrap_or_else(default_spec),
+                        now,
+                    ),
                     twin_patch: item.twin_patch,
                     reported: item.reported,
                 },
                 BulkMode::Upsert(if_match) => {
                     let spec = item.spec.unwrap_or_else(default_spec);
                     if self.store.get(&item.key).await?.is_some() {
-                        let request =
-                            UpdateIdentity { key: item.key, spec, if_match, fresh_keys: fresh_keys(), now };
-                        BulkOperation::Update { request, twin_patch: item.twin_patch }
+                        let request = UpdateIdentity {
+                            key: item.key,
+                            spec,
+                            if_match,
+                            fresh_keys: fresh_keys(),
+                            now,
+                        };
+                        BulkOperation::Update {
+                            request,
+                            twin_patch: item.twin_patch,
+                        }
                     } else {
                         BulkOperation::Create {
                             request: self.create_request(item.key, spec, now),
@@ -304,7 +321,10 @@ impl Services {
                         }
                     }
                 }
-                BulkMode::Delete(if_match) => BulkOperation::Delete { key: item.key, if_match },
+                BulkMode::Delete(if_match) => BulkOperation::Delete {
+                    key: item.key,
+                    if_match,
+                },
                 BulkMode::UpdateTwin(if_match) => BulkOperation::UpdateTwin {
                     key: item.key,
                     patch: item.twin_patch.unwrap_or_else(|| serde_json::json!({})),
@@ -314,7 +334,10 @@ impl Services {
             };
             operations.push(operation);
         }
-        let kinds: Vec<bool> = operations.iter().map(|operation| matches!(operation, BulkOperation::Delete { .. })).collect();
+        let kinds: Vec<bool> = operations
+            .iter()
+            .map(|operation| matches!(operation, BulkOperation::Delete { .. }))
+            .collect();
         let results = self.store.bulk(operations).await?;
         Ok(results
             .into_iter()
@@ -324,23 +347,50 @@ impl Services {
                 if deleted {
                     self.sessions.disconnect(&applied.key, CloseReason::Deleted);
                     if applied.key.module_id.is_none() {
-                        self.sessions.disconnect_device_and_modules(&applied.key.device_id, CloseReason::Deleted);
+                        self.sessions.disconnect_device_and_modules(
+                            &applied.key.device_id,
+                            CloseReason::Deleted,
+                        );
                     }
                 } else if applied.status_changed
-                    && applied.record.as_ref().is_some_and(|record| record.identity.status == DeviceStatus::Disabled)
+                    && applied
+                        .record
+                        .as_ref()
+                        .is_some_and(|record| record.identity.status == DeviceStatus::Disabled)
                 {
-                    self.sessions.disconnect_device_and_modules(&applied.key.device_id, CloseReason::Disabled);
+                    self.sessions.disconnect_device_and_modules(
+                        &applied.key.device_id,
+                        CloseReason::Disabled,
+                    );
                 }
-                if let (Some(patch), Some(record)) = (&applied.desired_patch_for_device, &applied.record) {
-                    push_desired_patch(&self.sessions, &applied.key, record.twin.desired_version(), patch);
+                if let (Some(patch), Some(record)) =
+                    (&applied.desired_patch_for_device, &applied.record)
+                {
+                    push_desired_patch(
+                        &self.sessions,
+                        &applied.key,
+                        record.twin.desired_version(),
+                        patch,
+                    );
                 }
                 Ok(())
             })
             .collect())
     }
 
-    fn create_request(&self, key: IdentityKey, spec: IdentitySpec, now: OffsetDateTime) -> CreateIdentity {
-        CreateIdentity { key, spec, generation_id: generation_id(now), fresh_keys: fresh_keys(), now }
+    fn create_request(
+        &self,
+        key: IdentityKey,
+        spec: IdentitySpec,
+        now: OffsetDateTime,
+    ) -> CreateIdentity {
+        CreateIdentity {
+            key,
+            spec,
+            generation_id: generation_id(now),
+            fresh_keys: fresh_keys(),
+            now,
+        }
     }
 
     // ---- methods ----
@@ -409,7 +459,12 @@ impl Services {
     }
 }
 
-fn push_desired_patch(sessions: &SessionTable, key: &IdentityKey, version: u64, patch: &Value) {
+pub(crate) fn push_desired_patch(
+    sessions: &SessionTable,
+    key: &IdentityKey,
+    version: u64,
+    patch: &Value,
+) {
     let payload = Bytes::from(serde_json::to_vec(patch).expect("a JSON value always serialises"));
     match sessions.deliver(
         key,

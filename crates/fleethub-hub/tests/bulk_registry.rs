@@ -24,8 +24,18 @@ async fn import_modes_create_update_delete_and_patch_twins_item_by_item() {
     assert_eq!(created.status, StatusCode::BAD_REQUEST, "{}", created.body);
     assert_eq!(created.body["isSuccessful"], json!(false));
     let errors = created.body["errors"].as_array().unwrap();
-    assert_eq!(errors.len(), 1, "only the module of a missing device fails: {errors:?}");
-    assert_eq!((errors[0]["deviceId"].as_str(), errors[0]["errorCode"].as_str()), (Some("b3"), Some("DeviceNotFound")));
+    assert_eq!(
+        errors.len(),
+        1,
+        "only the module of a missing device fails: {errors:?}"
+    );
+    assert_eq!(
+        (
+            errors[0]["deviceId"].as_str(),
+            errors[0]["errorCode"].as_str()
+        ),
+        (Some("b3"), Some("DeviceNotFound"))
+    );
     assert_eq!(errors[0]["operation"], json!("create"));
 
     let twin = api.send(Method::GET, "/twins/b1", &[], None).await;
@@ -34,7 +44,10 @@ async fn import_modes_create_update_delete_and_patch_twins_item_by_item() {
     assert_eq!(device.body["status"], json!("disabled"));
     let twin2 = api.send(Method::GET, "/twins/b2", &[], None).await;
     assert_eq!(twin2.body["properties"]["desired"]["fw"], json!("1"));
-    let b2_etag = api.send(Method::GET, "/devices/b2", &[], None).await.body["etag"].as_str().unwrap().to_owned();
+    let b2_etag = api.send(Method::GET, "/devices/b2", &[], None).await.body["etag"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let mixed = api
         .send(
@@ -57,22 +70,70 @@ async fn import_modes_create_update_delete_and_patch_twins_item_by_item() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|error| (error["deviceId"].as_str().unwrap().to_owned(), error["errorCode"].as_str().unwrap().to_owned()))
+        .map(|error| {
+            (
+                error["deviceId"].as_str().unwrap().to_owned(),
+                error["errorCode"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert!(codes.contains(&("b1".into(), "DeviceAlreadyExists".into())), "{codes:?}");
-    assert!(codes.contains(&("b1".into(), "PreconditionFailed".into())), "{codes:?}");
-    assert!(codes.contains(&("b9".into(), "DeviceNotFound".into())), "{codes:?}");
-    assert!(codes.contains(&("bad id!".into(), "ArgumentInvalid".into())), "{codes:?}");
-    assert!(codes.contains(&("b2".into(), "ArgumentInvalid".into())), "deleteIfMatchETag needs an eTag: {codes:?}");
+    assert!(
+        codes.contains(&("b1".into(), "DeviceAlreadyExists".into())),
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&("b1".into(), "PreconditionFailed".into())),
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&("b9".into(), "DeviceNotFound".into())),
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&("bad id!".into(), "ArgumentInvalid".into())),
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&("b2".into(), "ArgumentInvalid".into())),
+        "deleteIfMatchETag needs an eTag: {codes:?}"
+    );
     assert_eq!(codes.len(), 5, "{codes:?}");
-    assert_eq!(api.send(Method::GET, "/devices/b2", &[], None).await.body["status"], json!("enabled"), "matching etag");
-    assert_eq!(api.send(Method::GET, "/twins/b1", &[], None).await.body["tags"]["site"], json!("b"));
-    assert_eq!(api.send(Method::GET, "/devices/b4", &[], None).await.status, StatusCode::OK, "update creates");
+    assert_eq!(
+        api.send(Method::GET, "/devices/b2", &[], None).await.body["status"],
+        json!("enabled"),
+        "matching etag"
+    );
+    assert_eq!(
+        api.send(Method::GET, "/twins/b1", &[], None).await.body["tags"]["site"],
+        json!("b")
+    );
+    assert_eq!(
+        api.send(Method::GET, "/devices/b4", &[], None).await.status,
+        StatusCode::OK,
+        "update creates"
+    );
 
-    let ok = api.send(Method::POST, "/devices", &[], Some(json!([{"id": "b4", "importMode": "delete"}]))).await;
-    assert_eq!((ok.status, ok.body.clone()), (StatusCode::OK, json!({"isSuccessful": true, "errors": [], "warnings": []})));
-    let too_many: Vec<Value> = (0..1001).map(|index| json!({"id": format!("x{index}"), "importMode": "create"})).collect();
-    let refused = api.send(Method::POST, "/devices", &[], Some(Value::Array(too_many))).await;
+    let ok = api
+        .send(
+            Method::POST,
+            "/devices",
+            &[],
+            Some(json!([{"id": "b4", "importMode": "delete"}])),
+        )
+        .await;
+    assert_eq!(
+        (ok.status, ok.body.clone()),
+        (
+            StatusCode::OK,
+            json!({"isSuccessful": true, "errors": [], "warnings": []})
+        )
+    );
+    let too_many: Vec<Value> = (0..1001)
+        .map(|index| json!({"id": format!("x{index}"), "importMode": "create"}))
+        .collect();
+    let refused = api
+        .send(Method::POST, "/devices", &[], Some(Value::Array(too_many)))
+        .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
 }
 
@@ -82,8 +143,25 @@ async fn bulk_twin_updates_reach_connected_devices_and_bulk_deletes_disconnect_t
     let api = ServiceApi::for_hub(&hub, "iothubowner");
     let record = hub.create_device("live").await;
     let mut client = hub.raw().await;
-    client.connect_accepted(connect_with_key("live", record.identity.authentication.primary_key.as_deref().unwrap(), 60)).await;
-    client.send(&subscribe(1, "$iothub/twin/PATCH/properties/desired/#", QoS::AtLeastOnce)).await;
+    client
+        .connect_accepted(connect_with_key(
+            "live",
+            record
+                .identity
+                .authentication
+                .primary_key
+                .as_deref()
+                .unwrap(),
+            60,
+        ))
+        .await;
+    client
+        .send(&subscribe(
+            1,
+            "$iothub/twin/PATCH/properties/desired/#",
+            QoS::AtLeastOnce,
+        ))
+        .await;
     assert!(matches!(client.receive().await, Some(Packet::SubAck(_))));
     let reply = api
         .send(Method::POST, "/devices", &[], Some(json!([{"id": "live", "importMode": "updateTwin", "properties": {"desired": {"fw": "9"}}}])))
@@ -92,7 +170,16 @@ async fn bulk_twin_updates_reach_connected_devices_and_bulk_deletes_disconnect_t
     let patch = client.receive_publish().await;
     let body: Value = serde_json::from_slice(&patch.payload).unwrap();
     assert_eq!(body["fw"], json!("9"));
-    let reply = api.send(Method::POST, "/devices", &[], Some(json!([{"id": "live", "importMode": "delete"}]))).await;
+    let reply = api
+        .send(
+            Method::POST,
+            "/devices",
+            &[],
+            Some(json!([{"id": "live", "importMode": "delete"}])),
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::OK);
-    client.expect_closed_because("the device was deleted in bulk").await;
+    client
+        .expect_closed_because("the device was deleted in bulk")
+        .await;
 }

@@ -678,7 +678,7 @@ fn seed_item(index: usize) -> serde_json::Value {
         "tags": {
             "building": format!("b{:04}", index % 1000),
             "floor": index % 20,
-            "region": if index % 2 == 0 { "eu" } else { "us" },
+            "region": if index.is_multiple_of(2) { "eu" } else { "us" },
         },
         "properties": {"reported": {
             "firmwareStatus": STATUSES[index % 4],

@@ -8,7 +8,9 @@
 //!   (query-twins.md). fleethub: comparing values of two different types, or anything with
 //!   undefined, an object or an array, gives undefined (neither true nor false). Within one type:
 //!   `null = null`; `false < true`; numbers numerically (`1 = 1.0`); strings by Unicode code point,
-//!   case-sensitively.
+//!   case-sensitively. One exception, `configurations.[[id]].status`: twins hold `targeted` and
+//!   `applied` (as the Java SDK reads them) while Azure's docs and its own `appliedCount` system
+//!   query compare with `'Applied'`, so strings there compare ignoring ASCII case.
 //! - Conditions: "Any constant different than Boolean true is considered as false. This rule
 //!   includes null, undefined, any object or array instance, any string, and the Boolean false."
 //! - AND, OR and NOT use three-valued logic with undefined as the unknown value (as Cosmos DB's
@@ -184,6 +186,25 @@ pub(crate) fn compare_values(left: &Val<'_>, right: &Val<'_>) -> Option<Ordering
     }
 }
 
+/// Whether `expr` is `configurations.[[id]].status` (see the module docs).
+fn is_configuration_status(expr: &Expr) -> bool {
+    matches!(expr, Expr::Path(path) if matches!(
+        path.segments.as_slice(),
+        [Segment::Name(root), Segment::Name(_), Segment::Name(status)]
+            if root == "configurations" && status == "status"
+    ))
+}
+
+/// [`compare_values`], with strings compared ignoring ASCII case when `ignore_case`.
+fn compare_status_aware(left: &Val<'_>, right: &Val<'_>, ignore_case: bool) -> Option<Ordering> {
+    match (left, right) {
+        (Val::Str(left), Val::Str(right)) if ignore_case => {
+            Some(left.to_ascii_lowercase().cmp(&right.to_ascii_lowercase()))
+        }
+        _ => compare_values(left, right),
+    }
+}
+
 /// fleethub's total order over all values, for ORDER BY, MIN and MAX: by type first
 /// ([`Val::type_rank`]), then within the type as [`compare_values`]; arrays and objects are
 /// equal to each other.
@@ -257,9 +278,10 @@ pub(crate) fn evaluate<'a>(expr: &'a Expr, document: &'a Value) -> Val<'a> {
             }
         }
         Expr::Compare { op, left, right } => {
+            let ignore_case = is_configuration_status(left) || is_configuration_status(right);
             let left = evaluate(left, document);
             let right = evaluate(right, document);
-            match compare_values(&left, &right) {
+            match compare_status_aware(&left, &right, ignore_case) {
                 Some(ordering) => Val::Bool(op.holds(ordering)),
                 None => Val::Undefined,
             }
@@ -277,11 +299,12 @@ pub(crate) fn evaluate<'a>(expr: &'a Expr, document: &'a Value) -> Val<'a> {
             values,
             negated,
         } => {
+            let ignore_case = is_configuration_status(operand);
             let operand = evaluate(operand, document);
             let mut unknown = false;
             let mut found = false;
             for value in values {
-                match compare_values(&operand, &Val::from_literal(value)) {
+                match compare_status_aware(&operand, &Val::from_literal(value), ignore_case) {
                     Some(Ordering::Equal) => {
                         found = true;
                         break;

@@ -495,6 +495,27 @@ fn module_twins_configurations_and_capabilities() {
 }
 
 #[test]
+fn configuration_statuses_compare_ignoring_case() {
+    let twin = json!({"deviceId": "d", "configurations": {"cfg-1": {"status": "applied"}, "cfg-2": {"status": "targeted"}}});
+    for (text, expected) in [
+        ("configurations.[[cfg-1]].status = 'Applied'", true),
+        ("configurations.[[cfg-1]].status = 'applied'", true),
+        ("'APPLIED' = configurations.[[cfg-1]].status", true),
+        (
+            "configurations.[[cfg-2]].status IN ['Applied', 'Targeted']",
+            true,
+        ),
+        ("configurations.[[cfg-2]].status = 'Applied'", false),
+        ("configurations.[[cfg-3]].status = 'Applied'", false),
+        // Elsewhere strings stay case-sensitive.
+        ("deviceId = 'D'", false),
+    ] {
+        let query = parse(&format!("SELECT * FROM devices WHERE {text}")).unwrap();
+        assert_eq!(query.matches(&twin), expected, "{text}");
+    }
+}
+
+#[test]
 fn projections_keep_select_order_canonical_names_and_leave_out_undefined() {
     let twin = device_twin();
     let query = parse(

@@ -233,6 +233,8 @@ pub(crate) struct Translation {
     pub exact: bool,
     /// 1 for modules' twins, 0 for devices'.
     module: i64,
+    /// Index lookups as correlated EXISTS probes instead of IN sets (see `index_lookup`).
+    correlated: bool,
 }
 
 /// `modules`: whether the query is over modules' twins (the index keeps them apart, so a lookup constrains it
@@ -242,15 +244,51 @@ pub(crate) fn translate(
     indexed: &IndexedPaths,
     modules: bool,
 ) -> Translation {
+    translate_as(predicate, indexed, modules, false)
+}
+
+/// The same predicate with correlated lookups; same parameters, in the same order.
+pub(crate) fn translate_correlated(
+    predicate: &Predicate,
+    indexed: &IndexedPaths,
+    modules: bool,
+) -> Translation {
+    translate_as(predicate, indexed, modules, true)
+}
+
+fn translate_as(
+    predicate: &Predicate,
+    indexed: &IndexedPaths,
+    modules: bool,
+    correlated: bool,
+) -> Translation {
     let mut translation = Translation {
         sql: String::new(),
         parameters: Vec::new(),
         exact: true,
         module: i64::from(modules),
+        correlated,
     };
     let sql = translate_into(predicate, indexed, &mut translation);
     translation.sql = sql;
     translation
+}
+
+/// A twin-index lookup as SQL over `identities i`: `i.id IN (...)` (SQLite builds the matching row set first:
+/// best when it is small) or, correlated, `EXISTS (...)` probing the index row by row (best when walking the
+/// identities in key order through a broad filter).
+fn index_lookup(out: &Translation, condition: &str) -> String {
+    if out.correlated {
+        format!(
+            "EXISTS (SELECT 1 FROM twin_index INDEXED BY twin_index_by_row WHERE row = i.id AND module = {} AND {condition})",
+            out.module
+        )
+    } else {
+        format!(
+            "i.id IN (SELECT row FROM twin_index WHERE module = {} AND {condition})",
+            out.module
+        )
+    }
 }
 
 fn parameter(translation: &mut Translation, value: SqlValue) -> String {
@@ -304,9 +342,9 @@ fn translate_into(predicate: &Predicate, indexed: &IndexedPaths, out: &mut Trans
                 let value_parameter = parameter(out, sql_value);
                 format!(" AND value {} {value_parameter}", sql_operator(*op))
             };
-            format!(
-                "i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter} AND module = {} AND kind = {kind_parameter}{condition})",
-                out.module
+            index_lookup(
+                out,
+                &format!("path = {path_parameter} AND kind = {kind_parameter}{condition}"),
             )
         }
         Predicate::In { path, values } => {
@@ -333,10 +371,7 @@ fn translate_into(predicate: &Predicate, indexed: &IndexedPaths, out: &mut Trans
                 }
             } else if indexed.covers(path) {
                 let path_parameter = parameter(out, SqlValue::Text(join(path)));
-                format!(
-                    "i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter} AND module = {})",
-                    out.module
-                )
+                index_lookup(out, &format!("path = {path_parameter}"))
             } else {
                 out.exact = false;
                 return "1".into();
@@ -361,10 +396,12 @@ fn translate_into(predicate: &Predicate, indexed: &IndexedPaths, out: &mut Trans
                 );
             }
             let path_parameter = parameter(out, SqlValue::Text(join(path)));
-            format!(
-                "i.id IN (SELECT row FROM twin_index WHERE path = {path_parameter} AND module = {} AND kind = {KIND_STRING} \
-                 AND value >= {prefix_parameter} AND substr(value, 1, length({prefix_parameter})) = {prefix_parameter})",
-                out.module
+            index_lookup(
+                out,
+                &format!(
+                    "path = {path_parameter} AND kind = {KIND_STRING} \
+                     AND value >= {prefix_parameter} AND substr(value, 1, length({prefix_parameter})) = {prefix_parameter}"
+                ),
             )
         }
     }

@@ -199,6 +199,12 @@ struct WriteContext {
     hot_records: HashMap<IdentityKey, DeviceRecord>,
 }
 
+/// Rows sampled in key order to tell a broad filter from a selective one (see `query_twins`).
+const SAMPLE_ROWS: i64 = 1000;
+/// A filter matching at least 1 row in this many of the sample is broad: walking in key order finds a page of
+/// matches within a few thousand rows.
+const BROAD_FRACTION: i64 = 100;
+
 /// Bound of `WriteContext::hot_records`; when reached the cache starts over.
 const HOT_RECORDS: usize = 50_000;
 
@@ -987,10 +993,30 @@ impl Store for SqliteStore {
                 }
                 None => String::new(),
             };
+            let mut key_order = "";
+            // Two plans: a selective filter reads its few matching rows through the twin index (an IN set) and
+            // sorts them; a broad one walks the identities in key order, probing the index row by row, and stops
+            // after `limit`. A sample of the next rows in key order tells which fits.
+            if translation.sql != "1" {
+                let correlated = index::translate_correlated(&request.filter, &indexed, request.modules);
+                let sample = format!(
+                    "SELECT COUNT(*) FROM (SELECT i.id FROM identities i INDEXED BY sqlite_autoindex_identities_1
+                     WHERE {module_condition}{after} ORDER BY i.device_id, i.module_id LIMIT {SAMPLE_ROWS}) s
+                     JOIN identities i ON i.id = s.id WHERE {}",
+                    correlated.sql
+                );
+                let matches: i64 = connection
+                    .prepare_cached(&sample)?
+                    .query_row(rusqlite::params_from_iter(translation.parameters.iter()), |row| row.get(0))?;
+                if matches * BROAD_FRACTION >= SAMPLE_ROWS {
+                    translation.sql = correlated.sql;
+                    key_order = " INDEXED BY sqlite_autoindex_identities_1";
+                }
+            }
             translation.parameters.push(SqlValue::Integer(request.limit as i64));
             let limit = translation.parameters.len();
             let sql = format!(
-                "SELECT i.device_id, i.module_id, i.identity, i.twin, i.last_activity_time FROM identities i
+                "SELECT i.device_id, i.module_id, i.identity, i.twin, i.last_activity_time FROM identities i{key_order}
                  WHERE {module_condition}{after} AND {} ORDER BY i.device_id, i.module_id LIMIT ?{limit}",
                 translation.sql
             );

@@ -25,6 +25,15 @@ pub(crate) struct ServeArgs {
     /// Largest MQTT packet accepted, in bytes.
     #[arg(long, default_value_t = HubLimits::default().max_packet_size, value_name = "BYTES")]
     max_packet_size: usize,
+    /// Jobs (Jobs v2) running at once; more wait, queued, for a slot.
+    #[arg(long, default_value_t = HubLimits::default().max_running_jobs, value_name = "JOBS")]
+    max_running_jobs: usize,
+    /// Devices one job works on at once.
+    #[arg(long, default_value_t = HubLimits::default().job_device_concurrency, value_name = "DEVICES")]
+    job_device_concurrency: usize,
+    /// Devices one job starts per second at most (0: no limit).
+    #[arg(long, default_value_t = HubLimits::default().job_start_rate_per_second, value_name = "PER_SECOND")]
+    job_start_rate: u32,
     /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -68,6 +77,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         https_listen: args.https_listen,
         limits: HubLimits {
             max_packet_size: args.max_packet_size,
+            max_running_jobs: args.max_running_jobs,
+            job_device_concurrency: args.job_device_concurrency,
+            job_start_rate_per_second: args.job_start_rate,
             ..HubLimits::default()
         },
         twin_limits: Default::default(),

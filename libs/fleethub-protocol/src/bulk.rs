@@ -148,7 +148,10 @@ mod tests {
         .unwrap();
         assert_eq!(item.import_mode, ImportMode::UpdateTwinIfMatchETag);
         assert_eq!(item.twin_e_tag.as_deref(), Some("AAAAAAAAAAE="));
-        assert_eq!(item.properties.unwrap().desired.unwrap()["fw"], json!("2.0"));
+        assert_eq!(
+            item.properties.unwrap().desired.unwrap()["fw"],
+            json!("2.0")
+        );
         let back = serde_json::to_value(ExportImportDevice::new("d", ImportMode::Create)).unwrap();
         assert_eq!(back, json!({"id": "d", "importMode": "create"}));
     }

@@ -63,11 +63,41 @@ fn ids_are_lowercase_digits_and_a_few_specials_up_to_128() {
     }
     let cases = [
         ("", ConfigurationIdError::Empty),
-        ("Cfg1", ConfigurationIdError::InvalidCharacter { character: 'C', position: 0 }),
-        ("my config", ConfigurationIdError::InvalidCharacter { character: ' ', position: 2 }),
-        ("a/b", ConfigurationIdError::InvalidCharacter { character: '/', position: 1 }),
-        ("a.b", ConfigurationIdError::InvalidCharacter { character: '.', position: 1 }),
-        ("ü", ConfigurationIdError::InvalidCharacter { character: 'ü', position: 0 }),
+        (
+            "Cfg1",
+            ConfigurationIdError::InvalidCharacter {
+                character: 'C',
+                position: 0,
+            },
+        ),
+        (
+            "my config",
+            ConfigurationIdError::InvalidCharacter {
+                character: ' ',
+                position: 2,
+            },
+        ),
+        (
+            "a/b",
+            ConfigurationIdError::InvalidCharacter {
+                character: '/',
+                position: 1,
+            },
+        ),
+        (
+            "a.b",
+            ConfigurationIdError::InvalidCharacter {
+                character: '.',
+                position: 1,
+            },
+        ),
+        (
+            "ü",
+            ConfigurationIdError::InvalidCharacter {
+                character: 'ü',
+                position: 0,
+            },
+        ),
     ];
     for (text, error) in cases {
         assert_eq!(ConfigurationId::new(text), Err(error), "{text:?}");
@@ -89,27 +119,50 @@ fn content_paths_are_keys_below_desired_properties() {
     assert_eq!(
         content.entries(),
         &[
-            (vec!["chiller-water".to_owned()], json!({"temperature": 66, "pressure": 28})),
-            (vec!["a".to_owned(), "b".to_owned(), "c".to_owned()], json!(1)),
+            (
+                vec!["chiller-water".to_owned()],
+                json!({"temperature": 66, "pressure": 28})
+            ),
+            (
+                vec!["a".to_owned(), "b".to_owned(), "c".to_owned()],
+                json!(1)
+            ),
             (vec!["gone".to_owned()], Value::Null),
         ]
     );
-    let whole = DesiredContent::parse(&object(json!({"properties.desired": {"x": 1, "y": {"z": 2}}})))
-        .expect("whole section");
-    assert_eq!(whole.paths(), vec![vec!["x".to_owned()], vec!["y".to_owned()]]);
+    let whole = DesiredContent::parse(&object(
+        json!({"properties.desired": {"x": 1, "y": {"z": 2}}}),
+    ))
+    .expect("whole section");
+    assert_eq!(
+        whole.paths(),
+        vec![vec!["x".to_owned()], vec!["y".to_owned()]]
+    );
 }
 
 #[test]
 fn malformed_content_is_refused_with_the_reason() {
     let cases = [
-        (json!({"tags.env": "x"}), "a path starts with properties.desired"),
-        (json!({"properties.reported.x": 1}), "a path starts with properties.desired"),
-        (json!({"properties.desiredx": 1}), "a path starts with properties.desired."),
+        (
+            json!({"tags.env": "x"}),
+            "a path starts with properties.desired",
+        ),
+        (
+            json!({"properties.reported.x": 1}),
+            "a path starts with properties.desired",
+        ),
+        (
+            json!({"properties.desiredx": 1}),
+            "a path starts with properties.desired.",
+        ),
         (json!({"properties.desired": 5}), "must be an object"),
         (json!({"properties.desired..x": 1}), "a key is empty"),
         (json!({"properties.desired.$version": 1}), "`$` is reserved"),
         (json!({"properties.desired.a b": 1}), "contains ' '"),
-        (json!({"properties.desired.a": 1, "properties.desired.a.b": 2}), "overlap"),
+        (
+            json!({"properties.desired.a": 1, "properties.desired.a.b": 2}),
+            "overlap",
+        ),
     ];
     for (content, reason) in cases {
         let error = DesiredContent::parse(&object(content.clone())).expect_err("refused");
@@ -126,7 +179,10 @@ fn content_kinds_are_device_or_module_and_edge_deployments_are_refused() {
         module_content: Some(object(json!({"properties.desired.a": 1}))),
         ..ConfigurationContent::default()
     };
-    assert_eq!(parse_content(&module).expect("module").0, ConfigurationKind::Module);
+    assert_eq!(
+        parse_content(&module).expect("module").0,
+        ConfigurationKind::Module
+    );
     assert_eq!(
         parse_content(&device_content(json!({}))).expect("device").0,
         ConfigurationKind::Device
@@ -135,7 +191,9 @@ fn content_kinds_are_device_or_module_and_edge_deployments_are_refused() {
         modules_content: Some(object(json!({"$edgeAgent": {}}))),
         ..ConfigurationContent::default()
     };
-    assert!(matches!(parse_content(&edge), Err(ConfigurationError::InvalidContent(m)) if m.contains("IoT Edge")));
+    assert!(
+        matches!(parse_content(&edge), Err(ConfigurationError::InvalidContent(m)) if m.contains("IoT Edge"))
+    );
     let both = ConfigurationContent {
         device_content: Some(Map::new()),
         module_content: Some(Map::new()),
@@ -148,7 +206,8 @@ fn content_kinds_are_device_or_module_and_edge_deployments_are_refused() {
 #[test]
 fn creation_fills_defaults_and_checks_the_rules() {
     let configuration =
-        Configuration::create(id("cfg1"), spec(json!({"properties.desired.a": 1})), NOW).expect("created");
+        Configuration::create(id("cfg1"), spec(json!({"properties.desired.a": 1})), NOW)
+            .expect("created");
     assert_eq!(configuration.schema_version, DEFAULT_SCHEMA_VERSION);
     assert_eq!(configuration.kind, ConfigurationKind::Device);
     assert_eq!(configuration.etag(), "MQ==");
@@ -156,10 +215,13 @@ fn creation_fills_defaults_and_checks_the_rules() {
     assert_eq!(configuration.last_updated_time, NOW);
 
     let mut five = spec(json!({}));
-    five.metric_queries = (0..5).map(|n| (format!("m{n}"), "SELECT deviceId FROM devices".to_owned())).collect();
+    five.metric_queries = (0..5)
+        .map(|n| (format!("m{n}"), "SELECT deviceId FROM devices".to_owned()))
+        .collect();
     assert!(Configuration::create(id("five"), five.clone(), NOW).is_ok());
     let mut six = five;
-    six.metric_queries.insert("m5".into(), "SELECT deviceId FROM devices".into());
+    six.metric_queries
+        .insert("m5".into(), "SELECT deviceId FROM devices".into());
     assert_eq!(
         Configuration::create(id("six"), six, NOW),
         Err(ConfigurationError::TooManyMetrics { count: 6 })
@@ -188,7 +250,8 @@ fn creation_fills_defaults_and_checks_the_rules() {
 #[test]
 fn content_is_immutable_and_the_rest_can_change() {
     let mut configuration =
-        Configuration::create(id("cfg1"), spec(json!({"properties.desired.a": 1})), NOW).expect("created");
+        Configuration::create(id("cfg1"), spec(json!({"properties.desired.a": 1})), NOW)
+            .expect("created");
     let later = datetime!(2026-05-01 11:00 UTC);
 
     let changed_content = spec(json!({"properties.desired.a": 2}));
@@ -208,7 +271,10 @@ fn content_is_immutable_and_the_rest_can_change() {
     assert_eq!(configuration.priority, 20);
     assert_eq!(configuration.labels.len(), 1);
     assert_eq!(configuration.metric_queries.len(), 1);
-    assert_eq!(configuration.schema_version, DEFAULT_SCHEMA_VERSION, "not updatable");
+    assert_eq!(
+        configuration.schema_version, DEFAULT_SCHEMA_VERSION,
+        "not updatable"
+    );
     assert_eq!(configuration.created_time, NOW);
     assert_eq!(configuration.last_updated_time, later);
     assert_eq!(configuration.etag(), "Mg==");
@@ -216,8 +282,13 @@ fn content_is_immutable_and_the_rest_can_change() {
     // An update may leave the content out.
     let mut without = spec(json!({}));
     without.content = None;
-    configuration.update(without, later).expect("content omitted");
-    assert_eq!(configuration.desired_content().paths(), vec![vec!["a".to_owned()]]);
+    configuration
+        .update(without, later)
+        .expect("content omitted");
+    assert_eq!(
+        configuration.desired_content().paths(),
+        vec![vec!["a".to_owned()]]
+    );
 }
 
 #[test]
@@ -225,10 +296,18 @@ fn the_highest_priority_wins_then_the_newest_then_the_first_id() {
     let (a, b, c) = (id("a"), id("b"), id("c"));
     let early = datetime!(2026-01-01 0:00 UTC);
     let late = datetime!(2026-02-01 0:00 UTC);
-    let candidate = |id, priority, created_time| Candidate { id, priority, created_time };
+    let candidate = |id, priority, created_time| Candidate {
+        id,
+        priority,
+        created_time,
+    };
     assert_eq!(winner(&[]), None);
     assert_eq!(
-        winner(&[candidate(&a, 1, late), candidate(&b, 5, early), candidate(&c, 3, late)]),
+        winner(&[
+            candidate(&a, 1, late),
+            candidate(&b, 5, early),
+            candidate(&c, 3, late)
+        ]),
         Some(&b)
     );
     assert_eq!(
@@ -237,7 +316,11 @@ fn the_highest_priority_wins_then_the_newest_then_the_first_id() {
         "same priority: the one created most recently"
     );
     assert_eq!(
-        winner(&[candidate(&c, 5, late), candidate(&a, 5, late), candidate(&b, 5, late)]),
+        winner(&[
+            candidate(&c, 5, late),
+            candidate(&a, 5, late),
+            candidate(&b, 5, late)
+        ]),
         Some(&a),
         "a full tie goes to the id that sorts first"
     );
@@ -245,7 +328,9 @@ fn the_highest_priority_wins_then_the_newest_then_the_first_id() {
 
 #[test]
 fn desired_patches_replace_paths_and_remove_what_the_previous_configuration_wrote() {
-    let current = object(json!({"fw": {"version": "1", "url": "u", "extra": true}, "keep": 1, "old": {"x": 1, "y": 2}}));
+    let current = object(
+        json!({"fw": {"version": "1", "url": "u", "extra": true}, "keep": 1, "old": {"x": 1, "y": 2}}),
+    );
     let content = DesiredContent::parse(&object(json!({
         "properties.desired.fw": {"version": "2", "url": "u"},
         "properties.desired.new.deep": {"n": null, "m": 1},
@@ -264,7 +349,8 @@ fn desired_patches_replace_paths_and_remove_what_the_previous_configuration_wrot
     );
     // Already there: nothing to write.
     let settled = object(json!({"a": {"b": 1}}));
-    let same = DesiredContent::parse(&object(json!({"properties.desired.a.b": 1}))).expect("content");
+    let same =
+        DesiredContent::parse(&object(json!({"properties.desired.a.b": 1}))).expect("content");
     assert!(desired_patch(&settled, &[], &same).is_empty());
 }
 
@@ -272,7 +358,14 @@ fn desired_patches_replace_paths_and_remove_what_the_previous_configuration_wrot
 fn assigning_a_winner_writes_its_content_once_and_records_statuses() {
     let mut twin = twin_with_desired(json!({"other": 1}));
     let version = twin.desired_version();
-    let first = assignment(&["cfg1", "cfg2"], Some(winner_of("cfg2", NOW, json!({"properties.desired.fw": "2.0"}))));
+    let first = assignment(
+        &["cfg1", "cfg2"],
+        Some(winner_of(
+            "cfg2",
+            NOW,
+            json!({"properties.desired.fw": "2.0"}),
+        )),
+    );
     let assigned = assign(&mut twin, &first, NOW, &TwinLimits::default()).expect("assigned");
     assert!(assigned.changed);
     assert_eq!(
@@ -280,8 +373,14 @@ fn assigning_a_winner_writes_its_content_once_and_records_statuses() {
         Some(json!({"fw": "2.0", "$version": version + 1}))
     );
     assert_eq!(twin.desired_properties().get("fw"), Some(&json!("2.0")));
-    assert_eq!(twin.configurations().status(&id("cfg2")), Some(ConfigurationStatus::Applied));
-    assert_eq!(twin.configurations().status(&id("cfg1")), Some(ConfigurationStatus::Targeted));
+    assert_eq!(
+        twin.configurations().status(&id("cfg2")),
+        Some(ConfigurationStatus::Applied)
+    );
+    assert_eq!(
+        twin.configurations().status(&id("cfg1")),
+        Some(ConfigurationStatus::Targeted)
+    );
     assert_eq!(twin.configurations().status(&id("cfg3")), None);
     assert_eq!(
         twin.configurations().to_json(),
@@ -303,26 +402,49 @@ fn assigning_a_winner_writes_its_content_once_and_records_statuses() {
     assert!(assigned.changed);
     assert_eq!(assigned.desired_patch_for_device, None);
     assert_eq!(twin.desired_version(), before.desired_version());
-    assert_eq!(twin.version(), before.version(), "statuses are not a twin write");
+    assert_eq!(
+        twin.version(),
+        before.version(),
+        "statuses are not a twin write"
+    );
 }
 
 #[test]
 fn a_new_winner_replaces_the_previous_settings_and_no_winner_removes_them() {
     let limits = TwinLimits::default();
     let mut twin = TwinDocument::new(NOW);
-    let low = winner_of("low", NOW, json!({"properties.desired.fw": {"v": 1, "url": "a"}, "properties.desired.low-only": true}));
-    assign(&mut twin, &assignment(&["low"], Some(low.clone())), NOW, &limits).expect("low");
+    let low = winner_of(
+        "low",
+        NOW,
+        json!({"properties.desired.fw": {"v": 1, "url": "a"}, "properties.desired.low-only": true}),
+    );
+    assign(
+        &mut twin,
+        &assignment(&["low"], Some(low.clone())),
+        NOW,
+        &limits,
+    )
+    .expect("low");
 
     let high = winner_of("high", NOW, json!({"properties.desired.fw": {"v": 2}}));
-    let assigned = assign(&mut twin, &assignment(&["high", "low"], Some(high)), NOW, &limits)
-        .expect("high takes over");
+    let assigned = assign(
+        &mut twin,
+        &assignment(&["high", "low"], Some(high)),
+        NOW,
+        &limits,
+    )
+    .expect("high takes over");
     let patch = assigned.desired_patch_for_device.expect("a desired patch");
     assert_eq!(patch["fw"], json!({"v": 2, "url": null}));
     assert_eq!(patch["low-only"], Value::Null);
-    assert_eq!(Value::Object(twin.desired_properties().clone()), json!({"fw": {"v": 2}}));
+    assert_eq!(
+        Value::Object(twin.desired_properties().clone()),
+        json!({"fw": {"v": 2}})
+    );
 
     // High stops targeting: low applies again.
-    let assigned = assign(&mut twin, &assignment(&["low"], Some(low)), NOW, &limits).expect("fallback");
+    let assigned =
+        assign(&mut twin, &assignment(&["low"], Some(low)), NOW, &limits).expect("fallback");
     assert!(assigned.desired_patch_for_device.is_some());
     assert_eq!(
         Value::Object(twin.desired_properties().clone()),
@@ -344,9 +466,18 @@ fn a_configuration_created_again_with_the_same_id_is_applied_again() {
     assign(&mut twin, &assignment(&["cfg"], Some(first)), NOW, &limits).expect("first");
     let later = datetime!(2026-05-02 10:00 UTC);
     let second = winner_of("cfg", later, json!({"properties.desired.b": 2}));
-    let assigned = assign(&mut twin, &assignment(&["cfg"], Some(second)), later, &limits).expect("second");
+    let assigned = assign(
+        &mut twin,
+        &assignment(&["cfg"], Some(second)),
+        later,
+        &limits,
+    )
+    .expect("second");
     assert!(assigned.desired_patch_for_device.is_some());
-    assert_eq!(Value::Object(twin.desired_properties().clone()), json!({"b": 2}));
+    assert_eq!(
+        Value::Object(twin.desired_properties().clone()),
+        json!({"b": 2})
+    );
 }
 
 #[test]
@@ -356,7 +487,13 @@ fn a_refused_write_changes_nothing() {
     let huge = "x".repeat(5000);
     let too_long = winner_of("cfg", NOW, json!({"properties.desired.a": huge}));
     let before = twin.clone();
-    assign(&mut twin, &assignment(&["cfg"], Some(too_long)), NOW, &limits).expect_err("string too long");
+    assign(
+        &mut twin,
+        &assignment(&["cfg"], Some(too_long)),
+        NOW,
+        &limits,
+    )
+    .expect_err("string too long");
     assert_eq!(twin, before);
 }
 
@@ -364,10 +501,18 @@ fn a_refused_write_changes_nothing() {
 fn twin_bookkeeping_survives_the_storage_form() {
     let mut twin = TwinDocument::new(NOW);
     let winner = winner_of("cfg2", NOW, json!({"properties.desired.fw.v": 1}));
-    assign(&mut twin, &assignment(&["cfg1", "cfg2"], Some(winner)), NOW, &TwinLimits::default())
-        .expect("assigned");
+    assign(
+        &mut twin,
+        &assignment(&["cfg1", "cfg2"], Some(winner)),
+        NOW,
+        &TwinLimits::default(),
+    )
+    .expect("assigned");
     let stored = serde_json::to_string(&twin).expect("serialises");
-    assert!(stored.contains(r#""configurations":{"targeted":["cfg1","cfg2"],"applied":{"id":"cfg2""#), "{stored}");
+    assert!(
+        stored.contains(r#""configurations":{"targeted":["cfg1","cfg2"],"applied":{"id":"cfg2""#),
+        "{stored}"
+    );
     let back: TwinDocument = serde_json::from_str(&stored).expect("reads back");
     assert_eq!(back, twin);
     // A twin without configurations stores no such field.

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::metadata::MetadataNode;
-use crate::configuration::TwinConfigurations;
 use super::rules::members_size;
 use super::{Section, TwinDocument};
+use crate::configuration::TwinConfigurations;
 
 /// The layout written by this code.
 const SCHEMA: u32 = 1;

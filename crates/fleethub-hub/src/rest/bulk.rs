@@ -51,8 +51,16 @@ pub(super) async fn bulk_devices(
             errors.push(item_error(item, &ApiError::from(error)));
         }
     }
-    let result = BulkRegistryOperationResult { is_successful: errors.is_empty(), errors, warnings: Vec::new() };
-    let status = if result.is_successful { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let result = BulkRegistryOperationResult {
+        is_successful: errors.is_empty(),
+        errors,
+        warnings: Vec::new(),
+    };
+    let status = if result.is_successful {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     Ok((status, Json(result)).into_response())
 }
 
@@ -61,23 +69,34 @@ fn item_error(item: &ExportImportDevice, error: &ApiError) -> DeviceRegistryOper
         device_id: item.id.clone(),
         error_code: error.code.name().to_owned(),
         error_status: error.message.clone(),
-        module_id: item.module_id.as_deref().and_then(|module| module.parse().ok()),
+        module_id: item
+            .module_id
+            .as_deref()
+            .and_then(|module| module.parse().ok()),
         operation: item.import_mode.as_str().to_owned(),
     }
 }
 
 fn bulk_item(item: &ExportImportDevice) -> Result<BulkItem, ApiError> {
-    let device_id = item.id.parse().map_err(|error| ApiError::bad_request(format!("device id {:?}: {error}", item.id)))?;
+    let device_id = item
+        .id
+        .parse()
+        .map_err(|error| ApiError::bad_request(format!("device id {:?}: {error}", item.id)))?;
     let key = match &item.module_id {
         Some(module) => IdentityKey::module(
             device_id,
-            module.parse().map_err(|error| ApiError::bad_request(format!("module id {module:?}: {error}")))?,
+            module
+                .parse()
+                .map_err(|error| ApiError::bad_request(format!("module id {module:?}: {error}")))?,
         ),
         None => IdentityKey::device(device_id),
     };
     let etag = |tag: &Option<String>, name: &str| match tag {
         Some(tag) => Ok(fleethub_protocol::ids::parse_if_match(tag)),
-        None => Err(ApiError::bad_request(format!("importMode {} needs {name}", item.import_mode.as_str()))),
+        None => Err(ApiError::bad_request(format!(
+            "importMode {} needs {name}",
+            item.import_mode.as_str()
+        ))),
     };
     let mode = match item.import_mode {
         ImportMode::Create => BulkMode::Create,
@@ -86,7 +105,9 @@ fn bulk_item(item: &ExportImportDevice) -> Result<BulkItem, ApiError> {
         ImportMode::Delete => BulkMode::Delete(IfMatch::Any),
         ImportMode::DeleteIfMatchETag => BulkMode::Delete(etag(&item.e_tag, "eTag")?),
         ImportMode::UpdateTwin => BulkMode::UpdateTwin(IfMatch::Any),
-        ImportMode::UpdateTwinIfMatchETag => BulkMode::UpdateTwin(etag(&item.twin_e_tag, "twinETag")?),
+        ImportMode::UpdateTwinIfMatchETag => {
+            BulkMode::UpdateTwin(etag(&item.twin_e_tag, "twinETag")?)
+        }
     };
     let spec = match item.import_mode {
         ImportMode::Create | ImportMode::Update | ImportMode::UpdateIfMatchETag => {
@@ -99,8 +120,15 @@ fn bulk_item(item: &ExportImportDevice) -> Result<BulkItem, ApiError> {
     if let Some(tags) = &item.tags {
         patch.insert("tags".into(), Value::Object(tags.clone()));
     }
-    if let Some(desired) = item.properties.as_ref().and_then(|properties| properties.desired.as_ref()) {
-        patch.insert("properties".into(), serde_json::json!({ "desired": desired }));
+    if let Some(desired) = item
+        .properties
+        .as_ref()
+        .and_then(|properties| properties.desired.as_ref())
+    {
+        patch.insert(
+            "properties".into(),
+            serde_json::json!({ "desired": desired }),
+        );
     }
     let twin_patch = (!patch.is_empty()).then_some(Value::Object(patch));
     let reported = item
@@ -108,7 +136,13 @@ fn bulk_item(item: &ExportImportDevice) -> Result<BulkItem, ApiError> {
         .as_ref()
         .and_then(|properties| properties.reported.clone())
         .map(Value::Object);
-    Ok(BulkItem { key, mode, spec, twin_patch, reported })
+    Ok(BulkItem {
+        key,
+        mode,
+        spec,
+        twin_patch,
+        reported,
+    })
 }
 
 /// The import item's `id` is the device body's `deviceId`.

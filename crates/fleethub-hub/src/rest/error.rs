@@ -9,6 +9,7 @@ use fleethub_store::StoreError;
 use time::OffsetDateTime;
 
 use crate::auth::ServiceAuthError;
+use crate::configurations::ConfigurationRequestError;
 use crate::services::InvokeMethodError;
 
 /// Which body shape an endpoint family uses for errors.
@@ -122,6 +123,29 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ConfigurationRequestError> for ApiError {
+    fn from(error: ConfigurationRequestError) -> Self {
+        let message = error.to_string();
+        match error {
+            ConfigurationRequestError::InvalidId(_)
+            | ConfigurationRequestError::IdMismatch { .. } => {
+                ApiError::new(ErrorCode::ArgumentInvalid, message)
+            }
+            ConfigurationRequestError::NotFound(_) => {
+                ApiError::new(ErrorCode::ConfigurationNotFound, message)
+            }
+            ConfigurationRequestError::InvalidTargetCondition { .. } => {
+                ApiError::new(ErrorCode::InvalidConfigurationTargetCondition, message)
+            }
+            ConfigurationRequestError::InvalidMetricQuery { .. } => {
+                ApiError::new(ErrorCode::InvalidConfigurationCustomMetricsQuery, message)
+            }
+            ConfigurationRequestError::Rules(error) => ApiError::from(error),
+            ConfigurationRequestError::Store(error) => ApiError::from(error),
+        }
+    }
+}
+
 impl From<ConfigurationError> for ApiError {
     fn from(error: ConfigurationError) -> Self {
         let message = error.to_string();
@@ -130,7 +154,8 @@ impl From<ConfigurationError> for ApiError {
             ConfigurationError::ImmutableContent => {
                 ErrorCode::CannotModifyImmutableConfigurationContent
             }
-            ConfigurationError::TooManyMetrics { .. } | ConfigurationError::InvalidMetricName(_) => {
+            ConfigurationError::TooManyMetrics { .. }
+            | ConfigurationError::InvalidMetricName(_) => {
                 ErrorCode::InvalidConfigurationCustomMetricsQuery
             }
             ConfigurationError::InvalidId(_)
@@ -172,5 +197,24 @@ impl From<InvokeMethodError> for ApiError {
             InvokeMethodError::Store(store) => return ApiError::from(store).numeric(),
         };
         ApiError::new(code, message).numeric()
+    }
+}
+
+impl From<crate::jobs::CreateJobError> for ApiError {
+    fn from(error: crate::jobs::CreateJobError) -> Self {
+        match error {
+            crate::jobs::CreateJobError::Invalid(message) => ApiError::bad_request(message),
+            crate::jobs::CreateJobError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::jobs::ListJobsError> for ApiError {
+    fn from(error: crate::jobs::ListJobsError) -> Self {
+        let message = error.to_string();
+        match error {
+            crate::jobs::ListJobsError::BadContinuation(_) => ApiError::bad_request(message),
+            crate::jobs::ListJobsError::Store(store) => ApiError::from(store),
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! The REST API on the HTTPS port, Azure IoT Hub's service API: registry, twins, direct methods,
-//! statistics; plus `/healthz` and the MQTT-over-WebSocket endpoint `/$iothub/websocket`.
+//! configurations, statistics; plus `/healthz` and the MQTT-over-WebSocket endpoint `/$iothub/websocket`.
 //!
 //! Handlers parse and authorise, call a service, and render; the mapping from failures to HTTP lives in
 //! [`error`] alone.
 
 mod bulk;
 mod changes;
+mod configurations;
 mod convert;
 pub mod error;
+mod jobs;
 mod query;
 
 use std::collections::HashMap;
@@ -98,9 +100,24 @@ pub fn router(
             "/twins/{device_id}/modules/{module_id}/methods",
             post(invoke_module_method),
         )
+        .route("/configurations", get(configurations::list_configurations))
+        .route(
+            "/configurations/testQueries",
+            post(configurations::test_queries),
+        )
+        .route(
+            "/configurations/{id}",
+            put(configurations::put_configuration)
+                .get(configurations::get_configuration)
+                .delete(configurations::delete_configuration),
+        )
         .route("/statistics/devices", get(device_statistics))
         .route("/statistics/service", get(service_statistics))
         .route("/changes", get(changes::stream_changes))
+        // Jobs v2; the handlers find the `JobService` in a request extension (`lib.rs` adds it).
+        .route("/jobs/v2/query", get(jobs::query_jobs))
+        .route("/jobs/v2/{job_id}", put(jobs::put_job).get(jobs::get_job))
+        .route("/jobs/v2/{job_id}/cancel", post(jobs::cancel_job))
         .route("/$iothub/websocket", get(mqtt_over_websocket))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
