@@ -105,6 +105,7 @@ struct Measurement {
     seconds: f64,
     per_second: f64,
     p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
     p99_ms: Option<f64>,
     p999_ms: Option<f64>,
     errors: u64,
@@ -723,6 +724,7 @@ fn measurement(
         seconds,
         per_second: latencies.len() as f64 / seconds,
         p50_ms: percentile(0.50),
+        p95_ms: percentile(0.95),
         p99_ms: percentile(0.99),
         p999_ms: percentile(0.999),
         errors,
@@ -760,19 +762,20 @@ fn print_table(report: &Report) {
     );
     println!();
     println!(
-        "| scenario | parameters | ops | ops/s | p50 ms | p99 ms | p99.9 ms | errors | bytes/conn |"
+        "| scenario | parameters | ops | ops/s | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | bytes/conn |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let show =
         |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}"));
     for result in &report.results {
         println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
             result.scenario,
             result.parameters,
             result.operations,
             result.per_second,
             show(result.p50_ms),
+            show(result.p95_ms),
             show(result.p99_ms),
             show(result.p999_ms),
             result.errors,
