@@ -74,8 +74,8 @@ pub struct HubLimits {
     pub activity_flush_interval: Duration,
     /// REST request bodies larger than this are refused with 413.
     pub max_request_body_bytes: usize,
-    /// Jobs (Jobs v2) running at once; more wait as `queued` until one ends (Azure refuses a 2nd to 11th
-    /// active job, depending on its tier, with 429 ThrottlingMaxActiveJobCountExceeded).
+    /// Jobs (Jobs v2) running at once; more wait as `queued` until one ends (Azure allows 1, 5 or 10 active
+    /// jobs, depending on its tier, and refuses more with 429 ThrottlingMaxActiveJobCountExceeded).
     pub max_running_jobs: usize,
     /// Devices one job works on at once (direct methods awaiting an answer, twin writes in flight).
     pub job_device_concurrency: usize,

@@ -39,8 +39,6 @@ pub enum RunQueryError {
     Invalid(#[from] QueryError),
     #[error("the continuation token {0}")]
     BadContinuation(&'static str),
-    #[error("{0}")]
-    Unsupported(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

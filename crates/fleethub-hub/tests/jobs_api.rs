@@ -1212,3 +1212,59 @@ async fn cancelling_lets_running_attempts_finish() {
     assert_eq!(statuses, vec![("gone", "canceled"), ("slow", "completed")]);
     client.disconnect().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_jobs_beyond_a_lowered_limit_queue_after_a_restart() {
+    let hub = TestHub::start().await;
+    let (mqtt, https) = (hub.hub.mqtt_address, hub.hub.https_address);
+    let data_dir = hub.directory.path().join("data");
+    let api = owner(&hub);
+    hub.create_device("away").await;
+    for job_id in ["one", "two"] {
+        create_job(&api, job_id, method_job("deviceId = 'away'", "m", 600)).await;
+        wait_for_job(&api, job_id, "waiting for the device", |job| {
+            job["status"] == json!("running") && statistics(job) == (1, 0, 0, 0, 1)
+        })
+        .await;
+    }
+    let TestHub {
+        hub: running,
+        directory,
+    } = hub;
+    running.shutdown(Duration::from_secs(5)).await;
+    let mut config = fleethub_hub::HubConfig::for_loopback(data_dir);
+    config.mqtt_listen = mqtt;
+    config.https_listen = https;
+    config.limits.max_running_jobs = 1;
+    let hub = TestHub {
+        hub: fleethub_hub::start(config).await.expect("restarts"),
+        directory,
+    };
+    let api = owner(&hub);
+
+    // One of them takes the only slot; the other keeps its targets and waits.
+    let deadline = tokio::time::Instant::now() + JOB_WAIT;
+    let (running, queued) = loop {
+        let one = get_job(&api, "one").await.body;
+        let two = get_job(&api, "two").await.body;
+        match (one["status"].as_str(), two["status"].as_str()) {
+            (Some("running"), Some("queued")) => break ("one", "two"),
+            (Some("queued"), Some("running")) => break ("two", "one"),
+            _ => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{one} {two}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(
+        statistics(&get_job(&api, queued).await.body),
+        (1, 0, 0, 0, 1)
+    );
+    cancel_job(&api, running).await;
+    let resumed = wait_for_status(&api, queued, "running").await;
+    assert_eq!(statistics(&resumed), (1, 0, 0, 0, 1));
+    let cancelled = cancel_job(&api, queued).await.body;
+    assert_eq!(
+        (cancelled["status"].clone(), statistics(&cancelled)),
+        (json!("cancelled"), (1, 0, 0, 0, 0))
+    );
+}

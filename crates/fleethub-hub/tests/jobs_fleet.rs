@@ -22,7 +22,7 @@ use support::*;
 const DEVICES: usize = 1000;
 const JOB: &str = "fleet-reboot";
 /// Long enough for every reachable device, restart included; the unreachable ones fail when it ends.
-const MAX_EXECUTION_SECONDS: u64 = 20;
+const MAX_EXECUTION_SECONDS: u64 = 12;
 
 /// Connected from the start; connecting while the job runs; never connecting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -419,6 +419,12 @@ async fn a_disabled_device_is_refused_and_disconnected() {
         Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::NotAuthorized),
         other => panic!("expected CONNACK, got {other:?}"),
     }
+    // The hub records the disconnect after the socket closes: wait for that change-feed record, then check.
+    hub.wait_for_change(
+        &record.key.device_id,
+        fleethub_protocol::changes::ChangeOperation::DeviceDisconnected,
+    )
+    .await;
     let stored = hub.hub.services.get_identity(&record.key).await.unwrap();
     assert_eq!(
         stored.identity.connection_state,

@@ -39,6 +39,34 @@ impl TestHub {
         Self { hub, directory }
     }
 
+    /// Waits (up to [`WAIT`]) until the change feed holds a record of `operation` for `device`.
+    pub async fn wait_for_change(
+        &self,
+        device: &fleethub_protocol::ids::DeviceId,
+        operation: fleethub_protocol::changes::ChangeOperation,
+    ) {
+        let store = &self.hub.services.store;
+        let mut notifier = store.change_notifier();
+        let found = async {
+            loop {
+                notifier.borrow_and_update();
+                let records = store
+                    .read_changes(0, 10_000, Some(device.clone()))
+                    .await
+                    .expect("read the change feed");
+                if records.iter().any(|record| record.operation == operation) {
+                    return;
+                }
+                if notifier.changed().await.is_err() {
+                    panic!("the store stopped");
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, found)
+            .await
+            .unwrap_or_else(|_| panic!("no {operation:?} for {device} within {WAIT:?}"));
+    }
+
     pub fn policy(&self, name: &str) -> fleethub_core::access::AccessPolicy {
         self.hub
             .services
