@@ -10,6 +10,7 @@ pub mod changes;
 pub mod configurations;
 pub mod connection_string;
 pub mod errors;
+pub mod firmware;
 pub mod ids;
 pub mod jobs;
 pub mod percent;
