@@ -50,7 +50,8 @@ use fleethub_protocol::configurations::{
 use fleethub_protocol::ids::{ETag, IfMatch};
 use fleethub_query::{Predicate, Query, Source};
 use fleethub_store::{
-    AssignConfigurations, DeviceRecord, StoreError, TwinCommitHook, TwinQuery, TwinUpdated,
+    AssignConfigurations, ChangeFilter, DeviceRecord, StoreError, TwinCommitHook, TwinQuery,
+    TwinUpdated,
 };
 use futures_util::StreamExt as _;
 use tokio::sync::{Notify, watch};
@@ -790,7 +791,7 @@ impl Engine {
             let records = self
                 .services
                 .store
-                .read_changes(self.cursor, CHANGES_PAGE, None)
+                .read_changes(self.cursor, CHANGES_PAGE, ChangeFilter::all())
                 .await?;
             let Some(last) = records.last() else {
                 // Trimmed away entirely.
@@ -807,9 +808,13 @@ impl Engine {
     }
 
     fn note_change(&mut self, record: &ChangeRecord, dirty: &mut Dirty) {
+        // A job's own record is about no twin.
+        let Some(device_id) = &record.device_id else {
+            return;
+        };
         let key = match &record.module_id {
-            Some(module) => IdentityKey::module(record.device_id.clone(), module.clone()),
-            None => IdentityKey::device(record.device_id.clone()),
+            Some(module) => IdentityKey::module(device_id.clone(), module.clone()),
+            None => IdentityKey::device(device_id.clone()),
         };
         match record.operation {
             ChangeOperation::CreateDeviceIdentity
@@ -831,7 +836,10 @@ impl Engine {
                     self.metrics_due = true;
                 }
             }
-            ChangeOperation::DeviceConnected | ChangeOperation::DeviceDisconnected => {}
+            ChangeOperation::DeviceConnected
+            | ChangeOperation::DeviceDisconnected
+            | ChangeOperation::DeviceJobUpdated
+            | ChangeOperation::JobUpdated => {}
         }
     }
 

@@ -31,6 +31,12 @@
 //! jobs, `feed.rs`). The attempt that follows waits up to [`ONLINE_SUBSCRIBE_GRACE`] (or the request's
 //! `connectTimeoutInSeconds` if longer) for the device to subscribe to methods.
 //!
+//! Progress is pushed, never polled: the store appends a `deviceJobUpdated` change record for each durable
+//! status change of a target and a `jobUpdated` record when the job is created or its status or end time
+//! changes, each with the job's counts (see `fleethub_store::Store::save_job_targets`), in the transaction
+//! of the write; `GET /changes?jobId=` streams them to watchers (the SDK's `watch_job`, `fleethub job
+//! --watch`). The feed follower (`feed.rs`) ignores them: they change nothing a query condition tests.
+//!
 //! # Live traffic first
 //!
 //! A job never starves devices and services using the hub at the same time: its concurrency bounds what
@@ -63,7 +69,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use fleethub_core::executor::{ExecutionPolicy, Statistics};
-use fleethub_core::jobs::device_job_statistics;
 use fleethub_core::twin::TwinDocument;
 use fleethub_protocol::ids::{JobId, validate_method_name};
 use fleethub_protocol::jobs::{
@@ -700,24 +705,7 @@ async fn purge_expired_jobs(store: Arc<dyn fleethub_store::Store>, stop: Cancell
 
 /// A job as Azure shows it.
 pub fn job_response(record: &JobRecord, statistics: Statistics) -> JobResponse {
-    let request: Option<JobRequest> = serde_json::from_value(record.request.clone()).ok();
-    let request = request.as_ref();
-    JobResponse {
-        job_id: record.job_id.clone(),
-        query_condition: request.and_then(|request| request.query_condition.clone()),
-        created_time: Some(record.created_time),
-        start_time: record.start_time,
-        end_time: record.end_time,
-        max_execution_time_in_seconds: request
-            .and_then(|request| request.max_execution_time_in_seconds),
-        job_type: record.job_type,
-        cloud_to_device_method: request.and_then(|request| request.cloud_to_device_method.clone()),
-        update_twin: request.and_then(|request| request.update_twin.clone()),
-        status: record.status,
-        failure_reason: record.failure_reason.clone(),
-        status_message: record.status_message.clone(),
-        device_job_statistics: Some(device_job_statistics(statistics)),
-    }
+    record.response(statistics)
 }
 
 fn encode_jobs_continuation(after: &JobId) -> String {

@@ -36,6 +36,13 @@ async fn next(stream: &mut ChangeStream) -> ChangeRecord {
     }
 }
 
+fn device_of(record: &ChangeRecord) -> Option<&str> {
+    record
+        .device_id
+        .as_ref()
+        .map(|device_id| device_id.as_str())
+}
+
 async fn patch(service: &ServiceClient, device: &str, value: i64) {
     let id = device.parse().unwrap();
     service
@@ -61,8 +68,8 @@ async fn changes_arrive_in_order_and_resume_after_a_sequence_number() {
 
     let created = next(&mut stream).await;
     assert_eq!(
-        (created.device_id.as_str(), created.operation),
-        ("dev1", ChangeOperation::CreateDeviceIdentity)
+        (device_of(&created), created.operation),
+        (Some("dev1"), ChangeOperation::CreateDeviceIdentity)
     );
     let first = next(&mut stream).await;
     assert_eq!(first.operation, ChangeOperation::UpdateTwin);
@@ -113,12 +120,12 @@ async fn a_device_filter_keeps_one_device_and_from_now_skips_history() {
     patch(&owner, "other", 1).await;
     patch(&owner, "watched", 7).await;
     let record = next(&mut stream).await;
-    assert_eq!(record.device_id.as_str(), "watched");
+    assert_eq!(device_of(&record), Some("watched"));
     assert_eq!(record.body["properties"]["desired"]["n"], json!(7));
     let first_new = next(&mut everything).await;
     assert_eq!(
-        first_new.device_id.as_str(),
-        "other",
+        device_of(&first_new),
+        Some("other"),
         "history before the watch started is not replayed"
     );
 }

@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 use crate::{
-    ChangeOperation, CreateIdentity, Store, StoreError, StoredSession, StoredSubscription,
-    TwinChange, UpdateIdentity, UpdateTwin,
+    ChangeFilter, ChangeOperation, CreateIdentity, Store, StoreError, StoredSession,
+    StoredSubscription, TwinChange, UpdateIdentity, UpdateTwin,
 };
 
 /// Opens the backend under test; every call must see the data written through earlier instances.
@@ -595,7 +595,7 @@ async fn change_feed_is_ordered_filtered_and_notified(store: &dyn Store) {
     assert!(newest > before);
 
     let all = store
-        .read_changes(before, 100, None)
+        .read_changes(before, 100, ChangeFilter::all())
         .await
         .expect("read all");
     assert!(
@@ -606,7 +606,7 @@ async fn change_feed_is_ordered_filtered_and_notified(store: &dyn Store) {
     assert_eq!(all.last().map(|record| record.sequence), Some(newest));
 
     let mine = store
-        .read_changes(before, 100, Some(key.device_id.clone()))
+        .read_changes(before, 100, ChangeFilter::device(key.device_id.clone()))
         .await
         .expect("read device");
     let operations: Vec<ChangeOperation> = mine.iter().map(|record| record.operation).collect();
@@ -632,9 +632,12 @@ async fn change_feed_is_ordered_filtered_and_notified(store: &dyn Store) {
     );
 
     // Resuming after a sequence number yields exactly the rest: no gap, no repeat.
-    let first_half = store.read_changes(before, 1, None).await.expect("page 1");
+    let first_half = store
+        .read_changes(before, 1, ChangeFilter::all())
+        .await
+        .expect("page 1");
     let rest = store
-        .read_changes(first_half[0].sequence, 100, None)
+        .read_changes(first_half[0].sequence, 100, ChangeFilter::all())
         .await
         .expect("page 2");
     let stitched: Vec<u64> = first_half
@@ -837,7 +840,7 @@ async fn everything_survives_reopening(factory: &dyn StoreFactory) {
     let newest = *store.change_notifier().borrow();
     assert!(newest > 0, "the change feed position is restored");
     let tail = store
-        .read_changes(newest.saturating_sub(1), 10, None)
+        .read_changes(newest.saturating_sub(1), 10, ChangeFilter::all())
         .await
         .expect("tail");
     assert_eq!(tail.len(), 1);
@@ -846,7 +849,10 @@ async fn everything_survives_reopening(factory: &dyn StoreFactory) {
         .create_identity(create(&key))
         .await
         .expect("writes work after reopening");
-    let next = store.read_changes(newest, 10, None).await.expect("next");
+    let next = store
+        .read_changes(newest, 10, ChangeFilter::all())
+        .await
+        .expect("next");
     assert_eq!(
         next[0].sequence,
         newest + 1,

@@ -8,13 +8,22 @@
 //!
 //! Times are stored as Azure's text form (UTC, seven fractional digits, `Z`): it sorts as text, it is what
 //! a `devices.jobs` record shows, and it keeps the 100 ns precision Azure has (finer digits are dropped).
+//!
+//! Progress in the change feed: saving target records returns a [`JobChange`] per target whose status
+//! changed (a target not stored before counts as `pending`, so freezing a job's targets appends nothing),
+//! and creating a job or changing its status or end time returns one for the job; `sqlite.rs` appends them
+//! in the same transaction. Each carries the job's counts, kept per job in `jobs.target_counts` and updated
+//! with the records (one row read and written per save), so the latest record of a job always says where
+//! the whole job stands without counting its targets.
 
 use std::time::Duration;
 
 use fleethub_core::executor::{Statistics, TargetError, TargetRecord, TargetStatus};
 use fleethub_core::identity::IdentityKey;
+use fleethub_core::jobs::{device_job, device_job_statistics};
+use fleethub_protocol::changes::ChangeOperation;
 use fleethub_protocol::ids::{DeviceId, JobId, ModuleId};
-use fleethub_protocol::jobs::{JobStatus, JobType};
+use fleethub_protocol::jobs::{DeviceJobChange, JobRequest, JobResponse, JobStatus, JobType};
 use fleethub_protocol::rest::{format_time, parse_time};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
@@ -61,6 +70,23 @@ pub(crate) const MIGRATION: &str = r#"
     CREATE INDEX job_targets_by_device ON job_targets (device_id, module_id, job_id);
 "#;
 
+/// Migration 5: the counts of each job's stored target records, kept with the records (`NULL` for jobs
+/// stored before it: counted from their records at their next write). Released: never edit it.
+pub(crate) const COUNTS_MIGRATION: &str = r#"
+    ALTER TABLE jobs ADD COLUMN target_counts TEXT;
+"#;
+
+/// A change-feed record that a job write appends, in the same transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct JobChange {
+    pub job_id: JobId,
+    /// The device (or module) a `deviceJobUpdated` record is about; `None` for `jobUpdated`.
+    pub target: Option<IdentityKey>,
+    pub operation: ChangeOperation,
+    pub body: Value,
+    pub time: OffsetDateTime,
+}
+
 /// A job: what was asked, where it stands, and its per-status counts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobRecord {
@@ -90,6 +116,32 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
+impl JobRecord {
+    /// The job as Azure shows it (`GET /jobs/v2/{id}`), with `statistics` as its `deviceJobStatistics` (the
+    /// hub passes a running job's live counts).
+    pub fn response(&self, statistics: Statistics) -> JobResponse {
+        let request: Option<JobRequest> = serde_json::from_value(self.request.clone()).ok();
+        let request = request.as_ref();
+        JobResponse {
+            job_id: self.job_id.clone(),
+            query_condition: request.and_then(|request| request.query_condition.clone()),
+            created_time: Some(self.created_time),
+            start_time: self.start_time,
+            end_time: self.end_time,
+            max_execution_time_in_seconds: request
+                .and_then(|request| request.max_execution_time_in_seconds),
+            job_type: self.job_type,
+            cloud_to_device_method: request
+                .and_then(|request| request.cloud_to_device_method.clone()),
+            update_twin: request.and_then(|request| request.update_twin.clone()),
+            status: self.status,
+            failure_reason: self.failure_reason.clone(),
+            status_message: self.status_message.clone(),
+            device_job_statistics: Some(device_job_statistics(statistics)),
+        }
+    }
+}
+
 const JOB_COLUMNS: &str = "job_id, job_type, status, request, created_time, start_time, end_time, \
                            failure_reason, status_message, statistics";
 
@@ -106,7 +158,12 @@ pub(crate) fn job_exists(connection: &Connection, job_id: &JobId) -> StoreResult
         .is_some())
 }
 
-pub(crate) fn insert_job(connection: &Connection, job: &JobRecord) -> StoreResult<()> {
+/// Stores a new job; returns its `jobUpdated` record.
+pub(crate) fn insert_job(
+    connection: &Connection,
+    job: &JobRecord,
+    now: OffsetDateTime,
+) -> StoreResult<JobChange> {
     if job_exists(connection, &job.job_id)? {
         return Err(StoreError::JobAlreadyExists(job.job_id.clone()));
     }
@@ -126,11 +183,24 @@ pub(crate) fn insert_job(connection: &Connection, job: &JobRecord) -> StoreResul
             job.status_message,
             serde_json::to_string(&job.statistics)?,
         ])?;
-    Ok(())
+    let counts = target_counts(connection, &job.job_id)?;
+    Ok(job_change(job, counts, now))
 }
 
-/// Replaces the stored job with `job` (same id).
-pub(crate) fn update_job(connection: &Connection, job: &JobRecord) -> StoreResult<()> {
+/// Replaces the stored job with `job` (same id). Returns its `jobUpdated` record when the status or the end
+/// time changed (a statistics-only write appends nothing: its devices' records carry the counts).
+pub(crate) fn update_job(
+    connection: &Connection,
+    job: &JobRecord,
+    now: OffsetDateTime,
+) -> StoreResult<Option<JobChange>> {
+    let previous = connection
+        .prepare_cached("SELECT status, end_time FROM jobs WHERE job_id = ?1")?
+        .query_row(params![job.job_id.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::JobNotFound(job.job_id.clone()))?;
     let changed = connection
         .prepare_cached(
             "UPDATE jobs SET job_type = ?2, status = ?3, request = ?4, created_time = ?5, start_time = ?6,
@@ -152,7 +222,47 @@ pub(crate) fn update_job(connection: &Connection, job: &JobRecord) -> StoreResul
     if changed == 0 {
         return Err(StoreError::JobNotFound(job.job_id.clone()));
     }
-    Ok(())
+    let (status, end_time) = previous;
+    if status == job.status.as_str() && end_time == job.end_time.map(format_time) {
+        return Ok(None);
+    }
+    let counts = target_counts(connection, &job.job_id)?;
+    Ok(Some(job_change(job, counts, now)))
+}
+
+fn job_change(job: &JobRecord, counts: Statistics, now: OffsetDateTime) -> JobChange {
+    JobChange {
+        job_id: job.job_id.clone(),
+        target: None,
+        operation: ChangeOperation::JobUpdated,
+        body: serde_json::to_value(job.response(counts)).expect("a job always serialises"),
+        time: now,
+    }
+}
+
+/// The counts of a job's stored target records: kept in its row, or counted once for a job stored before
+/// they were kept. `JobNotFound` without a job row.
+fn target_counts(connection: &Connection, job_id: &JobId) -> StoreResult<Statistics> {
+    let counts: Option<String> = connection
+        .prepare_cached("SELECT target_counts FROM jobs WHERE job_id = ?1")?
+        .query_row(params![job_id.as_str()], |row| row.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::JobNotFound(job_id.clone()))?;
+    match counts {
+        Some(text) => Ok(serde_json::from_str(&text)?),
+        None => target_statistics(connection, job_id),
+    }
+}
+
+fn count(statistics: &mut Statistics, status: TargetStatus, delta: i64) {
+    let counter = match status {
+        TargetStatus::Pending => &mut statistics.pending,
+        TargetStatus::Running => &mut statistics.running,
+        TargetStatus::Succeeded => &mut statistics.succeeded,
+        TargetStatus::Failed => &mut statistics.failed,
+        TargetStatus::Cancelled => &mut statistics.cancelled,
+    };
+    *counter = counter.saturating_add_signed(delta);
 }
 
 pub(crate) fn load_job(connection: &Connection, job_id: &JobId) -> StoreResult<Option<JobRecord>> {
@@ -245,15 +355,26 @@ pub(crate) fn orphaned_job_ids(connection: &Connection) -> StoreResult<Vec<JobId
     rows.map(|row| decode_job_id(row?)).collect()
 }
 
-/// Inserts or replaces target records of an existing job.
+/// Inserts or replaces target records of an existing job. Returns a `deviceJobUpdated` record for each
+/// record whose status differs from the stored one (a target not stored yet counts as `pending`), carrying
+/// the job's counts after it; saving the same records again returns none.
 pub(crate) fn save_targets(
     connection: &Connection,
     job_id: &JobId,
     records: &[TargetRecord],
-) -> StoreResult<()> {
-    if !job_exists(connection, job_id)? {
-        return Err(StoreError::JobNotFound(job_id.clone()));
-    }
+) -> StoreResult<Vec<JobChange>> {
+    let job_type: String = connection
+        .prepare_cached("SELECT job_type FROM jobs WHERE job_id = ?1")?
+        .query_row(params![job_id.as_str()], |row| row.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::JobNotFound(job_id.clone()))?;
+    let job_type = JobType::parse(&job_type)
+        .ok_or_else(|| StoreError::Incompatible(format!("unknown job type {job_type:?}")))?;
+    let mut counts = target_counts(connection, job_id)?;
+    let counts_before = counts;
+    let mut stored_status = connection.prepare_cached(
+        "SELECT status FROM job_targets WHERE job_id = ?1 AND device_id = ?2 AND module_id = ?3",
+    )?;
     let mut statement = connection.prepare_cached(&format!(
         "INSERT INTO job_targets (job_id, {TARGET_COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -262,15 +383,31 @@ pub(crate) fn save_targets(
              start_time = excluded.start_time, end_time = excluded.end_time,
              last_updated_time = excluded.last_updated_time, outcome = excluded.outcome, error = excluded.error"
     ))?;
+    let mut changes = Vec::new();
     for record in records {
+        let module_id = record
+            .target
+            .module_id
+            .as_ref()
+            .map_or("", ModuleId::as_str);
+        let stored: Option<String> = stored_status
+            .query_row(
+                params![job_id.as_str(), record.target.device_id.as_str(), module_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let before = match stored {
+            Some(text) => decode_target_status(&text)?,
+            None => {
+                counts.device_count += 1;
+                count(&mut counts, TargetStatus::Pending, 1);
+                TargetStatus::Pending
+            }
+        };
         statement.execute(params![
             job_id.as_str(),
             record.target.device_id.as_str(),
-            record
-                .target
-                .module_id
-                .as_ref()
-                .map_or("", ModuleId::as_str),
+            module_id,
             record.status.as_str(),
             i64::from(record.attempts),
             format_time(record.created),
@@ -288,8 +425,28 @@ pub(crate) fn save_targets(
                 .map(serde_json::to_string)
                 .transpose()?,
         ])?;
+        if before != record.status {
+            count(&mut counts, before, -1);
+            count(&mut counts, record.status, 1);
+            let body = DeviceJobChange {
+                device_job: device_job(job_id, job_type, record),
+                device_job_statistics: device_job_statistics(counts),
+            };
+            changes.push(JobChange {
+                job_id: job_id.clone(),
+                target: Some(record.target.clone()),
+                operation: ChangeOperation::DeviceJobUpdated,
+                body: serde_json::to_value(body)?,
+                time: record.last_updated,
+            });
+        }
     }
-    Ok(())
+    if counts != counts_before {
+        connection
+            .prepare_cached("UPDATE jobs SET target_counts = ?2 WHERE job_id = ?1")?
+            .execute(params![job_id.as_str(), serde_json::to_string(&counts)?])?;
+    }
+    Ok(changes)
 }
 
 /// A job's target records ordered by device id then module id (a device before its modules), strictly

@@ -5,7 +5,9 @@
 //! - a write's future resolves only after the write is durable (fsynced); a crash after that loses nothing;
 //! - a read issued after a write's future resolved sees that write (read-your-writes);
 //! - every twin change, identity creation/deletion and connection-state change appends one record to the
-//!   change feed in the same transaction, with a strictly increasing sequence number;
+//!   change feed in the same transaction, with a strictly increasing sequence number; so do a job's
+//!   creation and status or end-time changes (`jobUpdated`) and each change of a target's status in a job
+//!   (`deviceJobUpdated`, carrying the job's counts after it);
 //! - domain rules (twin merge, versions, limits, identity rules) come from `fleethub-core`, so every backend
 //!   behaves alike; a backend only decides how to keep bytes.
 
@@ -133,21 +135,23 @@ pub trait Store: Send + Sync + 'static {
     fn set_meta(&self, key: &str, value: &str) -> BoxFuture<'_, StoreResult<()>>;
 
     // ---- change feed ----
-    /// Records with a sequence number greater than `after`, oldest first, at most `limit`,
-    /// optionally only those of one device (and its modules).
+    /// Records with a sequence number greater than `after`, oldest first, at most `limit`, kept by `filter`.
     fn read_changes(
         &self,
         after: u64,
         limit: usize,
-        device: Option<DeviceId>,
+        filter: ChangeFilter,
     ) -> BoxFuture<'_, StoreResult<Vec<ChangeRecord>>>;
     /// Watches the sequence number of the newest durable change record.
     fn change_notifier(&self) -> tokio::sync::watch::Receiver<u64>;
 
     // ---- jobs and the per-target records of their executions ----
-    /// Stores a new job (`JobAlreadyExists` if the id is taken). Its targets are saved separately.
+    /// Stores a new job (`JobAlreadyExists` if the id is taken) and appends its `jobUpdated` record. Its
+    /// targets are saved separately.
     fn create_job(&self, job: JobRecord) -> BoxFuture<'_, StoreResult<()>>;
-    /// Replaces a job's row (status, times, statistics, ...); `JobNotFound` if it is gone.
+    /// Replaces a job's row (status, times, statistics, ...); `JobNotFound` if it is gone. Appends a
+    /// `jobUpdated` record (the job, with the counts of its stored target records) when the status or the
+    /// end time changed.
     fn update_job(&self, job: JobRecord) -> BoxFuture<'_, StoreResult<()>>;
     fn get_job(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<Option<JobRecord>>>;
     /// Jobs of a type and/or status, by id, with keyset paging.
@@ -163,7 +167,9 @@ pub trait Store: Send + Sync + 'static {
     fn purge_jobs(&self, ended_before: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>>;
     /// Inserts or replaces target records of a job (`JobNotFound` if there is no such job). Many records are
     /// written as one durable write per [`JOB_TARGET_CHUNK`] rows, so live writes interleave with them; if
-    /// the future fails, a prefix of the chunks may have been written (saving again is idempotent).
+    /// the future fails, a prefix of the chunks may have been written (saving again is idempotent). Each
+    /// record whose status differs from the stored one (a new target counts as `pending`) appends a
+    /// `deviceJobUpdated` record in the same transaction: the `devices.jobs` record plus the job's counts.
     fn save_job_targets(
         &self,
         job_id: &JobId,
@@ -222,6 +228,36 @@ pub trait Store: Send + Sync + 'static {
         &self,
         request: AssignConfigurations,
     ) -> BoxFuture<'_, StoreResult<TwinUpdated>>;
+}
+
+/// Which records [`Store::read_changes`] returns; both set means both must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeFilter {
+    /// Only this device's records (its modules' and its records in jobs included).
+    pub device: Option<DeviceId>,
+    /// Only this job's records (`jobUpdated`, `deviceJobUpdated`).
+    pub job: Option<JobId>,
+}
+
+impl ChangeFilter {
+    /// Every record.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn device(device_id: DeviceId) -> Self {
+        Self {
+            device: Some(device_id),
+            job: None,
+        }
+    }
+
+    pub fn job(job_id: JobId) -> Self {
+        Self {
+            device: None,
+            job: Some(job_id),
+        }
+    }
 }
 
 /// A request of [`Store::assign_configurations`].

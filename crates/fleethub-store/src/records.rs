@@ -62,6 +62,8 @@ impl DeviceRecord {
                 }),
             device_scope: None,
             parent_scopes: None,
+            // Added below, only when some configuration targets the twin.
+            configurations: None,
         };
         let mut json = serde_json::to_value(twin).expect("REST shapes always serialise");
         // Automatic device management's `configurations.{id}.status`, when any configuration targets the twin.

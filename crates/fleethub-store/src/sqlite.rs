@@ -25,11 +25,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::AssignConfigurations;
 use crate::configurations;
 use crate::index::{self, IndexedPaths, Section};
-use crate::jobs::{self, JOB_TARGET_CHUNK, JobFilter, JobRecord};
+use crate::jobs::{self, JOB_TARGET_CHUNK, JobChange, JobFilter, JobRecord};
 use crate::{
-    BoxFuture, BulkApplied, BulkOperation, ChangeOperation, ChangeRecord, CreateIdentity,
-    DeviceRecord, IdentityUpdated, RegistryCounts, Store, StoreError, StoreResult, StoredSession,
-    TwinChange, TwinQuery, TwinUpdated, UpdateIdentity, UpdateTwin,
+    BoxFuture, BulkApplied, BulkOperation, ChangeFilter, ChangeOperation, ChangeRecord,
+    CreateIdentity, DeviceRecord, IdentityUpdated, RegistryCounts, Store, StoreError, StoreResult,
+    StoredSession, TwinChange, TwinQuery, TwinUpdated, UpdateIdentity, UpdateTwin,
 };
 use fleethub_core::configuration::{self, Configuration, ConfigurationId, ConfigurationSpec};
 use fleethub_core::executor::{Statistics, TargetRecord};
@@ -94,6 +94,13 @@ const MIGRATIONS: &[&str] = &[
     crate::jobs::MIGRATION,
     // 4: configurations of automatic device management (see configurations.rs).
     crate::configurations::MIGRATION,
+    // 5: job records in the change feed: the job a record is about (`NULL` for device and twin records;
+    // the partial index serves `GET /changes?jobId=` and costs them nothing), and each job's target counts.
+    r#"
+    ALTER TABLE changes ADD COLUMN job_id TEXT;
+    CREATE INDEX changes_by_job ON changes (job_id, sequence) WHERE job_id IS NOT NULL;
+    "#,
+    crate::jobs::COUNTS_MIGRATION,
 ];
 
 #[derive(Clone, Debug)]
@@ -730,18 +737,64 @@ fn append_change(
     body: &Value,
     now: OffsetDateTime,
 ) -> StoreResult<()> {
+    insert_change(
+        connection,
+        context,
+        Some(key),
+        None,
+        operation,
+        twin_version,
+        body,
+        now,
+    )
+}
+
+/// Appends the records a job write returned (see `jobs.rs`).
+fn append_job_changes(
+    connection: &Connection,
+    context: &mut WriteContext,
+    changes: &[JobChange],
+) -> StoreResult<()> {
+    for change in changes {
+        insert_change(
+            connection,
+            context,
+            change.target.as_ref(),
+            Some(&change.job_id),
+            change.operation,
+            None,
+            &change.body,
+            change.time,
+        )?;
+    }
+    Ok(())
+}
+
+/// A record without a device (a job's own) stores `''` as its device id, which no device can have.
+#[allow(clippy::too_many_arguments)] // one column each; the two callers above name what they pass
+fn insert_change(
+    connection: &Connection,
+    context: &mut WriteContext,
+    key: Option<&IdentityKey>,
+    job_id: Option<&JobId>,
+    operation: ChangeOperation,
+    twin_version: Option<u64>,
+    body: &Value,
+    now: OffsetDateTime,
+) -> StoreResult<()> {
     connection
         .prepare_cached(
-            "INSERT INTO changes (time, device_id, module_id, operation, twin_version, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO changes (time, device_id, module_id, operation, twin_version, body, job_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             format_time(now),
-            key.device_id.as_ref(),
-            module_column(key),
+            key.map_or("", |key| key.device_id.as_ref()),
+            key.map_or("", module_column),
             operation.as_str(),
             twin_version.map(|version| version as i64),
             serde_json::to_string(body)?,
+            job_id.map(JobId::as_str),
         ])?;
     context.last_sequence = Some(connection.last_insert_rowid() as u64);
     Ok(())
@@ -1236,30 +1289,38 @@ impl Store for SqliteStore {
         &self,
         after: u64,
         limit: usize,
-        device: Option<DeviceId>,
+        filter: ChangeFilter,
     ) -> BoxFuture<'_, StoreResult<Vec<ChangeRecord>>> {
         self.read(move |connection| {
-            let mut records = Vec::new();
-            let mut push_rows = |rows: &mut rusqlite::Rows<'_>| -> StoreResult<()> {
-                while let Some(row) = rows.next()? {
-                    records.push(decode_change(row)?);
-                }
-                Ok(())
+            const COLUMNS: &str =
+                "sequence, time, device_id, module_id, operation, twin_version, body, job_id";
+            // One statement per filter, so each walks the index that fits (`changes_by_job` for a job,
+            // `changes_by_device` for a device, the sequence otherwise).
+            let (condition, arguments): (&str, Vec<SqlValue>) = match (&filter.device, &filter.job) {
+                (None, None) => ("", vec![]),
+                (Some(device), None) => (
+                    "device_id = ? AND",
+                    vec![SqlValue::Text(device.as_ref().to_owned())],
+                ),
+                (None, Some(job)) => ("job_id = ? AND", vec![SqlValue::Text(job.as_str().to_owned())]),
+                (Some(device), Some(job)) => (
+                    "job_id = ? AND device_id = ? AND",
+                    vec![
+                        SqlValue::Text(job.as_str().to_owned()),
+                        SqlValue::Text(device.as_ref().to_owned()),
+                    ],
+                ),
             };
-            const COLUMNS: &str = "sequence, time, device_id, module_id, operation, twin_version, body";
-            match device {
-                Some(device) => {
-                    let mut statement = connection.prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM changes WHERE device_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3"
-                    ))?;
-                    push_rows(&mut statement.query(params![device.as_ref(), after as i64, limit as i64])?)?;
-                }
-                None => {
-                    let mut statement = connection.prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM changes WHERE sequence > ?1 ORDER BY sequence LIMIT ?2"
-                    ))?;
-                    push_rows(&mut statement.query(params![after as i64, limit as i64])?)?;
-                }
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM changes WHERE {condition} sequence > ? ORDER BY sequence LIMIT ?"
+            ))?;
+            let mut arguments = arguments;
+            arguments.push(SqlValue::Integer(after as i64));
+            arguments.push(SqlValue::Integer(limit.min(i64::MAX as usize) as i64));
+            let mut rows = statement.query(rusqlite::params_from_iter(arguments))?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                records.push(decode_change(row)?);
             }
             Ok(records)
         })
@@ -1270,11 +1331,17 @@ impl Store for SqliteStore {
     }
 
     fn create_job(&self, job: JobRecord) -> BoxFuture<'_, StoreResult<()>> {
-        self.write(move |connection, _| jobs::insert_job(connection, &job))
+        self.write(move |connection, context| {
+            let change = jobs::insert_job(connection, &job, OffsetDateTime::now_utc())?;
+            append_job_changes(connection, context, &[change])
+        })
     }
 
     fn update_job(&self, job: JobRecord) -> BoxFuture<'_, StoreResult<()>> {
-        self.write(move |connection, _| jobs::update_job(connection, &job))
+        self.write(move |connection, context| {
+            let change = jobs::update_job(connection, &job, OffsetDateTime::now_utc())?;
+            append_job_changes(connection, context, change.as_slice())
+        })
     }
 
     fn get_job(&self, job_id: &JobId) -> BoxFuture<'_, StoreResult<Option<JobRecord>>> {
@@ -1343,8 +1410,11 @@ impl Store for SqliteStore {
             while records.peek().is_some() {
                 let chunk: Vec<TargetRecord> = records.by_ref().take(JOB_TARGET_CHUNK).collect();
                 let job_id = job_id.clone();
-                self.write(move |connection, _| jobs::save_targets(connection, &job_id, &chunk))
-                    .await?;
+                self.write(move |connection, context| {
+                    let changes = jobs::save_targets(connection, &job_id, &chunk)?;
+                    append_job_changes(connection, context, &changes)
+                })
+                .await?;
             }
             Ok(())
         })
@@ -1874,13 +1944,32 @@ fn apply_twin_change(
 fn decode_change(row: &rusqlite::Row<'_>) -> StoreResult<ChangeRecord> {
     let time: String = row.get(1)?;
     let operation: String = row.get(4)?;
-    let key = decode_row_key(row.get(2)?, row.get(3)?)?;
+    let device_id: String = row.get(2)?;
+    // A job's own record has no device (stored as '').
+    let key = if device_id.is_empty() {
+        None
+    } else {
+        Some(decode_row_key(device_id, row.get(3)?)?)
+    };
+    let job_id = row
+        .get::<_, Option<String>>(7)?
+        .map(|text| {
+            text.parse::<JobId>().map_err(|error| {
+                StoreError::Incompatible(format!("change record job id {text:?}: {error}"))
+            })
+        })
+        .transpose()?;
+    let (device_id, module_id) = match key {
+        Some(key) => (Some(key.device_id), key.module_id),
+        None => (None, None),
+    };
     Ok(ChangeRecord {
         sequence: row.get::<_, i64>(0)? as u64,
         time: OffsetDateTime::parse(&time, &time::format_description::well_known::Rfc3339)
             .map_err(|error| StoreError::Incompatible(format!("change time {time:?}: {error}")))?,
-        device_id: key.device_id,
-        module_id: key.module_id,
+        device_id,
+        module_id,
+        job_id,
         operation: ChangeOperation::parse(&operation).ok_or_else(|| {
             StoreError::Incompatible(format!("unknown change operation {operation:?}"))
         })?,

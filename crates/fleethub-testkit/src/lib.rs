@@ -51,7 +51,11 @@ impl TestHub {
             loop {
                 notifier.borrow_and_update();
                 let records = store
-                    .read_changes(0, 10_000, Some(device.clone()))
+                    .read_changes(
+                        0,
+                        10_000,
+                        fleethub_store::ChangeFilter::device(device.clone()),
+                    )
                     .await
                     .expect("read the change feed");
                 if records.iter().any(|record| record.operation == operation) {

@@ -4,7 +4,7 @@
 use anyhow::anyhow;
 use fleethub_service::ServiceError;
 use fleethub_service::protocol::errors::{ErrorCode, ReportedErrorCode};
-use fleethub_service::protocol::ids::{DeviceId, ModuleId};
+use fleethub_service::protocol::ids::{DeviceId, JobId, ModuleId};
 
 use crate::hub::{Hub, HubOrigin, Trust};
 
@@ -18,6 +18,14 @@ pub(crate) enum Kind {
     InvokeMethod,
     WatchChanges,
     Query,
+    ReadJob,
+    /// Create or cancel a job.
+    WriteJob,
+    /// Follow a job's progress (`--watch`): the change feed.
+    WatchJob,
+    ReadConfiguration,
+    /// Create, update or delete a configuration.
+    WriteConfiguration,
 }
 
 /// A direct-method call, for the not-online and timed-out messages.
@@ -38,6 +46,8 @@ pub(crate) struct Operation {
     pub(crate) module: Option<ModuleId>,
     pub(crate) etag: Option<String>,
     pub(crate) method: Option<MethodCall>,
+    pub(crate) job: Option<String>,
+    pub(crate) configuration: Option<String>,
 }
 
 impl Operation {
@@ -49,7 +59,19 @@ impl Operation {
             module: None,
             etag: None,
             method: None,
+            job: None,
+            configuration: None,
         }
+    }
+
+    pub(crate) fn on_job(mut self, job_id: &JobId) -> Operation {
+        self.job = Some(job_id.to_string());
+        self
+    }
+
+    pub(crate) fn on_configuration(mut self, id: &str) -> Operation {
+        self.configuration = Some(id.to_owned());
+        self
     }
 
     pub(crate) fn on(mut self, device: &DeviceId, module: Option<&ModuleId>) -> Operation {
@@ -70,11 +92,21 @@ impl Operation {
 
     /// "device dev1" or "module m1 of device dev1".
     fn subject(&self) -> String {
-        match (&self.device, &self.module) {
-            (Some(device), Some(module)) => format!("module {module} of device {device}"),
-            (Some(device), None) => format!("device {device}"),
-            (None, _) => "the hub".to_owned(),
+        match (&self.device, &self.module, &self.job, &self.configuration) {
+            (Some(device), Some(module), _, _) => format!("module {module} of device {device}"),
+            (Some(device), None, _, _) => format!("device {device}"),
+            (None, _, Some(job), _) => format!("job {job}"),
+            (None, _, None, Some(configuration)) => format!("configuration {configuration}"),
+            (None, _, None, None) => "the hub".to_owned(),
         }
+    }
+
+    fn job_text(&self) -> &str {
+        self.job.as_deref().unwrap_or("JOB_ID")
+    }
+
+    fn configuration_text(&self) -> &str {
+        self.configuration.as_deref().unwrap_or("ID")
     }
 
     /// ` --module m1` when the operation is about a module.
@@ -259,6 +291,55 @@ fn api_message(
         Some(ErrorCode::MessageTooLarge) => {
             format!("the payload is too large ({with_message}): send a smaller one")
         }
+        Some(ErrorCode::JobNotFound) => {
+            let job = operation.job_text();
+            format!(
+                "job {job} does not exist ({code_text}): see the jobs with `fleethub job list` (a job is kept for 30 days after it ended)"
+            )
+        }
+        Some(ErrorCode::JobAlreadyExists) => {
+            let job = operation.job_text();
+            format!(
+                "job {job} already exists ({code_text}): see it with `fleethub job show {job}`, or give the new job another id"
+            )
+        }
+        Some(ErrorCode::ConfigurationNotFound) => format!(
+            "configuration {} does not exist ({code_text}): see the configurations with `fleethub config list`",
+            operation.configuration_text()
+        ),
+        Some(ErrorCode::ConfigurationAlreadyExists) => {
+            let id = operation.configuration_text();
+            format!(
+                "configuration {id} already exists ({code_text}): see it with `fleethub config show {id}`, change it with `fleethub config update {id}`, or delete it first with `fleethub config delete {id}`"
+            )
+        }
+        Some(ErrorCode::InvalidConfigurationTargetCondition) => format!(
+            "the hub rejected the target condition ({with_message}): fix --target; it is the WHERE of a devices query, e.g. \"tags.site = 'lab'\" (`fleethub query \"SELECT deviceId FROM devices WHERE ...\"` shows what it selects)"
+        ),
+        Some(ErrorCode::InvalidConfigurationContent) => format!(
+            "the hub rejected the content ({with_message}): --content maps twin paths under properties.desired to the JSON to put there, e.g. '{{\"properties.desired.firmware\": {{\"version\": \"2.0\"}}}}'"
+        ),
+        Some(ErrorCode::CannotModifyImmutableConfigurationContent) => format!(
+            "the content of {subject} cannot change ({with_message}): create a configuration with the new content and a higher --priority, then delete this one"
+        ),
+        Some(ErrorCode::InvalidConfigurationCustomMetricsQuery) => format!(
+            "the hub rejected a metric ({with_message}): fix --metric NAME=QUERY (at most 5, each a query such as \"SELECT deviceId FROM devices WHERE properties.reported.fw = '2.0'\")"
+        ),
+        Some(ErrorCode::ConfigurationCountLimitExceeded) => format!(
+            "the hub holds as many configurations as it can ({with_message}): delete one first (see them with `fleethub config list`)"
+        ),
+        _ if status == 412 && operation.kind == Kind::WriteConfiguration => {
+            let id = operation.configuration_text();
+            match operation.etag.as_deref() {
+                Some(etag) => format!(
+                    "the etag {etag} is not the current one: configuration {id} changed since that etag was read ({code_text}): read the current etag with `fleethub config show {id}`, or leave out --etag to {} regardless",
+                    operation.action.split(' ').next().unwrap_or("write")
+                ),
+                None => format!(
+                    "configuration {id} changed while it was being updated ({code_text}): run the command again"
+                ),
+            }
+        }
         _ if status == 412 => {
             let etag = operation.etag.as_deref().unwrap_or("given");
             let (what, show, verb) = match operation.kind {
@@ -296,7 +377,11 @@ fn api_message(
                     "registryReadWrite or iothubowner",
                     "registryReadWrite",
                 ),
-                Kind::ReadTwin | Kind::WatchChanges | Kind::Query => (
+                Kind::ReadTwin
+                | Kind::WatchChanges
+                | Kind::Query
+                | Kind::ReadJob
+                | Kind::WatchJob => (
                     "ServiceConnect or RegistryRead",
                     "service, registryRead or iothubowner",
                     "service",
@@ -304,6 +389,21 @@ fn api_message(
                 Kind::WriteTwin | Kind::InvokeMethod => {
                     ("ServiceConnect", "service or iothubowner", "service")
                 }
+                Kind::WriteJob => (
+                    "ServiceConnect or RegistryWrite",
+                    "service, registryReadWrite or iothubowner",
+                    "service",
+                ),
+                Kind::ReadConfiguration => (
+                    "RegistryRead or ServiceConnect",
+                    "registryRead, service or iothubowner",
+                    "registryRead",
+                ),
+                Kind::WriteConfiguration => (
+                    "RegistryWrite",
+                    "registryReadWrite or iothubowner",
+                    "registryReadWrite",
+                ),
             };
             format!(
                 "policy {} may not {} ({with_message}): use the connection string of a policy with {right} ({policies}), e.g. `fleethub connection-string --policy {suggestion}` for a local hub",
@@ -313,6 +413,11 @@ fn api_message(
         _ if status == 404 && operation.kind == Kind::WatchChanges => format!(
             "{} has no change stream ({with_message}): `twin watch` needs a fleethub hub recent enough to serve GET /changes",
             hub.host()
+        ),
+        _ if status == 404 && operation.kind == Kind::WatchJob => format!(
+            "{} has no change stream ({with_message}): --watch needs a fleethub hub recent enough to serve GET /changes; leave it out and look with `fleethub job show {}`",
+            hub.host(),
+            operation.job_text()
         ),
         _ if status == 400 => {
             format!(

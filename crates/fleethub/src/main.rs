@@ -1,13 +1,16 @@
 //! The `fleethub` command: runs the hub (`serve`), prints its connection strings, and drives a hub (this one
-//! or Azure IoT Hub) through the service SDK: devices and modules, twins, direct methods, the change feed.
+//! or Azure IoT Hub) through the service SDK: devices and modules, twins, direct methods, queries, jobs,
+//! configurations, the change feed.
 //!
 //! Exit status: 0 when the command did what was asked, 1 when it failed (the message on stderr says what was
 //! wrong and what to do), 2 for a usage error (clap's).
 
+mod config;
 mod demo;
 mod device;
 mod failure;
 mod hub;
+mod job;
 mod json_input;
 mod local_hub;
 mod method;
@@ -28,7 +31,7 @@ use clap::{Parser, Subcommand};
     name = "fleethub",
     version,
     about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub",
-    after_help = "The device, twin and method commands find the hub from --hub, --data-dir, \
+    after_help = "The device, twin, method, query, job and config commands find the hub from --hub, --data-dir, \
                   FLEETHUB_CONNECTION_STRING or FLEETHUB_DATA_DIR (see `fleethub device --help`) and print \
                   tables, or JSON with --output json."
 )]
@@ -51,6 +54,10 @@ enum Command {
     Method(method::MethodCommand),
     /// Run an IoT Hub query and print every result (follows continuation tokens).
     Query(query::QueryCommand),
+    /// Jobs: call a method on, or patch the twins of, many devices; show, list, cancel, watch them run.
+    Job(job::JobCommand),
+    /// Configurations (automatic device management): desired properties for the twins a condition targets.
+    Config(config::ConfigCommand),
     /// Run the reference firmware-update workflow end to end on a hub started just for it.
     Demo(demo::DemoArgs),
 }
@@ -81,6 +88,8 @@ fn main() -> ExitCode {
             Command::Device(command) => device::run(command).await,
             Command::Twin(command) => twin::run(command).await,
             Command::Method(command) => method::run(command).await,
+            Command::Job(command) => job::run(command).await,
+            Command::Config(command) => config::run(command).await,
         }
     });
     match result {

@@ -13,7 +13,7 @@ use serde_json::Value;
 pub(crate) enum OutputFormat {
     /// Aligned columns with a header
     Table,
-    /// The hub's JSON, pretty-printed (one compact object per line for `twin watch`)
+    /// The hub's JSON, pretty-printed (one compact object per line for `twin watch` and `--watch`)
     Json,
 }
 
@@ -33,6 +33,12 @@ impl Palette {
     pub(crate) fn for_stdout() -> Palette {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
         Palette::new(std::io::stdout().is_terminal() && !no_color)
+    }
+
+    /// The same for what goes to stderr (progress bars).
+    pub(crate) fn for_stderr() -> Palette {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+        Palette::new(std::io::stderr().is_terminal() && !no_color)
     }
 
     pub(crate) fn new(colour: bool) -> Palette {

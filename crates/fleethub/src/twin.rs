@@ -74,7 +74,7 @@ enum TwinAction {
         #[arg(long, value_name = "ETAG")]
         etag: Option<String>,
     },
-    /// Print each twin, identity and connection change as it happens (all devices, or one)
+    /// Print each twin, identity, connection and job change as it happens (all devices, or one)
     Watch(WatchArgs),
 }
 
@@ -261,6 +261,16 @@ fn twin_summary(palette: &Palette, twin: &Twin) -> Table {
     }
     if let Some(version) = twin.version {
         table.row(vec![label("version"), version.to_string().into()]);
+    }
+    if let Some(configurations) = twin.configurations.as_ref().filter(|map| !map.is_empty()) {
+        let text: Vec<String> = configurations
+            .iter()
+            .map(|(id, info)| {
+                let status = info["status"].as_str().unwrap_or("?");
+                format!("{id} ({status})")
+            })
+            .collect();
+        table.row(vec![label("configurations"), text.join(", ").into()]);
     }
     if let Some(etag) = &twin.etag {
         table.row(vec![label("etag"), etag.as_str().into()]);

@@ -97,9 +97,11 @@ pub(crate) async fn run(
 
 /// `2026-11-26 05:00:01Z      #12  dev1              updateTwin            desired.fw="2.0" (twin v3)`
 fn change_line(palette: &Palette, record: &ChangeRecord) -> String {
-    let who = match &record.module_id {
-        Some(module_id) => format!("{}/{module_id}", record.device_id),
-        None => record.device_id.to_string(),
+    let who = match (&record.device_id, &record.module_id, &record.job_id) {
+        (Some(device_id), Some(module_id), _) => format!("{device_id}/{module_id}"),
+        (Some(device_id), None, _) => device_id.to_string(),
+        (None, _, Some(job_id)) => format!("job {job_id}"),
+        (None, _, None) => "-".to_owned(),
     };
     let operation_style = match record.operation {
         ChangeOperation::CreateDeviceIdentity | ChangeOperation::DeviceConnected => palette.good,
@@ -107,9 +109,13 @@ fn change_line(palette: &Palette, record: &ChangeRecord) -> String {
         ChangeOperation::UpdateDeviceIdentity
         | ChangeOperation::UpdateTwin
         | ChangeOperation::ReplaceTwin => palette.change,
+        ChangeOperation::DeviceJobUpdated | ChangeOperation::JobUpdated => palette.muted,
     };
     let time = human_time(Some(&format_time(record.time)));
-    let mut summary = summarize(&record.body);
+    let mut summary = match record.operation {
+        ChangeOperation::DeviceJobUpdated | ChangeOperation::JobUpdated => job_summary(record),
+        _ => summarize(&record.body),
+    };
     if let Some(version) = record.twin_version {
         if !summary.is_empty() {
             summary.push(' ');
@@ -128,6 +134,33 @@ fn change_line(palette: &Palette, record: &ChangeRecord) -> String {
         operation_style.render_reset(),
     );
     format!("{}\n", line.trim_end())
+}
+
+/// A job record: `job reboot-1: completed (200)` for a device, `running, 2/5 finished` for the job.
+fn job_summary(record: &ChangeRecord) -> String {
+    let body = &record.body;
+    let status = body["status"].as_str().unwrap_or("?");
+    match record.operation {
+        ChangeOperation::DeviceJobUpdated => {
+            let job = record.job_id.as_ref().map_or("?", |job_id| job_id.as_str());
+            let detail = match (
+                body["error"]["code"].as_str(),
+                body["outcome"]["deviceMethodResponse"]["status"].as_i64(),
+            ) {
+                (Some(code), _) => format!(" ({code})"),
+                (None, Some(status)) => format!(" ({status})"),
+                (None, None) => String::new(),
+            };
+            format!("job {job}: {status}{detail}")
+        }
+        _ => {
+            let statistics = &body["deviceJobStatistics"];
+            let count = |name: &str| statistics[name].as_u64().unwrap_or(0);
+            let finished =
+                count("deviceCount").saturating_sub(count("pendingCount") + count("runningCount"));
+            format!("{status}, {finished}/{} finished", count("deviceCount"))
+        }
+    }
 }
 
 /// What changed, compactly: `tags.site="lab", desired.fw="2.0"`, from a twin change body
@@ -249,6 +282,37 @@ mod tests {
         assert_eq!(
             line,
             "2026-11-26 05:00:02Z     #13  dev1/m1           deviceConnected\n"
+        );
+        let line = change_line(
+            &palette,
+            &record(json!({
+                "sequence": 14,
+                "time": "2026-11-26T05:00:03Z",
+                "deviceId": "dev1",
+                "jobId": "reboot",
+                "operation": "deviceJobUpdated",
+                "twinVersion": null,
+                "body": {"status": "completed", "outcome": {"deviceMethodResponse": {"status": 200, "payload": null}}}
+            })),
+        );
+        assert_eq!(
+            line,
+            "2026-11-26 05:00:03Z     #14  dev1              deviceJobUpdated      job reboot: completed (200)\n"
+        );
+        let line = change_line(
+            &palette,
+            &record(json!({
+                "sequence": 15,
+                "time": "2026-11-26T05:00:04Z",
+                "jobId": "reboot",
+                "operation": "jobUpdated",
+                "twinVersion": null,
+                "body": {"status": "completed", "deviceJobStatistics": {"deviceCount": 2, "pendingCount": 0, "runningCount": 0}}
+            })),
+        );
+        assert_eq!(
+            line,
+            "2026-11-26 05:00:04Z     #15  job reboot        jobUpdated            completed, 2/2 finished\n"
         );
     }
 }

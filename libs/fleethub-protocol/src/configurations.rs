@@ -47,6 +47,24 @@ pub struct Configuration {
     pub etag: ETag,
 }
 
+impl Configuration {
+    /// The writable part, for an update: everything a `PUT` with `If-Match` takes (the content may stay,
+    /// it cannot change).
+    pub fn to_request(&self) -> ConfigurationRequest {
+        ConfigurationRequest {
+            id: Some(self.id.clone()),
+            schema_version: Some(self.schema_version.clone()),
+            labels: Some(self.labels.clone()),
+            content: Some(self.content.clone()),
+            target_condition: Some(self.target_condition.clone()),
+            priority: Some(self.priority),
+            metrics: Some(MetricQueries {
+                queries: Some(self.metrics.queries.clone()),
+            }),
+        }
+    }
+}
+
 /// `content`: what a configuration writes. `deviceContent` for device configurations, `moduleContent` for
 /// module configurations, `modulesContent` for IoT Edge deployments. Keys are twin paths
 /// (`properties.desired.x`), values the JSON to put there.
@@ -72,30 +90,31 @@ pub struct ConfigurationMetrics {
 }
 
 /// The body of `PUT /configurations/{id}`, read leniently: only what a caller may set. `null` and absent
-/// are the same.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// are the same. Written (by the service SDK) with the unset fields left out, as the Python SDK writes its
+/// `Configuration` model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigurationRequest {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<ConfigurationContent>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_condition: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricQueries>,
 }
 
 /// The writable half of `metrics`: `{"queries": {...}}` (`results` is read-only and ignored).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricQueries {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queries: Option<BTreeMap<String, String>>,
 }
 

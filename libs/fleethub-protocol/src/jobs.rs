@@ -164,6 +164,45 @@ pub struct JobRequest {
     pub max_execution_time_in_seconds: Option<u64>,
 }
 
+impl JobRequest {
+    /// A `scheduleDeviceMethod` job: calls `method` on every device matching `query_condition` (the WHERE of
+    /// a devices query), starting now, within the hub's default maximum execution time.
+    pub fn device_method(
+        job_id: JobId,
+        method: CloudToDeviceMethod,
+        query_condition: impl Into<String>,
+    ) -> JobRequest {
+        JobRequest {
+            job_id: Some(job_id),
+            job_type: JobType::ScheduleDeviceMethod,
+            cloud_to_device_method: Some(method),
+            update_twin: None,
+            query_condition: Some(query_condition.into()),
+            start_time: None,
+            max_execution_time_in_seconds: None,
+        }
+    }
+
+    /// A `scheduleUpdateTwin` job: patches the tags and desired properties of `twin` into every device
+    /// matching `query_condition`. Its etag is set to `"*"`, the only one a job takes.
+    pub fn update_twin(
+        job_id: JobId,
+        mut twin: Twin,
+        query_condition: impl Into<String>,
+    ) -> JobRequest {
+        twin.etag = Some(crate::ids::ETag::new("*"));
+        JobRequest {
+            job_id: Some(job_id),
+            job_type: JobType::ScheduleUpdateTwin,
+            cloud_to_device_method: None,
+            update_twin: Some(twin),
+            query_condition: Some(query_condition.into()),
+            start_time: None,
+            max_execution_time_in_seconds: None,
+        }
+    }
+}
+
 /// Per-status device counts of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -305,6 +344,34 @@ pub struct DeviceJob {
     pub outcome: DeviceJobOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<DeviceJobError>,
+}
+
+/// The body of a `deviceJobUpdated` change record (a fleethub extension, see
+/// [`crate::changes::ChangeOperation::DeviceJobUpdated`]): the device's `devices.jobs` record as it is now,
+/// and the job's counts once this change is durable, so a watcher of the job's records always knows where
+/// the whole job stands from the latest one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceJobChange {
+    #[serde(flatten)]
+    pub device_job: DeviceJob,
+    pub device_job_statistics: DeviceJobStatistics,
+}
+
+impl DeviceJobStatistics {
+    /// Devices whose part is over: succeeded, failed, or cancelled (Azure has no cancelled count; it is what
+    /// `deviceCount` holds beyond the others).
+    pub fn finished_count(&self) -> u64 {
+        self.device_count
+            .saturating_sub(self.pending_count + self.running_count)
+    }
+
+    /// Devices cancelled: counted in `deviceCount` only.
+    pub fn cancelled_count(&self) -> u64 {
+        self.device_count.saturating_sub(
+            self.pending_count + self.running_count + self.succeeded_count + self.failed_count,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -510,6 +577,27 @@ mod tests {
             serde_json::from_value::<DeviceJob>(written).ok(),
             Some(record)
         );
+    }
+
+    #[test]
+    fn a_device_job_change_is_the_record_with_the_job_counts() {
+        let wire = json!({
+            "deviceId": "d", "jobId": "j", "jobType": "scheduleDeviceMethod", "status": "completed",
+            "startTimeUtc": "2024-05-01T10:00:00.0000000Z",
+            "endTimeUtc": "2024-05-01T10:00:01.0000000Z",
+            "createdDateTimeUtc": "2024-05-01T10:00:00.0000000Z",
+            "lastUpdatedDateTimeUtc": "2024-05-01T10:00:01.0000000Z",
+            "outcome": {"deviceMethodResponse": {"status": 200, "payload": null}},
+            "deviceJobStatistics": {"deviceCount": 4, "failedCount": 1, "succeededCount": 1, "runningCount": 1, "pendingCount": 0}
+        });
+        let change: DeviceJobChange = serde_json::from_value(wire.clone()).expect("parses");
+        assert_eq!(change.device_job.status, DeviceJobStatus::Completed);
+        assert_eq!(change.device_job_statistics.finished_count(), 3);
+        assert_eq!(change.device_job_statistics.cancelled_count(), 1);
+        assert_eq!(serde_json::to_value(&change).ok(), Some(wire.clone()));
+        // The record alone reads as a plain `devices.jobs` item.
+        let record: DeviceJob = serde_json::from_value(wire).expect("parses");
+        assert_eq!(record, change.device_job);
     }
 
     #[test]

@@ -358,6 +358,11 @@ pub struct Twin {
     pub device_scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_scopes: Option<Vec<String>>,
+    /// Automatic device management: the configurations targeting this twin, `{"<id>": {"status":
+    /// "applied" | "targeted"}}` (see [`crate::configurations::TwinConfigurationInfo`]); kept as JSON so any
+    /// spelling of the status reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configurations: Option<Map<String, Value>>,
 }
 
 /// Body of `POST /twins/{id}[/modules/{mid}]/methods`.

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fleethub_protocol::changes::ChangeRecord;
-use fleethub_protocol::ids::DeviceId;
+use fleethub_protocol::ids::{DeviceId, JobId};
 use futures_util::{Stream, StreamExt};
 use reqwest::Method;
 
@@ -25,8 +25,11 @@ pub struct WatchOptions {
     /// Deliver changes with a sequence number greater than this; `None` starts at the newest change (only
     /// what happens from now on).
     pub after: Option<u64>,
-    /// Only this device's changes (and its modules').
+    /// Only this device's changes (and its modules', and its records in jobs).
     pub device: Option<DeviceId>,
+    /// Only this job's records: `jobUpdated` (created, status or end time changed) and `deviceJobUpdated`
+    /// (a device's status in the job changed). With `device` too, that device's records in the job.
+    pub job: Option<JobId>,
     /// Stop at the first lost connection instead of resuming (default: resume).
     pub no_reconnect: bool,
 }
@@ -68,7 +71,8 @@ struct Watch {
 }
 
 impl ServiceClient {
-    /// Watches the hub's change feed: twin changes, identity creation and deletion, connection changes.
+    /// Watches the hub's change feed: twin changes, identity creation and deletion, connection changes, jobs'
+    /// progress ([`watch_job`](ServiceClient::watch_job) builds on it).
     /// The watch is open when this returns (so "from now" means from this call, and a refusal such as a
     /// policy without the right is returned here); afterwards the stream resumes by itself.
     ///
@@ -78,7 +82,7 @@ impl ServiceClient {
     /// let mut changes = client.watch_changes(WatchOptions::default()).await?;
     /// while let Some(change) = changes.next().await {
     ///     let change = change?;
-    ///     println!("{} {} {}", change.sequence, change.device_id, change.operation.as_str());
+    ///     println!("{} {:?} {}", change.sequence, change.device_id, change.operation.as_str());
     /// }
     /// # Ok(())
     /// # }
@@ -181,6 +185,12 @@ async fn open(
         query.push_str(&format!(
             "&deviceId={}",
             fleethub_protocol::percent::quote(device.as_str())
+        ));
+    }
+    if let Some(job) = &options.job {
+        query.push_str(&format!(
+            "&jobId={}",
+            fleethub_protocol::percent::quote(job.as_str())
         ));
     }
     let response = client

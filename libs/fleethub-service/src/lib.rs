@@ -19,8 +19,20 @@
 //!   [`invoke_module_method`](ServiceClient::invoke_module_method);
 //! - twin queries: [`query`](ServiceClient::query) streams every result across pages,
 //!   [`query_page`](ServiceClient::query_page) gives one page and its continuation token;
+//! - jobs (Jobs v2): [`create_job`](ServiceClient::create_job), [`get_job`](ServiceClient::get_job),
+//!   [`cancel_job`](ServiceClient::cancel_job), [`query_jobs`](ServiceClient::query_jobs) (every page) and
+//!   [`query_jobs_page`](ServiceClient::query_jobs_page); [`watch_job`](ServiceClient::watch_job) follows a
+//!   job's progress until it ends, pushed by the hub (a fleethub extension);
+//! - configurations (automatic device management):
+//!   [`create_configuration`](ServiceClient::create_configuration),
+//!   [`update_configuration`](ServiceClient::update_configuration),
+//!   [`get_configuration`](ServiceClient::get_configuration),
+//!   [`list_configurations`](ServiceClient::list_configurations),
+//!   [`delete_configuration`](ServiceClient::delete_configuration),
+//!   [`test_configuration_queries`](ServiceClient::test_configuration_queries);
 //! - the change feed, pushed: [`watch_changes`](ServiceClient::watch_changes) (a fleethub extension, not in
-//!   Azure) streams twin, identity and connection changes and resumes by itself after a dropped connection;
+//!   Azure) streams twin, identity, connection and job changes and resumes by itself after a dropped
+//!   connection;
 //! - [`raw`](ServiceClient::raw): any signed request, for endpoints not wrapped yet and for tests.
 //!
 //! The JSON types ([`Device`](protocol::rest::Device), [`Twin`](protocol::rest::Twin), ...) and ids
@@ -93,7 +105,9 @@
 mod auth;
 mod changes;
 mod client;
+mod configurations;
 mod error;
+mod jobs;
 mod methods;
 mod query;
 mod registry;
@@ -105,6 +119,7 @@ pub use auth::{RENEW_BEFORE_EXPIRY_SECONDS, TOKEN_LIFETIME_SECONDS};
 pub use changes::{ChangeStream, WatchOptions};
 pub use client::{RawResponse, ServiceClient, ServiceClientOptions};
 pub use error::{ConfigError, ServiceError};
+pub use jobs::{JobPage, JobProgress, JobWatch};
 pub use query::{QueryPage, QueryStream};
 pub use wire::API_VERSION;
 

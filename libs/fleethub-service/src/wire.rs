@@ -1,7 +1,7 @@
 //! How requests look on the wire, kept pure so that it can be tested without a hub: paths with percent-encoded
 //! ids, the `api-version` query parameter, and `If-Match` values (PROTOCOL.md §3.1, §3.2).
 
-use fleethub_protocol::ids::{DeviceId, ETag, ModuleId};
+use fleethub_protocol::ids::{DeviceId, ETag, JobId, ModuleId};
 use fleethub_protocol::percent::quote;
 use reqwest::header::HeaderValue;
 
@@ -39,6 +39,16 @@ pub(crate) fn device_method(device_id: &DeviceId) -> String {
 
 pub(crate) fn module_method(device_id: &DeviceId, module_id: &ModuleId) -> String {
     format!("{}/methods", module_twin(device_id, module_id))
+}
+
+/// `/jobs/v2/{id}` (Jobs v2, as the Python SDK's `create_scheduled_job` sends it).
+pub(crate) fn job(job_id: &JobId) -> String {
+    format!("/jobs/v2/{}", quote(job_id.as_str()))
+}
+
+/// `/configurations/{id}`.
+pub(crate) fn configuration(id: &str) -> String {
+    format!("/configurations/{}", quote(id))
 }
 
 /// `path?name=value&...&api-version=2021-04-12`, with names and values escaped like the ids.
@@ -124,6 +134,8 @@ mod tests {
                 "/twins/d/modules/m%3D1",
             ),
             (device_method(&device_id("d*")), "/twins/d%2A/methods"),
+            (job(&"job:1".parse().expect("valid")), "/jobs/v2/job%3A1"),
+            (configuration("fw-2.0+a%"), "/configurations/fw-2.0%2Ba%25"),
             (
                 module_method(&device_id("d"), &module_id("m@x")),
                 "/twins/d/modules/m%40x/methods",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fleethub_core::identity::IdentityKey;
 use fleethub_protocol::changes::ChangeOperation;
-use fleethub_store::Store;
+use fleethub_store::{ChangeFilter, Store};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,10 @@ pub(super) async fn follow_changes(
         }
         let with_changes = dynamic_jobs.load(Ordering::Relaxed) > 0;
         while after < latest {
-            let records = match store.read_changes(after, READ_BATCH, None).await {
+            let records = match store
+                .read_changes(after, READ_BATCH, ChangeFilter::all())
+                .await
+            {
                 Ok(records) => records,
                 Err(error) => {
                     tracing::warn!(%error, "jobs cannot read the change feed; retrying");
@@ -69,10 +72,13 @@ pub(super) async fn follow_changes(
                 .into_iter()
                 .filter(|record| record.module_id.is_none())
                 .filter_map(|record| {
-                    let key = IdentityKey::device(record.device_id);
+                    let key = IdentityKey::device(record.device_id?);
                     match record.operation {
                         ChangeOperation::DeviceConnected => Some(FleetEvent::Connected(key)),
-                        ChangeOperation::DeleteDeviceIdentity => None,
+                        // Jobs' own progress says nothing a query condition can test.
+                        ChangeOperation::DeleteDeviceIdentity
+                        | ChangeOperation::DeviceJobUpdated
+                        | ChangeOperation::JobUpdated => None,
                         _ if with_changes => Some(FleetEvent::Changed(key)),
                         _ => None,
                     }

@@ -3,8 +3,10 @@
 //!
 //! Query: `after=SEQ` (exclusive) or `from=SEQ` (inclusive), or the standard `Last-Event-ID` header on a
 //! reconnect; with none of them the stream starts at the newest change (only what happens from now on).
-//! `deviceId=ID` keeps one device's changes (its modules' too). Each event: `id:` the sequence number,
-//! `event:` the operation (`updateTwin`, `deviceConnected`, ...), `data:` the `ChangeRecord` JSON.
+//! `deviceId=ID` keeps one device's changes (its modules' and its records in jobs too); `jobId=ID` keeps one
+//! job's records (`jobUpdated`, `deviceJobUpdated`), read through their own index, so watching a job costs
+//! nothing however busy the rest of the hub is. Each event: `id:` the sequence number, `event:` the
+//! operation (`updateTwin`, `deviceConnected`, `deviceJobUpdated`, ...), `data:` the `ChangeRecord` JSON.
 //! A comment line is sent every 15 s so proxies and clients see the stream is alive. The response header
 //! `x-fleethub-after-sequence` says where the stream starts, so a client can resume exactly.
 
@@ -18,8 +20,8 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use fleethub_protocol::changes::ChangeRecord;
-use fleethub_protocol::ids::DeviceId;
-use fleethub_store::Store;
+use fleethub_protocol::ids::{DeviceId, JobId};
+use fleethub_store::{ChangeFilter, Store};
 use futures_util::stream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +40,7 @@ struct Cursor {
     store: Arc<dyn Store>,
     notifier: watch::Receiver<u64>,
     after: u64,
-    device: Option<DeviceId>,
+    filter: ChangeFilter,
     pending: VecDeque<ChangeRecord>,
     shutdown: CancellationToken,
 }
@@ -73,11 +75,18 @@ pub(super) async fn stream_changes(
                 .map_err(|error| ApiError::bad_request(format!("deviceId {id:?}: {error}")))
         })
         .transpose()?;
+    let job = query
+        .get("jobId")
+        .map(|id| {
+            id.parse::<JobId>()
+                .map_err(|error| ApiError::bad_request(format!("jobId {id:?}: {error}")))
+        })
+        .transpose()?;
     let cursor = Cursor {
         store,
         notifier,
         after,
-        device,
+        filter: ChangeFilter { device, job },
         pending: VecDeque::new(),
         shutdown: state.shutdown.clone(),
     };
@@ -106,7 +115,7 @@ async fn next_event(mut cursor: Cursor) -> Option<(Result<Event, Infallible>, Cu
         cursor.notifier.borrow_and_update();
         match cursor
             .store
-            .read_changes(cursor.after, PAGE, cursor.device.clone())
+            .read_changes(cursor.after, PAGE, cursor.filter.clone())
             .await
         {
             Ok(records) if !records.is_empty() => {

@@ -327,7 +327,11 @@ async fn assignments_write_content_once_and_statuses_without_change_records(stor
         &[Some(patch.clone())]
     );
     let changes = store
-        .read_changes(before, 10, Some(key.device_id.clone()))
+        .read_changes(
+            before,
+            10,
+            crate::ChangeFilter::device(key.device_id.clone()),
+        )
         .await
         .expect("changes");
     assert_eq!(changes.len(), 1);

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 use super::StoreFactory;
-use crate::{JobFilter, JobRecord, Store, StoreError};
+use crate::{ChangeFilter, ChangeOperation, ChangeRecord, JobFilter, JobRecord, Store, StoreError};
 
 const NOW: OffsetDateTime = datetime!(2026-05-01 10:00 UTC);
 
@@ -28,6 +28,7 @@ pub(super) async fn run_all(factory: &dyn StoreFactory) {
     deleting_a_job_deletes_its_records(&*store).await;
     purging_deletes_only_jobs_finished_before_the_cutoff(&*store).await;
     an_execution_restores_from_its_stored_records(&*store).await;
+    job_progress_is_appended_to_the_change_feed(&*store).await;
     drop(store);
     jobs_and_records_survive_reopening(factory).await;
 }
@@ -649,6 +650,246 @@ async fn an_execution_restores_from_its_stored_records(store: &dyn Store) {
     assert_eq!(
         store.job_target_statistics(&id).await.expect("statistics"),
         restored.statistics()
+    );
+}
+
+/// The job's records after `after`, and the newest sequence number.
+async fn job_changes(store: &dyn Store, job: &JobId, after: u64) -> Vec<ChangeRecord> {
+    store
+        .read_changes(after, 1000, ChangeFilter::job(job.clone()))
+        .await
+        .expect("read the job's changes")
+}
+
+async fn job_progress_is_appended_to_the_change_feed(store: &dyn Store) {
+    let id = job_id("conf-feed");
+    let before = *store.change_notifier().borrow();
+    let mut record = job(
+        id.as_str(),
+        JobType::ScheduleDeviceMethod,
+        JobStatus::Queued,
+    );
+    store.create_job(record.clone()).await.expect("create job");
+    let created = job_changes(store, &id, before).await;
+    assert_eq!(created.len(), 1, "{created:#?}");
+    assert_eq!(created[0].operation, ChangeOperation::JobUpdated);
+    assert_eq!(
+        (created[0].device_id.as_ref(), created[0].module_id.as_ref()),
+        (None, None)
+    );
+    assert_eq!(created[0].job_id.as_ref(), Some(&id));
+    assert_eq!(created[0].twin_version, None);
+    assert_eq!(created[0].body["jobId"], json!("conf-feed"));
+    assert_eq!(created[0].body["type"], json!("scheduleDeviceMethod"));
+    assert_eq!(created[0].body["status"], json!("queued"));
+    assert_eq!(created[0].body["queryCondition"], json!("tags.site = 'a'"));
+    assert_eq!(
+        created[0].body["deviceJobStatistics"]["deviceCount"],
+        json!(0)
+    );
+    let mut cursor = created[0].sequence;
+
+    // Frozen targets are pending: nothing to report until the job runs, whose record counts them.
+    let module_key = IdentityKey::module(
+        "feed-a".parse::<DeviceId>().expect("valid"),
+        "m".parse::<ModuleId>().expect("valid"),
+    );
+    let targets = [device("feed-a"), module_key.clone(), device("feed-b")];
+    store
+        .save_job_targets(&id, targets.iter().cloned().map(pending).collect())
+        .await
+        .expect("save targets");
+    assert_eq!(job_changes(store, &id, cursor).await, []);
+    record.status = JobStatus::Running;
+    record.start_time = Some(at(1));
+    store.update_job(record.clone()).await.expect("running");
+    let running = job_changes(store, &id, cursor).await;
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].body["status"], json!("running"));
+    assert_eq!(
+        running[0].body["deviceJobStatistics"],
+        json!({"deviceCount": 3, "failedCount": 0, "succeededCount": 0, "runningCount": 0, "pendingCount": 3}),
+        "the counts of the stored records"
+    );
+    cursor = running[0].sequence;
+    // A write of the runner's statistics alone changes nothing a watcher needs.
+    record.statistics.device_count = 3;
+    record.statistics.pending = 3;
+    store.update_job(record.clone()).await.expect("statistics");
+    assert_eq!(job_changes(store, &id, cursor).await, []);
+
+    // Each status change of a target, with the job's counts after it, in one save.
+    let started = |key: &IdentityKey| TargetRecord {
+        status: TargetStatus::Running,
+        attempts: 1,
+        started: Some(at(2)),
+        last_updated: at(2),
+        ..pending(key.clone())
+    };
+    let succeeded = TargetRecord {
+        status: TargetStatus::Succeeded,
+        finished: Some(at(3)),
+        last_updated: at(3),
+        outcome: Some(json!({"status": 200, "payload": {"ok": true}})),
+        ..started(&device("feed-a"))
+    };
+    store
+        .save_job_targets(
+            &id,
+            vec![
+                started(&device("feed-a")),
+                started(&module_key),
+                succeeded.clone(),
+            ],
+        )
+        .await
+        .expect("save progress");
+    let progress = job_changes(store, &id, cursor).await;
+    // `who status pending/running/succeeded` after each record.
+    let summary: Vec<String> = progress
+        .iter()
+        .map(|change| {
+            let stats = &change.body["deviceJobStatistics"];
+            let who = match (&change.device_id, &change.module_id) {
+                (Some(device), Some(module)) => format!("{device}/{module}"),
+                (Some(device), None) => device.to_string(),
+                (None, _) => "-".to_owned(),
+            };
+            format!(
+                "{who} {} {}/{}/{}",
+                change.body["status"].as_str().expect("a status"),
+                stats["pendingCount"],
+                stats["runningCount"],
+                stats["succeededCount"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "feed-a running 2/1/0",
+            "feed-a/m running 1/2/0",
+            "feed-a completed 1/1/1",
+        ]
+    );
+    for change in &progress {
+        assert_eq!(change.operation, ChangeOperation::DeviceJobUpdated);
+        assert_eq!(change.job_id.as_ref(), Some(&id));
+        assert_eq!(change.body["jobId"], json!("conf-feed"));
+        assert_eq!(change.body["jobType"], json!("scheduleDeviceMethod"));
+        assert_eq!(change.body["deviceJobStatistics"]["deviceCount"], json!(3));
+    }
+    assert_eq!(progress[2].time, at(3), "the time of the target's change");
+    assert_eq!(
+        progress[2].body["outcome"],
+        json!({"deviceMethodResponse": {"status": 200, "payload": {"ok": true}}})
+    );
+    assert_eq!(progress[1].body["moduleId"], json!("m"));
+    cursor = progress[2].sequence;
+
+    // Saving the same state again (a retried batch) appends nothing.
+    store
+        .save_job_targets(&id, vec![succeeded.clone()])
+        .await
+        .expect("save again");
+    assert_eq!(job_changes(store, &id, cursor).await, []);
+
+    // The device filter shows the device's records in jobs too; both filters together, one job's.
+    let of_device = store
+        .read_changes(
+            before,
+            1000,
+            ChangeFilter::device("feed-a".parse().expect("valid")),
+        )
+        .await
+        .expect("read device");
+    assert_eq!(of_device.len(), 3);
+    assert!(
+        of_device
+            .iter()
+            .all(|change| change.operation == ChangeOperation::DeviceJobUpdated)
+    );
+    let of_b = store
+        .read_changes(
+            before,
+            1000,
+            ChangeFilter {
+                device: Some("feed-b".parse().expect("valid")),
+                job: Some(id.clone()),
+            },
+        )
+        .await
+        .expect("read device in job");
+    assert_eq!(of_b, [], "feed-b is still pending");
+    let everything = store
+        .read_changes(before, 1000, ChangeFilter::all())
+        .await
+        .expect("read all");
+    assert!(
+        everything
+            .iter()
+            .all(|change| change.job_id.is_none() || change.job_id.as_ref() == Some(&id)),
+        "nothing else wrote jobs meanwhile"
+    );
+    assert_eq!(everything.len(), 5);
+
+    // Cancelled, then over (its running targets settled): both the status and the end are reported.
+    record.status = JobStatus::Cancelled;
+    store.update_job(record.clone()).await.expect("cancelled");
+    let cancelled_pending = TargetRecord {
+        status: TargetStatus::Cancelled,
+        finished: Some(at(4)),
+        last_updated: at(4),
+        ..pending(device("feed-b"))
+    };
+    let failed = TargetRecord {
+        status: TargetStatus::Failed,
+        finished: Some(at(5)),
+        last_updated: at(5),
+        error: Some(TargetError::new("GatewayTimeout", "no answer")),
+        ..started(&module_key)
+    };
+    store
+        .save_job_targets(&id, vec![cancelled_pending, failed])
+        .await
+        .expect("settle");
+    record.end_time = Some(at(6));
+    store.update_job(record.clone()).await.expect("ended");
+    let ending = job_changes(store, &id, cursor).await;
+    let operations: Vec<(ChangeOperation, &str)> = ending
+        .iter()
+        .map(|change| {
+            (
+                change.operation,
+                change.body["status"].as_str().expect("status"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            (ChangeOperation::JobUpdated, "cancelled"),
+            (ChangeOperation::DeviceJobUpdated, "canceled"),
+            (ChangeOperation::DeviceJobUpdated, "failed"),
+            (ChangeOperation::JobUpdated, "cancelled"),
+        ]
+    );
+    assert!(ending[0].body.get("endTime").is_none());
+    assert!(ending[3].body["endTime"].is_string());
+    assert_eq!(
+        ending[3].body["deviceJobStatistics"],
+        json!({"deviceCount": 3, "failedCount": 1, "succeededCount": 1, "runningCount": 0, "pendingCount": 0})
+    );
+    assert_eq!(
+        store.job_target_statistics(&id).await.expect("statistics"),
+        Statistics {
+            device_count: 3,
+            succeeded: 1,
+            failed: 1,
+            cancelled: 1,
+            ..Statistics::default()
+        },
+        "the kept counts are the counted ones"
     );
 }
 
