@@ -1,5 +1,5 @@
 //! Authentication and authorisation: service SAS tokens (signed with a shared access policy, `skn`) for the
-//! REST API, and device SAS tokens for MQTT CONNECT.
+//! REST API, and device SAS tokens for MQTT CONNECT and for firmware downloads over HTTPS.
 //!
 //! Rules (PROTOCOL.md §2.2, §3.1): the signature covers the `sr` field exactly as received, so it is never
 //! re-encoded here; the host named in `sr` may be any of the hub's names, with or without a port,
@@ -43,6 +43,19 @@ pub mod required {
     pub const JOB_WRITE: Requirement = Requirement(&[ServiceConnect, RegistryWrite]);
     /// Reading jobs (`GET /jobs/v2/{id}`, `GET /jobs/v2/query`).
     pub const JOB_READ: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
+    /// Firmware artifacts (a fleethub extension, docs/firmware.md) are registry-like data: listed and
+    /// read with RegistryRead, uploaded and deleted with RegistryWrite.
+    pub const FIRMWARE_READ: Requirement = Requirement(&[RegistryRead]);
+    pub const FIRMWARE_WRITE: Requirement = Requirement(&[RegistryWrite]);
+    /// Entitling a device to download an artifact (`POST .../grants`) is a service-to-device operation,
+    /// like a twin write or a method call.
+    pub const FIRMWARE_GRANT: Requirement = Requirement(&[ServiceConnect]);
+    /// Firmware rollouts (a fleethub extension) as jobs: creating, pausing, resuming, approving and aborting
+    /// one (`PUT /firmware/rollouts/{id}`, `POST .../{action}`) with ServiceConnect or RegistryWrite (a rollout
+    /// calls a method on many devices and entitles them to download), reading them with ServiceConnect or
+    /// RegistryRead.
+    pub const ROLLOUT_WRITE: Requirement = Requirement(&[ServiceConnect, RegistryWrite]);
+    pub const ROLLOUT_READ: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -304,6 +317,84 @@ pub async fn authenticate_device(
                 format!("device {} is disabled", record.key.device_id),
             ));
         }
+    }
+    Ok(record)
+}
+
+/// Why a device's HTTP request (a firmware download with `Authorization: SharedAccessSignature ...`) is not
+/// authenticated: always HTTP 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeviceTokenError(pub String);
+
+/// Authenticates a device's SAS token sent over HTTP: `sr` names the device (`host/devices/{id}`), signed
+/// with one of its keys, or with a policy that has DeviceConnect (as for MQTT CONNECT). Returns the
+/// device's record, enabled or not (the caller decides what a disabled device may do). Module tokens are
+/// refused: firmware belongs to devices.
+pub async fn authenticate_device_token(
+    services: &Services,
+    authorization: Option<&str>,
+    now_unix: u64,
+) -> Result<DeviceRecord, DeviceTokenError> {
+    let refuse = |message: String| DeviceTokenError(message);
+    let header = authorization.ok_or_else(|| {
+        refuse(
+            "the Authorization header is missing: send the device's SAS token, or use a signed URL"
+                .into(),
+        )
+    })?;
+    let token: SasToken = header
+        .trim()
+        .parse()
+        .map_err(|error| refuse(format!("the SAS token is malformed: {error}")))?;
+    let resource = DeviceResource::parse(&token.resource)
+        .map_err(|error| refuse(format!("the SAS token's resource: {error}")))?;
+    if resource.module_id.is_some() {
+        return Err(refuse(format!(
+            "the SAS token is for a module ({}): firmware downloads take the device's token",
+            token.resource
+        )));
+    }
+    if !services.config.is_own_hostname(&resource.host) {
+        return Err(refuse(format!(
+            "the SAS token is for host {:?}, which is not this hub",
+            resource.host
+        )));
+    }
+    let key = IdentityKey::device(resource.device_id.clone());
+    let record = services
+        .store
+        .get(&key)
+        .await
+        .map_err(|error| refuse(format!("cannot check the token: {error}")))?
+        .ok_or_else(|| refuse(format!("{key} is not registered")))?;
+    let signed = match token.key_name.as_deref() {
+        None => record
+            .identity
+            .symmetric_keys()
+            .filter_map(|key| decode_key(key).ok())
+            .any(|key| token.signature_matches(&key)),
+        Some(policy_name) => {
+            let policies = services.policies();
+            let policy = policies
+                .iter()
+                .find(|policy| {
+                    policy.key_name == policy_name
+                        && policy.rights.contains(AccessRight::DeviceConnect)
+                })
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "policy {policy_name:?} does not exist or lacks DeviceConnect"
+                    ))
+                })?;
+            signed_by_policy(&token, policy)
+        }
+    };
+    if !signed {
+        return Err(refuse("the SAS token's signature does not match".into()));
+    }
+    if token.is_expired(now_unix) {
+        return Err(refuse("the SAS token has expired".into()));
     }
     Ok(record)
 }

@@ -83,6 +83,9 @@ pub struct HubLimits {
     /// what a job adds to the store's write queue and to devices' push queues, so live traffic keeps flowing
     /// (see `jobs.rs`).
     pub job_start_rate_per_second: u32,
+    /// Largest firmware image an upload may carry; larger ones are refused with 413. Uploads stream to
+    /// disk, so this bounds disk use, not memory.
+    pub max_artifact_bytes: u64,
 }
 
 impl Default for HubLimits {
@@ -98,6 +101,7 @@ impl Default for HubLimits {
             max_running_jobs: 100,
             job_device_concurrency: 100,
             job_start_rate_per_second: 1000,
+            max_artifact_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
 }

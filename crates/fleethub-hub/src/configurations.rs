@@ -808,7 +808,7 @@ impl Engine {
     }
 
     fn note_change(&mut self, record: &ChangeRecord, dirty: &mut Dirty) {
-        // A job's own record is about no twin.
+        // A job's or a rollout's own record is about no twin.
         let Some(device_id) = &record.device_id else {
             return;
         };
@@ -839,7 +839,9 @@ impl Engine {
             ChangeOperation::DeviceConnected
             | ChangeOperation::DeviceDisconnected
             | ChangeOperation::DeviceJobUpdated
-            | ChangeOperation::JobUpdated => {}
+            | ChangeOperation::JobUpdated
+            | ChangeOperation::DeviceRolloutUpdated
+            | ChangeOperation::RolloutUpdated => {}
         }
     }
 

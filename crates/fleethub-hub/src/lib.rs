@@ -1,6 +1,7 @@
 //! The fleethub server: wires the store, the services, the MQTT gateway and the REST API together and runs
 //! them until shutdown. `start` is what `fleethub serve` and the integration tests call.
 
+pub mod artifacts;
 pub mod auth;
 pub mod config;
 pub mod configurations;
@@ -10,6 +11,7 @@ pub mod methods;
 pub mod mqtt;
 pub mod query;
 pub mod rest;
+pub mod rollouts;
 pub mod services;
 pub mod sessions;
 pub mod tls;
@@ -58,6 +60,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsSetupError),
+    #[error("cannot set up the firmware artifact store: {0}")]
+    Artifacts(#[from] artifacts::ArtifactSetupError),
     #[error("cannot listen on {address} for {what}: {source}; choose another address with {flag}")]
     Bind {
         what: &'static str,
@@ -74,6 +78,8 @@ pub struct RunningHub {
     pub ca_pem: String,
     pub services: Arc<Services>,
     pub jobs: Arc<jobs::JobService>,
+    pub artifacts: Arc<artifacts::ArtifactService>,
+    pub rollouts: Arc<rollouts::RolloutService>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     _lock: fs::File,
@@ -83,8 +89,11 @@ impl RunningHub {
     /// Stops accepting, closes device connections (recording them disconnected) and waits up to `grace`
     /// for in-flight work. Writes already queued to the store always complete.
     pub async fn shutdown(self, grace: Duration) {
-        // Jobs first, while devices are still connected: their running attempts can finish.
+        // Jobs first, while devices are still connected: their running attempts can finish. Rollouts end
+        // once their last write is durable (devices go on updating; their updates are followed after a
+        // restart).
         self.jobs.stop(grace).await;
+        self.rollouts.stop(grace).await;
         self.services.sessions.close_all(CloseReason::ShuttingDown);
         self.shutdown.cancel();
         self.tracker.close();
@@ -191,13 +200,20 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     let limiter = ConnectionLimiter::new(services.config.limits.max_connections);
     let ready = Arc::new(AtomicBool::new(false));
     let jobs = jobs::JobService::start(Arc::clone(&services), &shutdown).await?;
+    let artifacts =
+        artifacts::ArtifactService::open(Arc::clone(&services), https_address.port()).await?;
+    let rollouts =
+        rollouts::RolloutService::start(Arc::clone(&services), Arc::clone(&artifacts), &shutdown)
+            .await?;
     let router = rest::router(
         Arc::clone(&services),
         Arc::clone(&ready),
         shutdown.clone(),
         tracker.clone(),
     )
-    .layer(axum::Extension(Arc::clone(&jobs)));
+    .layer(axum::Extension(Arc::clone(&jobs)))
+    .layer(axum::Extension(Arc::clone(&artifacts)))
+    .layer(axum::Extension(Arc::clone(&rollouts)));
 
     tracker.spawn(listeners::run_mqtt_listener(
         mqtt_listener,
@@ -217,6 +233,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         shutdown.clone(),
     ));
     tracker.spawn(configurations::run(Arc::clone(&services), shutdown.clone()));
+    tracker.spawn(Arc::clone(&artifacts).run_grant_purger(shutdown.clone()));
     tracker.spawn(run_activity_flusher(
         Arc::clone(&services),
         shutdown.clone(),
@@ -230,6 +247,8 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         ca_pem: certificates.ca_pem,
         services,
         jobs,
+        artifacts,
+        rollouts,
         shutdown,
         tracker,
         _lock: lock,

@@ -2,8 +2,10 @@
 //! factory that opens the backend on the same underlying data each time it is called (so persistence
 //! across reopening is checked too).
 
+mod artifacts;
 mod configurations;
 mod jobs;
+mod rollouts;
 
 use std::sync::Arc;
 
@@ -46,6 +48,8 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     everything_survives_reopening(factory).await;
     jobs::run_all(factory).await;
     configurations::run_all(factory).await;
+    artifacts::run_all(factory).await;
+    rollouts::run_all(factory).await;
 }
 
 fn device(id: &str) -> IdentityKey {

@@ -8,19 +8,28 @@
 //!   change feed in the same transaction, with a strictly increasing sequence number; so do a job's
 //!   creation and status or end-time changes (`jobUpdated`) and each change of a target's status in a job
 //!   (`deviceJobUpdated`, carrying the job's counts after it);
+//! - a firmware grant never outlives its artifact: deleting an artifact deletes its grants, and a grant for
+//!   an artifact that does not exist is refused;
+//! - a rollout's creation and changes (`rolloutUpdated`) and each change of a device's status in a rollout
+//!   (`deviceRolloutUpdated`, with the counts after it) append to the change feed in the same transaction;
+//!   a rollout needs its artifacts to exist, and an artifact an unfinished rollout uses cannot be deleted;
 //! - domain rules (twin merge, versions, limits, identity rules) come from `fleethub-core`, so every backend
 //!   behaves alike; a backend only decides how to keep bytes.
 
+mod artifacts;
 mod configurations;
 pub mod conformance;
 mod index;
 mod jobs;
 mod records;
+mod rollouts;
 mod sqlite;
 
+pub use artifacts::{ArtifactRecord, FirmwareGrant};
 pub use index::IndexedPaths;
 pub use jobs::{AZURE_JOB_RETENTION, JOB_TARGET_CHUNK, JobFilter, JobRecord};
 pub use records::*;
+pub use rollouts::{ROLLOUT_TARGET_CHUNK, RolloutFilter, RolloutRecord, device_rollout};
 pub use sqlite::{SqliteStore, SqliteStoreOptions};
 
 use std::future::Future;
@@ -30,8 +39,10 @@ use fleethub_core::access::AccessPolicy;
 use fleethub_core::configuration::{Assignment, Configuration, ConfigurationId, ConfigurationSpec};
 use fleethub_core::executor::{Statistics, TargetRecord};
 use fleethub_core::identity::{FreshKeys, IdentityKey, IdentitySpec};
-use fleethub_protocol::ids::{DeviceId, IfMatch, JobId};
+use fleethub_core::rollout::RolloutTarget;
+use fleethub_protocol::ids::{DeviceId, IfMatch, JobId, RolloutId};
 use fleethub_protocol::rest::ConnectionState;
+use fleethub_protocol::rollouts::RolloutPhase;
 use fleethub_query::{Predicate, Pushdown};
 use time::OffsetDateTime;
 
@@ -228,15 +239,104 @@ pub trait Store: Send + Sync + 'static {
         &self,
         request: AssignConfigurations,
     ) -> BoxFuture<'_, StoreResult<TwinUpdated>>;
+
+    // ---- firmware artifacts (metadata; the images are the hub's files) and download grants ----
+    /// Stores a new artifact; `ArtifactAlreadyExists` if its model and version are taken.
+    fn create_artifact(&self, artifact: ArtifactRecord) -> BoxFuture<'_, StoreResult<()>>;
+    fn get_artifact(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> BoxFuture<'_, StoreResult<Option<ArtifactRecord>>>;
+    /// Artifacts ordered by model then version (byte order); only `model`'s when given.
+    fn list_artifacts(
+        &self,
+        model: Option<&str>,
+    ) -> BoxFuture<'_, StoreResult<Vec<ArtifactRecord>>>;
+    /// Deletes an artifact and every grant for it, in one transaction; returns the deleted record
+    /// (`ArtifactNotFound` if there is none).
+    fn delete_artifact(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> BoxFuture<'_, StoreResult<ArtifactRecord>>;
+    /// How many artifacts name the image with this SHA-256 (images are shared between artifacts).
+    fn count_artifacts_with_sha256(&self, sha256: &str) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Records a grant, replacing the device's grant for the same artifact and source;
+    /// `ArtifactNotFound` if the artifact does not exist.
+    fn put_firmware_grant(&self, grant: FirmwareGrant) -> BoxFuture<'_, StoreResult<()>>;
+    /// The device's live grant for the artifact (expiring at or after `now`, to the second), the one
+    /// that lasts longest when it holds several.
+    fn find_firmware_grant(
+        &self,
+        device_id: &DeviceId,
+        model: &str,
+        version: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<Option<FirmwareGrant>>>;
+    /// Deletes every grant of one source (a rollout that ended); returns how many.
+    fn revoke_firmware_grants(&self, source: &str) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Deletes the grants that expired before `now`; returns how many.
+    fn purge_expired_grants(&self, now: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>>;
+
+    // ---- firmware rollouts and the per-device records of their executions ----
+    /// Stores a new rollout and appends its `rolloutUpdated` record: `RolloutAlreadyExists` if the id is
+    /// taken, `ArtifactNotFound` if its artifact or rollback artifact does not exist. Its devices are saved
+    /// separately.
+    fn create_rollout(&self, rollout: RolloutRecord) -> BoxFuture<'_, StoreResult<()>>;
+    /// Replaces a rollout's row (status, waves, times, state); `RolloutNotFound` if it is gone. Appends a
+    /// `rolloutUpdated` record (with the counts of its stored device records) when anything but its counts
+    /// and state changed.
+    fn update_rollout(&self, rollout: RolloutRecord) -> BoxFuture<'_, StoreResult<()>>;
+    /// A rollout with the counts of its stored device records.
+    fn get_rollout(
+        &self,
+        rollout_id: &RolloutId,
+    ) -> BoxFuture<'_, StoreResult<Option<RolloutRecord>>>;
+    /// Rollouts in a status (or all), by id, with keyset paging.
+    fn list_rollouts(
+        &self,
+        filter: RolloutFilter,
+    ) -> BoxFuture<'_, StoreResult<Vec<RolloutRecord>>>;
+    /// Rollouts not `completed` or `aborted`, by id: what a starting hub resumes.
+    fn list_unfinished_rollouts(&self) -> BoxFuture<'_, StoreResult<Vec<RolloutRecord>>>;
+    /// Inserts or replaces device records of a rollout (`RolloutNotFound` if there is none), one durable
+    /// write per [`ROLLOUT_TARGET_CHUNK`] records (if the future fails, a prefix of the chunks may be written;
+    /// saving again is idempotent). Each record whose status differs from the stored one (a new device
+    /// counts as `pending`) appends a `deviceRolloutUpdated` record in the same transaction.
+    fn save_rollout_targets(
+        &self,
+        rollout_id: &RolloutId,
+        targets: Vec<RolloutTarget>,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// One phase's device records by position, strictly after `after_position`, at most `limit`.
+    fn list_rollout_targets(
+        &self,
+        rollout_id: &RolloutId,
+        phase: RolloutPhase,
+        after_position: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<RolloutTarget>>>;
+    /// Deletes every device record of a rollout (in chunks) and zeroes its counts: a rollout whose targets
+    /// were being frozen when the hub stopped freezes them again from scratch. No change-feed records.
+    fn clear_rollout_targets(&self, rollout_id: &RolloutId) -> BoxFuture<'_, StoreResult<()>>;
+    /// The unfinished rollouts that install or roll back to an artifact, by id (why it cannot be deleted).
+    fn unfinished_rollouts_using_artifact(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> BoxFuture<'_, StoreResult<Vec<RolloutId>>>;
 }
 
-/// Which records [`Store::read_changes`] returns; both set means both must hold.
+/// Which records [`Store::read_changes`] returns; several set means all must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeFilter {
-    /// Only this device's records (its modules' and its records in jobs included).
+    /// Only this device's records (its modules' and its records in jobs and rollouts included).
     pub device: Option<DeviceId>,
     /// Only this job's records (`jobUpdated`, `deviceJobUpdated`).
     pub job: Option<JobId>,
+    /// Only this rollout's records (`rolloutUpdated`, `deviceRolloutUpdated`).
+    pub rollout: Option<RolloutId>,
 }
 
 impl ChangeFilter {
@@ -248,14 +348,21 @@ impl ChangeFilter {
     pub fn device(device_id: DeviceId) -> Self {
         Self {
             device: Some(device_id),
-            job: None,
+            ..Self::default()
         }
     }
 
     pub fn job(job_id: JobId) -> Self {
         Self {
-            device: None,
             job: Some(job_id),
+            ..Self::default()
+        }
+    }
+
+    pub fn rollout(rollout_id: RolloutId) -> Self {
+        Self {
+            rollout: Some(rollout_id),
+            ..Self::default()
         }
     }
 }

@@ -5,7 +5,7 @@ use fleethub_core::identity::{Identity, IdentityKey, IdentitySpecError};
 use fleethub_core::twin::{TwinDocument, TwinPatchError};
 pub use fleethub_protocol::changes::{ChangeOperation, ChangeRecord};
 use fleethub_protocol::ids::DeviceId;
-use fleethub_protocol::ids::{ETag, JobId};
+use fleethub_protocol::ids::{ETag, JobId, RolloutId};
 use fleethub_protocol::rest::{
     DeviceCapabilities, NEVER_TIME, Twin, TwinProperties, X509Thumbprint,
 };
@@ -142,6 +142,24 @@ pub enum StoreError {
     ConfigurationAlreadyExists(ConfigurationId),
     #[error("the hub already has {max} configurations, the most it can hold")]
     TooManyConfigurations { max: usize },
+    #[error("firmware artifact {model} {version} not found")]
+    ArtifactNotFound { model: String, version: String },
+    #[error("firmware artifact {model} {version} already exists")]
+    ArtifactAlreadyExists { model: String, version: String },
+    /// An artifact that unfinished rollouts install or roll back to cannot be deleted.
+    #[error(
+        "firmware artifact {model} {version} is used by unfinished rollouts: {}; abort them or wait for them to end",
+        rollouts.iter().map(RolloutId::as_str).collect::<Vec<_>>().join(", ")
+    )]
+    ArtifactInUse {
+        model: String,
+        version: String,
+        rollouts: Vec<RolloutId>,
+    },
+    #[error("rollout {0} not found")]
+    RolloutNotFound(RolloutId),
+    #[error("rollout {0} already exists")]
+    RolloutAlreadyExists(RolloutId),
     #[error(transparent)]
     Configuration(#[from] ConfigurationError),
     #[error(transparent)]

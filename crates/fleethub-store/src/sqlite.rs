@@ -23,9 +23,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::AssignConfigurations;
+use crate::artifacts::{self, ArtifactRecord, FirmwareGrant};
 use crate::configurations;
 use crate::index::{self, IndexedPaths, Section};
 use crate::jobs::{self, JOB_TARGET_CHUNK, JobChange, JobFilter, JobRecord};
+use crate::rollouts::{self, ROLLOUT_TARGET_CHUNK, RolloutChange, RolloutFilter, RolloutRecord};
 use crate::{
     BoxFuture, BulkApplied, BulkOperation, ChangeFilter, ChangeOperation, ChangeRecord,
     CreateIdentity, DeviceRecord, IdentityUpdated, RegistryCounts, Store, StoreError, StoreResult,
@@ -33,7 +35,9 @@ use crate::{
 };
 use fleethub_core::configuration::{self, Configuration, ConfigurationId, ConfigurationSpec};
 use fleethub_core::executor::{Statistics, TargetRecord};
-use fleethub_protocol::ids::JobId;
+use fleethub_core::rollout::RolloutTarget;
+use fleethub_protocol::ids::{JobId, RolloutId};
+use fleethub_protocol::rollouts::RolloutPhase;
 use fleethub_query::Pushdown;
 use rusqlite::types::Value as SqlValue;
 
@@ -101,6 +105,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX changes_by_job ON changes (job_id, sequence) WHERE job_id IS NOT NULL;
     "#,
     crate::jobs::COUNTS_MIGRATION,
+    // 7: firmware artifacts' metadata and download grants (see artifacts.rs).
+    crate::artifacts::MIGRATION,
+    // 8: firmware rollouts, their devices' records, and rollout records in the change feed (see rollouts.rs).
+    crate::rollouts::MIGRATION,
 ];
 
 #[derive(Clone, Debug)]
@@ -770,6 +778,35 @@ fn append_job_changes(
     Ok(())
 }
 
+/// Appends the records a rollout write returned (see `rollouts.rs`); a rollout's own record has no device
+/// (`''`, as a job's).
+fn append_rollout_changes(
+    connection: &Connection,
+    context: &mut WriteContext,
+    changes: &[RolloutChange],
+) -> StoreResult<()> {
+    for change in changes {
+        connection
+            .prepare_cached(
+                "INSERT INTO changes (time, device_id, module_id, operation, twin_version, body, rollout_id)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
+            )?
+            .execute(params![
+                format_time(change.time),
+                change
+                    .target
+                    .as_ref()
+                    .map_or("", |key| key.device_id.as_ref()),
+                change.target.as_ref().map_or("", module_column),
+                change.operation.as_str(),
+                serde_json::to_string(&change.body)?,
+                change.rollout_id.as_str(),
+            ])?;
+        context.last_sequence = Some(connection.last_insert_rowid() as u64);
+    }
+    Ok(())
+}
+
 /// A record without a device (a job's own) stores `''` as its device id, which no device can have.
 #[allow(clippy::too_many_arguments)] // one column each; the two callers above name what they pass
 fn insert_change(
@@ -1292,29 +1329,27 @@ impl Store for SqliteStore {
         filter: ChangeFilter,
     ) -> BoxFuture<'_, StoreResult<Vec<ChangeRecord>>> {
         self.read(move |connection| {
-            const COLUMNS: &str =
-                "sequence, time, device_id, module_id, operation, twin_version, body, job_id";
+            const COLUMNS: &str = "sequence, time, device_id, module_id, operation, twin_version, body, \
+                                   job_id, rollout_id";
             // One statement per filter, so each walks the index that fits (`changes_by_job` for a job,
-            // `changes_by_device` for a device, the sequence otherwise).
-            let (condition, arguments): (&str, Vec<SqlValue>) = match (&filter.device, &filter.job) {
-                (None, None) => ("", vec![]),
-                (Some(device), None) => (
-                    "device_id = ? AND",
-                    vec![SqlValue::Text(device.as_ref().to_owned())],
-                ),
-                (None, Some(job)) => ("job_id = ? AND", vec![SqlValue::Text(job.as_str().to_owned())]),
-                (Some(device), Some(job)) => (
-                    "job_id = ? AND device_id = ? AND",
-                    vec![
-                        SqlValue::Text(job.as_str().to_owned()),
-                        SqlValue::Text(device.as_ref().to_owned()),
-                    ],
-                ),
-            };
+            // `changes_by_rollout` for a rollout, `changes_by_device` for a device, the sequence otherwise).
+            let mut condition = String::new();
+            let mut arguments: Vec<SqlValue> = Vec::new();
+            if let Some(job) = &filter.job {
+                condition.push_str("job_id = ? AND ");
+                arguments.push(SqlValue::Text(job.as_str().to_owned()));
+            }
+            if let Some(rollout) = &filter.rollout {
+                condition.push_str("rollout_id = ? AND ");
+                arguments.push(SqlValue::Text(rollout.as_str().to_owned()));
+            }
+            if let Some(device) = &filter.device {
+                condition.push_str("device_id = ? AND ");
+                arguments.push(SqlValue::Text(device.as_ref().to_owned()));
+            }
             let mut statement = connection.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM changes WHERE {condition} sequence > ? ORDER BY sequence LIMIT ?"
+                "SELECT {COLUMNS} FROM changes WHERE {condition}sequence > ? ORDER BY sequence LIMIT ?"
             ))?;
-            let mut arguments = arguments;
             arguments.push(SqlValue::Integer(after as i64));
             arguments.push(SqlValue::Integer(limit.min(i64::MAX as usize) as i64));
             let mut rows = statement.query(rusqlite::params_from_iter(arguments))?;
@@ -1549,6 +1584,178 @@ impl Store for SqliteStore {
             },
             on_commit,
         )
+    }
+
+    fn create_artifact(&self, artifact: ArtifactRecord) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, _| artifacts::insert(connection, &artifact))
+    }
+
+    fn get_artifact(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> BoxFuture<'_, StoreResult<Option<ArtifactRecord>>> {
+        let (model, version) = (model.to_owned(), version.to_owned());
+        self.read(move |connection| artifacts::load(connection, &model, &version))
+    }
+
+    fn list_artifacts(
+        &self,
+        model: Option<&str>,
+    ) -> BoxFuture<'_, StoreResult<Vec<ArtifactRecord>>> {
+        let model = model.map(str::to_owned);
+        self.read(move |connection| artifacts::list(connection, model.as_deref()))
+    }
+
+    fn delete_artifact(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> BoxFuture<'_, StoreResult<ArtifactRecord>> {
+        let (model, version) = (model.to_owned(), version.to_owned());
+        self.write(move |connection, _| {
+            // In the delete's transaction, so no rollout can start on it in between (creating one checks
+            // that its artifacts exist, in its own transaction).
+            let rollouts = rollouts::unfinished_using(connection, &model, &version)?;
+            if !rollouts.is_empty() {
+                return Err(StoreError::ArtifactInUse {
+                    model,
+                    version,
+                    rollouts,
+                });
+            }
+            artifacts::delete(connection, &model, &version)
+        })
+    }
+
+    fn count_artifacts_with_sha256(&self, sha256: &str) -> BoxFuture<'_, StoreResult<u64>> {
+        let sha256 = sha256.to_owned();
+        self.read(move |connection| artifacts::count_with_sha256(connection, &sha256))
+    }
+
+    fn put_firmware_grant(&self, grant: FirmwareGrant) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, _| artifacts::put_grant(connection, &grant))
+    }
+
+    fn find_firmware_grant(
+        &self,
+        device_id: &DeviceId,
+        model: &str,
+        version: &str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<Option<FirmwareGrant>>> {
+        let (device_id, model, version) = (device_id.clone(), model.to_owned(), version.to_owned());
+        self.read(move |connection| {
+            artifacts::find_grant(connection, &device_id, &model, &version, now)
+        })
+    }
+
+    fn revoke_firmware_grants(&self, source: &str) -> BoxFuture<'_, StoreResult<u64>> {
+        let source = source.to_owned();
+        self.write(move |connection, _| artifacts::revoke_grants(connection, &source))
+    }
+
+    fn purge_expired_grants(&self, now: OffsetDateTime) -> BoxFuture<'_, StoreResult<u64>> {
+        self.write(move |connection, _| artifacts::purge_expired_grants(connection, now))
+    }
+
+    fn create_rollout(&self, rollout: RolloutRecord) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, context| {
+            let change = rollouts::insert_rollout(connection, &rollout, OffsetDateTime::now_utc())?;
+            append_rollout_changes(connection, context, &[change])
+        })
+    }
+
+    fn update_rollout(&self, rollout: RolloutRecord) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, context| {
+            let change = rollouts::update_rollout(connection, &rollout, OffsetDateTime::now_utc())?;
+            append_rollout_changes(connection, context, change.as_slice())
+        })
+    }
+
+    fn get_rollout(
+        &self,
+        rollout_id: &RolloutId,
+    ) -> BoxFuture<'_, StoreResult<Option<RolloutRecord>>> {
+        let rollout_id = rollout_id.clone();
+        self.read(move |connection| rollouts::load_rollout(connection, &rollout_id))
+    }
+
+    fn list_rollouts(
+        &self,
+        filter: RolloutFilter,
+    ) -> BoxFuture<'_, StoreResult<Vec<RolloutRecord>>> {
+        self.read(move |connection| rollouts::list_rollouts(connection, &filter))
+    }
+
+    fn list_unfinished_rollouts(&self) -> BoxFuture<'_, StoreResult<Vec<RolloutRecord>>> {
+        self.read(rollouts::list_unfinished)
+    }
+
+    fn save_rollout_targets(
+        &self,
+        rollout_id: &RolloutId,
+        targets: Vec<RolloutTarget>,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let rollout_id = rollout_id.clone();
+        Box::pin(async move {
+            // One durable write per chunk, as for jobs: live writes wait for one chunk at most.
+            let mut targets = targets.into_iter().peekable();
+            while targets.peek().is_some() {
+                let chunk: Vec<RolloutTarget> =
+                    targets.by_ref().take(ROLLOUT_TARGET_CHUNK).collect();
+                let rollout_id = rollout_id.clone();
+                self.write(move |connection, context| {
+                    let changes = rollouts::save_targets(connection, &rollout_id, &chunk)?;
+                    append_rollout_changes(connection, context, &changes)
+                })
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn list_rollout_targets(
+        &self,
+        rollout_id: &RolloutId,
+        phase: RolloutPhase,
+        after_position: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<RolloutTarget>>> {
+        let rollout_id = rollout_id.clone();
+        self.read(move |connection| {
+            rollouts::list_targets(connection, &rollout_id, phase, after_position, limit)
+        })
+    }
+
+    fn clear_rollout_targets(&self, rollout_id: &RolloutId) -> BoxFuture<'_, StoreResult<()>> {
+        let rollout_id = rollout_id.clone();
+        Box::pin(async move {
+            loop {
+                let chunk_rollout_id = rollout_id.clone();
+                let deleted = self
+                    .write(move |connection, _| {
+                        rollouts::delete_target_chunk(
+                            connection,
+                            &chunk_rollout_id,
+                            ROLLOUT_TARGET_CHUNK,
+                        )
+                    })
+                    .await?;
+                if deleted < ROLLOUT_TARGET_CHUNK {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
+    fn unfinished_rollouts_using_artifact(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> BoxFuture<'_, StoreResult<Vec<RolloutId>>> {
+        let (model, version) = (model.to_owned(), version.to_owned());
+        self.read(move |connection| rollouts::unfinished_using(connection, &model, &version))
     }
 }
 
@@ -1959,6 +2166,14 @@ fn decode_change(row: &rusqlite::Row<'_>) -> StoreResult<ChangeRecord> {
             })
         })
         .transpose()?;
+    let rollout_id = row
+        .get::<_, Option<String>>(8)?
+        .map(|text| {
+            text.parse::<RolloutId>().map_err(|error| {
+                StoreError::Incompatible(format!("change record rollout id {text:?}: {error}"))
+            })
+        })
+        .transpose()?;
     let (device_id, module_id) = match key {
         Some(key) => (Some(key.device_id), key.module_id),
         None => (None, None),
@@ -1970,6 +2185,7 @@ fn decode_change(row: &rusqlite::Row<'_>) -> StoreResult<ChangeRecord> {
         device_id,
         module_id,
         job_id,
+        rollout_id,
         operation: ChangeOperation::parse(&operation).ok_or_else(|| {
             StoreError::Incompatible(format!("unknown change operation {operation:?}"))
         })?,

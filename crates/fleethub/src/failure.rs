@@ -4,7 +4,7 @@
 use anyhow::anyhow;
 use fleethub_service::ServiceError;
 use fleethub_service::protocol::errors::{ErrorCode, ReportedErrorCode};
-use fleethub_service::protocol::ids::{DeviceId, JobId, ModuleId};
+use fleethub_service::protocol::ids::{DeviceId, JobId, ModuleId, RolloutId};
 
 use crate::hub::{Hub, HubOrigin, Trust};
 
@@ -26,6 +26,18 @@ pub(crate) enum Kind {
     ReadConfiguration,
     /// Create, update or delete a configuration.
     WriteConfiguration,
+    /// List or show firmware artifacts.
+    ReadFirmware,
+    /// Upload or delete a firmware artifact.
+    WriteFirmware,
+    /// Grant a device a firmware download.
+    GrantFirmware,
+    /// List or show rollouts.
+    ReadRollout,
+    /// Create, pause, resume, approve or abort a rollout.
+    WriteRollout,
+    /// Follow a rollout's progress: the change feed.
+    WatchRollout,
 }
 
 /// A direct-method call, for the not-online and timed-out messages.
@@ -48,6 +60,9 @@ pub(crate) struct Operation {
     pub(crate) method: Option<MethodCall>,
     pub(crate) job: Option<String>,
     pub(crate) configuration: Option<String>,
+    /// A firmware artifact's model and version.
+    pub(crate) artifact: Option<(String, String)>,
+    pub(crate) rollout: Option<String>,
 }
 
 impl Operation {
@@ -61,6 +76,30 @@ impl Operation {
             method: None,
             job: None,
             configuration: None,
+            artifact: None,
+            rollout: None,
+        }
+    }
+
+    pub(crate) fn on_rollout(mut self, rollout_id: &RolloutId) -> Operation {
+        self.rollout = Some(rollout_id.to_string());
+        self
+    }
+
+    fn rollout_text(&self) -> &str {
+        self.rollout.as_deref().unwrap_or("ROLLOUT_ID")
+    }
+
+    pub(crate) fn on_artifact(mut self, model: &str, version: &str) -> Operation {
+        self.artifact = Some((model.to_owned(), version.to_owned()));
+        self
+    }
+
+    /// "MODEL VERSION" of the artifact, for commands in messages.
+    fn artifact_text(&self) -> String {
+        match &self.artifact {
+            Some((model, version)) => format!("{model} {version}"),
+            None => "MODEL VERSION".to_owned(),
         }
     }
 
@@ -222,6 +261,13 @@ fn message(hub: &Hub, operation: &Operation, error: &ServiceError) -> String {
         ServiceError::InvalidRequest { reason } => {
             format!("cannot {}: {reason}", operation.action)
         }
+        ServiceError::File { path, source } => {
+            format!(
+                "cannot {}: cannot read {}: {source}",
+                operation.action,
+                path.display()
+            )
+        }
         other => format!("cannot {}: {other}", operation.action),
     }
 }
@@ -328,6 +374,72 @@ fn api_message(
         Some(ErrorCode::ConfigurationCountLimitExceeded) => format!(
             "the hub holds as many configurations as it can ({with_message}): delete one first (see them with `fleethub config list`)"
         ),
+        _ if status == 404
+            && matches!(
+                operation.kind,
+                Kind::ReadRollout | Kind::WriteRollout | Kind::WatchRollout
+            ) =>
+        {
+            if hub_message.contains("firmware artifact") {
+                format!(
+                    "the rollout's firmware is not on the hub ({with_message}): upload it first with `fleethub firmware upload`, see the artifacts with `fleethub firmware list`"
+                )
+            } else if hub_message.contains("rollout") {
+                format!(
+                    "rollout {} does not exist ({code_text}): see the rollouts with `fleethub rollout list`",
+                    operation.rollout_text()
+                )
+            } else {
+                format!(
+                    "{} has no firmware rollouts ({with_message}): rollouts need a fleethub hub recent enough to serve /firmware/rollouts",
+                    hub.host()
+                )
+            }
+        }
+        _ if status == 409 && operation.kind == Kind::WriteRollout => {
+            let rollout = operation.rollout_text();
+            if operation.action.starts_with("create") {
+                format!(
+                    "rollout {rollout} already exists ({code_text}): see it with `fleethub rollout show {rollout}`, or give the new rollout another id"
+                )
+            } else {
+                format!(
+                    "cannot {} ({with_message}): see where it stands with `fleethub rollout show {rollout}`",
+                    operation.action
+                )
+            }
+        }
+        _ if status == 404
+            && matches!(
+                operation.kind,
+                Kind::ReadFirmware | Kind::WriteFirmware | Kind::GrantFirmware
+            )
+            && known != Some(ErrorCode::DeviceNotFound) =>
+        {
+            format!(
+                "firmware {} does not exist ({code_text}): see the artifacts with `fleethub firmware list`",
+                operation.artifact_text()
+            )
+        }
+        _ if status == 409 && operation.kind == Kind::WriteFirmware => {
+            let artifact = operation.artifact_text();
+            if operation.action.starts_with("delete") {
+                format!(
+                    "firmware {artifact} is still in use ({with_message}): let the rollouts that use it finish, or abort them, then delete it"
+                )
+            } else {
+                format!(
+                    "firmware {artifact} already exists ({code_text}): an artifact never changes; upload the image under a new --version, or delete the old one first with `fleethub firmware delete {artifact}`"
+                )
+            }
+        }
+        _ if status == 413 && operation.kind == Kind::WriteFirmware => format!(
+            "the image is too large for the hub ({with_message}): the hub's limit is `fleethub serve --max-artifact-size`"
+        ),
+        _ if status == 400 && operation.kind == Kind::WriteFirmware => format!(
+            "the hub refused the upload of firmware {} ({with_message})",
+            operation.artifact_text()
+        ),
         _ if status == 412 && operation.kind == Kind::WriteConfiguration => {
             let id = operation.configuration_text();
             match operation.etag.as_deref() {
@@ -381,7 +493,9 @@ fn api_message(
                 | Kind::WatchChanges
                 | Kind::Query
                 | Kind::ReadJob
-                | Kind::WatchJob => (
+                | Kind::WatchJob
+                | Kind::ReadRollout
+                | Kind::WatchRollout => (
                     "ServiceConnect or RegistryRead",
                     "service, registryRead or iothubowner",
                     "service",
@@ -389,7 +503,7 @@ fn api_message(
                 Kind::WriteTwin | Kind::InvokeMethod => {
                     ("ServiceConnect", "service or iothubowner", "service")
                 }
-                Kind::WriteJob => (
+                Kind::WriteJob | Kind::WriteRollout => (
                     "ServiceConnect or RegistryWrite",
                     "service, registryReadWrite or iothubowner",
                     "service",
@@ -399,11 +513,17 @@ fn api_message(
                     "registryRead, service or iothubowner",
                     "registryRead",
                 ),
-                Kind::WriteConfiguration => (
+                Kind::WriteConfiguration | Kind::WriteFirmware => (
                     "RegistryWrite",
                     "registryReadWrite or iothubowner",
                     "registryReadWrite",
                 ),
+                Kind::ReadFirmware => (
+                    "RegistryRead",
+                    "registryRead, registryReadWrite or iothubowner",
+                    "registryRead",
+                ),
+                Kind::GrantFirmware => ("ServiceConnect", "service or iothubowner", "service"),
             };
             format!(
                 "policy {} may not {} ({with_message}): use the connection string of a policy with {right} ({policies}), e.g. `fleethub connection-string --policy {suggestion}` for a local hub",

@@ -1,6 +1,6 @@
 //! The `fleethub` command: runs the hub (`serve`), prints its connection strings, and drives a hub (this one
 //! or Azure IoT Hub) through the service SDK: devices and modules, twins, direct methods, queries, jobs,
-//! configurations, the change feed.
+//! configurations, the change feed, firmware artifacts and rollouts.
 //!
 //! Exit status: 0 when the command did what was asked, 1 when it failed (the message on stderr says what was
 //! wrong and what to do), 2 for a usage error (clap's).
@@ -9,6 +9,7 @@ mod config;
 mod demo;
 mod device;
 mod failure;
+mod firmware;
 mod hub;
 mod job;
 mod json_input;
@@ -16,6 +17,7 @@ mod local_hub;
 mod method;
 mod output;
 mod query;
+mod rollout;
 mod serve;
 mod twin;
 mod watch;
@@ -31,7 +33,7 @@ use clap::{Parser, Subcommand};
     name = "fleethub",
     version,
     about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub",
-    after_help = "The device, twin, method, query, job and config commands find the hub from --hub, --data-dir, \
+    after_help = "The device, twin, method, query, job, config, firmware and rollout commands find the hub from --hub, --data-dir, \
                   FLEETHUB_CONNECTION_STRING or FLEETHUB_DATA_DIR (see `fleethub device --help`) and print \
                   tables, or JSON with --output json."
 )]
@@ -58,6 +60,10 @@ enum Command {
     Job(job::JobCommand),
     /// Configurations (automatic device management): desired properties for the twins a condition targets.
     Config(config::ConfigCommand),
+    /// Firmware artifacts: make a signing key, upload (signed here) and manage images, grant downloads.
+    Firmware(firmware::FirmwareCommand),
+    /// Firmware rollouts: send an artifact to many devices in waves; show, pause, resume, approve, abort, watch.
+    Rollout(rollout::RolloutCommand),
     /// Run the reference firmware-update workflow end to end on a hub started just for it.
     Demo(demo::DemoArgs),
 }
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
             Command::Method(command) => method::run(command).await,
             Command::Job(command) => job::run(command).await,
             Command::Config(command) => config::run(command).await,
+            Command::Firmware(command) => firmware::run(command).await,
+            Command::Rollout(command) => rollout::run(command).await,
         }
     });
     match result {

@@ -34,6 +34,9 @@ pub(crate) struct ServeArgs {
     /// Devices one job starts per second at most (0: no limit).
     #[arg(long, default_value_t = HubLimits::default().job_start_rate_per_second, value_name = "PER_SECOND")]
     job_start_rate: u32,
+    /// Largest firmware image an upload may carry, in bytes (uploads stream to disk; larger ones get 413).
+    #[arg(long, default_value_t = HubLimits::default().max_artifact_bytes, value_name = "BYTES")]
+    max_artifact_size: u64,
     /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -80,6 +83,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_running_jobs: args.max_running_jobs,
             job_device_concurrency: args.job_device_concurrency,
             job_start_rate_per_second: args.job_start_rate,
+            max_artifact_bytes: args.max_artifact_size,
             ..HubLimits::default()
         },
         twin_limits: Default::default(),

@@ -101,7 +101,10 @@ fn change_line(palette: &Palette, record: &ChangeRecord) -> String {
         (Some(device_id), Some(module_id), _) => format!("{device_id}/{module_id}"),
         (Some(device_id), None, _) => device_id.to_string(),
         (None, _, Some(job_id)) => format!("job {job_id}"),
-        (None, _, None) => "-".to_owned(),
+        (None, _, None) => match &record.rollout_id {
+            Some(rollout_id) => format!("rollout {rollout_id}"),
+            None => "-".to_owned(),
+        },
     };
     let operation_style = match record.operation {
         ChangeOperation::CreateDeviceIdentity | ChangeOperation::DeviceConnected => palette.good,
@@ -109,11 +112,17 @@ fn change_line(palette: &Palette, record: &ChangeRecord) -> String {
         ChangeOperation::UpdateDeviceIdentity
         | ChangeOperation::UpdateTwin
         | ChangeOperation::ReplaceTwin => palette.change,
-        ChangeOperation::DeviceJobUpdated | ChangeOperation::JobUpdated => palette.muted,
+        ChangeOperation::DeviceJobUpdated
+        | ChangeOperation::JobUpdated
+        | ChangeOperation::DeviceRolloutUpdated
+        | ChangeOperation::RolloutUpdated => palette.muted,
     };
     let time = human_time(Some(&format_time(record.time)));
     let mut summary = match record.operation {
         ChangeOperation::DeviceJobUpdated | ChangeOperation::JobUpdated => job_summary(record),
+        ChangeOperation::DeviceRolloutUpdated | ChangeOperation::RolloutUpdated => {
+            rollout_summary(record)
+        }
         _ => summarize(&record.body),
     };
     if let Some(version) = record.twin_version {
@@ -159,6 +168,40 @@ fn job_summary(record: &ChangeRecord) -> String {
             let finished =
                 count("deviceCount").saturating_sub(count("pendingCount") + count("runningCount"));
             format!("{status}, {finished}/{} finished", count("deviceCount"))
+        }
+    }
+}
+
+/// A rollout record: `rollout fw-2 wave 2: failed (healthCheckFailed)` for a device, `running, wave 2,
+/// 6/50 succeeded` for the rollout.
+fn rollout_summary(record: &ChangeRecord) -> String {
+    let body = &record.body;
+    let status = body["status"].as_str().unwrap_or("?");
+    match record.operation {
+        ChangeOperation::DeviceRolloutUpdated => {
+            let rollout = record
+                .rollout_id
+                .as_ref()
+                .map_or("?", |rollout_id| rollout_id.as_str());
+            let place = match body["phase"].as_str() {
+                Some("rollback") => "rollback".to_owned(),
+                _ => format!("wave {}", body["wave"].as_u64().unwrap_or(0)),
+            };
+            let detail = body["error"]["code"]
+                .as_str()
+                .map(|code| format!(" ({code})"))
+                .unwrap_or_default();
+            format!("rollout {rollout} {place}: {status}{detail}")
+        }
+        _ => {
+            let statistics = &body["statistics"];
+            let count = |name: &str| statistics[name].as_u64().unwrap_or(0);
+            format!(
+                "{status}, wave {}, {}/{} succeeded",
+                body["currentWave"].as_u64().unwrap_or(0),
+                count("succeeded"),
+                count("deviceCount")
+            )
         }
     }
 }

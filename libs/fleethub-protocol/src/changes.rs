@@ -1,5 +1,5 @@
-//! The hub's change feed on the wire: what changed (a twin, an identity, a connection, a job's progress on a
-//! device, a job), in Azure's operation names where Azure has one, with a strictly increasing sequence number
+//! The hub's change feed on the wire: what changed (a twin, an identity, a connection, a job's or a firmware
+//! rollout's progress on a device, a job, a rollout), in Azure's operation names where Azure has one, with a strictly increasing sequence number
 //! to resume from. The store writes these records; the hub streams them as Server-Sent Events at
 //! `GET /changes` (a fleethub extension, see docs/compat.md); the service SDK reads them back.
 
@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::ids::{DeviceId, JobId, ModuleId};
+use crate::ids::{DeviceId, JobId, ModuleId, RolloutId};
 
 /// What happened, in Azure's operation names (the `opType` of its twin, lifecycle and connection events);
-/// the two job operations are fleethub's (Azure has no job events).
+/// the job and rollout operations are fleethub's (Azure has no job events and no rollouts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ChangeOperation {
@@ -28,10 +28,16 @@ pub enum ChangeOperation {
     /// A job was created, or its status or end time changed; the record has no device and the body is the
     /// job as [`JobResponse`](crate::jobs::JobResponse).
     JobUpdated,
+    /// A device's status in a firmware rollout changed; the body is a
+    /// [`DeviceRolloutChange`](crate::rollouts::DeviceRolloutChange).
+    DeviceRolloutUpdated,
+    /// A rollout was created, or its status, current wave, a wave's status or its end changed; the record has
+    /// no device and the body is the rollout as [`Rollout`](crate::rollouts::Rollout).
+    RolloutUpdated,
 }
 
 impl ChangeOperation {
-    pub const ALL: [ChangeOperation; 9] = [
+    pub const ALL: [ChangeOperation; 11] = [
         Self::CreateDeviceIdentity,
         Self::DeleteDeviceIdentity,
         Self::UpdateDeviceIdentity,
@@ -41,6 +47,8 @@ impl ChangeOperation {
         Self::DeviceDisconnected,
         Self::DeviceJobUpdated,
         Self::JobUpdated,
+        Self::DeviceRolloutUpdated,
+        Self::RolloutUpdated,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -54,6 +62,8 @@ impl ChangeOperation {
             Self::DeviceDisconnected => "deviceDisconnected",
             Self::DeviceJobUpdated => "deviceJobUpdated",
             Self::JobUpdated => "jobUpdated",
+            Self::DeviceRolloutUpdated => "deviceRolloutUpdated",
+            Self::RolloutUpdated => "rolloutUpdated",
         }
     }
 
@@ -67,6 +77,11 @@ impl ChangeOperation {
     pub const fn is_job(self) -> bool {
         matches!(self, Self::DeviceJobUpdated | Self::JobUpdated)
     }
+
+    /// `deviceRolloutUpdated` and `rolloutUpdated`: records that carry a [`ChangeRecord::rollout_id`].
+    pub const fn is_rollout(self) -> bool {
+        matches!(self, Self::DeviceRolloutUpdated | Self::RolloutUpdated)
+    }
 }
 
 /// One entry of the change feed.
@@ -76,7 +91,8 @@ pub struct ChangeRecord {
     pub sequence: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
-    /// The device the change is about; `None` only for [`ChangeOperation::JobUpdated`] (a job is no device's).
+    /// The device the change is about; `None` only for [`ChangeOperation::JobUpdated`] and
+    /// [`ChangeOperation::RolloutUpdated`] (a job or a rollout is no device's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<DeviceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,6 +100,9 @@ pub struct ChangeRecord {
     /// The job of a `deviceJobUpdated` or `jobUpdated` record, else `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<JobId>,
+    /// The rollout of a `deviceRolloutUpdated` or `rolloutUpdated` record, else `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<RolloutId>,
     pub operation: ChangeOperation,
     /// The twin version after the change (twin operations and creation), else `None`.
     pub twin_version: Option<u64>,
@@ -119,6 +138,37 @@ mod tests {
                 ChangeOperation::JobUpdated
             ]
         );
+        let rollouts: Vec<ChangeOperation> = ChangeOperation::ALL
+            .into_iter()
+            .filter(|operation| operation.is_rollout())
+            .collect();
+        assert_eq!(
+            rollouts,
+            [
+                ChangeOperation::DeviceRolloutUpdated,
+                ChangeOperation::RolloutUpdated
+            ]
+        );
+    }
+
+    #[test]
+    fn rollout_records_carry_their_rollout() {
+        let rollout = json!({
+            "sequence": 9,
+            "time": "2026-05-01T10:00:02Z",
+            "deviceId": "dev1",
+            "rolloutId": "r1",
+            "operation": "deviceRolloutUpdated",
+            "twinVersion": null,
+            "body": {"status": "running"}
+        });
+        let record: ChangeRecord = serde_json::from_value(rollout.clone()).expect("parses");
+        assert_eq!(
+            record.rollout_id.as_ref().map(RolloutId::as_str),
+            Some("r1")
+        );
+        assert_eq!(record.job_id, None);
+        assert_eq!(serde_json::to_value(&record).ok(), Some(rollout));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub enum IdKind {
     DeviceId,
     ModuleId,
     JobId,
+    RolloutId,
     MethodName,
 }
 
@@ -39,6 +40,7 @@ impl fmt::Display for IdKind {
             IdKind::DeviceId => "device id",
             IdKind::ModuleId => "module id",
             IdKind::JobId => "job id",
+            IdKind::RolloutId => "rollout id",
             IdKind::MethodName => "method name",
         })
     }
@@ -234,6 +236,13 @@ validated_id!(
     /// the module docs).
     JobId,
     IdKind::JobId
+);
+
+validated_id!(
+    /// A firmware rollout id (`PUT /firmware/rollouts/{id}`, a fleethub extension). The [`DeviceId`] rule, as
+    /// for jobs: safe in URL paths and in a grant's `rollout:<id>` source.
+    RolloutId,
+    IdKind::RolloutId
 );
 
 /// The MQTT client id of a device (`dev`) or module (`dev/mod`) connection.

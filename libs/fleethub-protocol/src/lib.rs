@@ -5,6 +5,7 @@
 //! pass random bytes). Every parser here faces untrusted input and returns an error rather than panicking.
 //! Facts are taken from the official SDKs' source and Azure's docs; each module names its sources.
 
+pub mod artifacts;
 pub mod bulk;
 pub mod changes;
 pub mod configurations;
@@ -16,6 +17,7 @@ pub mod jobs;
 pub mod percent;
 pub mod property_bag;
 pub mod rest;
+pub mod rollouts;
 pub mod sas;
 pub mod topics;
 
@@ -27,7 +29,7 @@ pub use errors::{
     ErrorBody, ErrorCode, ParsedErrorResponse, ReportedErrorCode, parse_error_response,
 };
 pub use ids::{
-    ClientId, DeviceId, ETag, IdError, IdKind, IfMatch, JobId, ModuleId, parse_if_match,
+    ClientId, DeviceId, ETag, IdError, IdKind, IfMatch, JobId, ModuleId, RolloutId, parse_if_match,
     validate_method_name,
 };
 pub use property_bag::{PropertyBag, PropertyBagError};

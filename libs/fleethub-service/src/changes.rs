@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fleethub_protocol::changes::ChangeRecord;
-use fleethub_protocol::ids::{DeviceId, JobId};
+use fleethub_protocol::ids::{DeviceId, JobId, RolloutId};
 use futures_util::{Stream, StreamExt};
 use reqwest::Method;
 
@@ -30,6 +30,8 @@ pub struct WatchOptions {
     /// Only this job's records: `jobUpdated` (created, status or end time changed) and `deviceJobUpdated`
     /// (a device's status in the job changed). With `device` too, that device's records in the job.
     pub job: Option<JobId>,
+    /// Only this firmware rollout's records: `rolloutUpdated` and `deviceRolloutUpdated`.
+    pub rollout: Option<RolloutId>,
     /// Stop at the first lost connection instead of resuming (default: resume).
     pub no_reconnect: bool,
 }
@@ -191,6 +193,12 @@ async fn open(
         query.push_str(&format!(
             "&jobId={}",
             fleethub_protocol::percent::quote(job.as_str())
+        ));
+    }
+    if let Some(rollout) = &options.rollout {
+        query.push_str(&format!(
+            "&rolloutId={}",
+            fleethub_protocol::percent::quote(rollout.as_str())
         ));
     }
     let response = client

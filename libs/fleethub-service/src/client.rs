@@ -308,6 +308,50 @@ impl ServiceClient {
         ))
     }
 
+    /// A signed request whose body is streamed (a firmware image), with `headers` and its own `timeout`. The
+    /// answer is read whole and returned as the usual error when it is not 2xx.
+    pub(crate) async fn execute_streaming_body(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: reqwest::Body,
+        timeout: Duration,
+    ) -> Result<RawResponse, ServiceError> {
+        let inner = &*self.inner;
+        let url = Url::parse(&format!("{}{path_and_query}", inner.base_url)).map_err(|error| {
+            ServiceError::InvalidRequest {
+                reason: format!("{path_and_query:?} does not make a valid url: {error}"),
+            }
+        })?;
+        let failed =
+            |error: reqwest::Error| ServiceError::from_reqwest(&inner.host_name, timeout, error);
+        let response = inner
+            .http
+            .request(method, url)
+            .header(header::AUTHORIZATION, inner.token.authorization())
+            .headers(headers)
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(failed)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(failed)?.to_vec();
+        RawResponse {
+            status,
+            headers,
+            body,
+        }
+        .error_for_status()
+    }
+
+    /// The client's request timeout (the default for every call).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// A call whose success answer is JSON of type `T`.
     pub(crate) async fn call_json<T: DeserializeOwned>(
         &self,

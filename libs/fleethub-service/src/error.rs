@@ -78,6 +78,13 @@ pub enum ServiceError {
         #[source]
         source: serde_json::Error,
     },
+    /// A local file the call sends (a firmware image) could not be read.
+    #[error("cannot read {}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The request could not be built from the arguments (a header value with line breaks, a body that does not
     /// serialise, a path that is not a path).
     #[error("invalid request: {reason}")]

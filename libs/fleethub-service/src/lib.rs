@@ -30,8 +30,17 @@
 //!   [`list_configurations`](ServiceClient::list_configurations),
 //!   [`delete_configuration`](ServiceClient::delete_configuration),
 //!   [`test_configuration_queries`](ServiceClient::test_configuration_queries);
+//! - firmware artifacts (a fleethub extension): [`upload_artifact`](ServiceClient::upload_artifact) streams an
+//!   image from disk (with a signed manifest or without), [`list_artifacts`](ServiceClient::list_artifacts),
+//!   [`get_artifact`](ServiceClient::get_artifact), [`delete_artifact`](ServiceClient::delete_artifact), and
+//!   [`create_grant`](ServiceClient::create_grant) entitles a device and returns its signed download URL;
+//! - firmware rollouts (a fleethub extension): [`create_rollout`](ServiceClient::create_rollout),
+//!   [`get_rollout`](ServiceClient::get_rollout), [`list_rollouts`](ServiceClient::list_rollouts),
+//!   [`pause_rollout`](ServiceClient::pause_rollout), [`resume_rollout`](ServiceClient::resume_rollout),
+//!   [`approve_rollout`](ServiceClient::approve_rollout), [`abort_rollout`](ServiceClient::abort_rollout);
+//!   [`watch_rollout`](ServiceClient::watch_rollout) follows one, wave by wave, until it ends;
 //! - the change feed, pushed: [`watch_changes`](ServiceClient::watch_changes) (a fleethub extension, not in
-//!   Azure) streams twin, identity, connection and job changes and resumes by itself after a dropped
+//!   Azure) streams twin, identity, connection, job and rollout changes and resumes by itself after a dropped
 //!   connection;
 //! - [`raw`](ServiceClient::raw): any signed request, for endpoints not wrapped yet and for tests.
 //!
@@ -82,7 +91,8 @@
 //! Hub error code from the `iothub-errorcode` header or the body, see
 //! [`ServiceError::error_code`]), [`Tls`](ServiceError::Tls) when the hub's certificate is not trusted (wrong
 //! `ca_pem`), [`Transport`](ServiceError::Transport) and [`Timeout`](ServiceError::Timeout) when it could not be
-//! reached, [`Decode`](ServiceError::Decode) when a success answer is not the expected JSON.
+//! reached, [`Decode`](ServiceError::Decode) when a success answer is not the expected JSON,
+//! [`File`](ServiceError::File) when a file to upload cannot be read.
 //!
 //! # Performance
 //!
@@ -107,10 +117,12 @@ mod changes;
 mod client;
 mod configurations;
 mod error;
+mod firmware;
 mod jobs;
 mod methods;
 mod query;
 mod registry;
+mod rollouts;
 mod tls;
 mod twins;
 mod wire;
@@ -119,8 +131,10 @@ pub use auth::{RENEW_BEFORE_EXPIRY_SECONDS, TOKEN_LIFETIME_SECONDS};
 pub use changes::{ChangeStream, WatchOptions};
 pub use client::{RawResponse, ServiceClient, ServiceClientOptions};
 pub use error::{ConfigError, ServiceError};
+pub use firmware::{ArtifactUpload, UploadProgress};
 pub use jobs::{JobPage, JobProgress, JobWatch};
 pub use query::{QueryPage, QueryStream};
+pub use rollouts::{RolloutProgress, RolloutWatch};
 pub use wire::API_VERSION;
 
 /// The wire types this client takes and returns (ids, REST JSON shapes, error codes, connection strings).

@@ -1,9 +1,10 @@
 //! The fleet executor: runs one action on each of a set of devices (or modules) within a concurrency limit,
 //! a start rate, a per-device timeout, a number of attempts and a deadline, as a pure state machine.
 //!
-//! Jobs v2 (`scheduleDeviceMethod`, `scheduleUpdateTwin`) run on it, and so will firmware rollouts (a wave
-//! is a batch of [`Execution::add_targets`]; [`Execution::pause`], [`Execution::resume`] and
-//! [`Execution::cancel`] are the controller's levers; [`shuffle`] gives the randomised order of a wave).
+//! Jobs v2 (`scheduleDeviceMethod`, `scheduleUpdateTwin`) run on it, and so do firmware rollouts
+//! ([`crate::rollout`]: a wave is a batch of [`Execution::add_targets`]; [`Execution::pause`],
+//! [`Execution::resume`] and [`Execution::cancel`] are the controller's levers; [`shuffle`] gives the
+//! randomised order of a wave; [`Execution::fail_waiting`] ends an offline device's wait).
 //!
 //! # Driving it
 //!
@@ -624,6 +625,34 @@ impl Execution {
             }
             Slot::Done | Slot::Fresh | Slot::Retry | Slot::Delayed(_) => {}
         }
+    }
+
+    /// Fails a `Pending` target that is not startable now (waiting for its device to connect, or for a
+    /// retry's backoff) with `error`, and returns its record to persist. `None` when the target is unknown,
+    /// not pending, or queued to start (it runs as soon as the limits allow, so there is nothing to give up
+    /// on). A rollout uses it to fail devices that stay offline longer than its offline timeout.
+    pub fn fail_waiting(
+        &mut self,
+        target: &IdentityKey,
+        error: TargetError,
+        now: OffsetDateTime,
+    ) -> Option<TargetRecord> {
+        self.observe(now);
+        let position = *self.index.get(target)?;
+        match self.targets[position].slot {
+            Slot::WaitingForDevice => {}
+            Slot::Delayed(due) => {
+                self.delayed.remove(&(due, position));
+            }
+            Slot::Done | Slot::Fresh | Slot::Retry | Slot::Running(_) => return None,
+        }
+        let target = &mut self.targets[position];
+        target.error = Some(error);
+        target.waiting_for_device = false;
+        self.settle(position, TargetStatus::Failed, now);
+        let target = &mut self.targets[position];
+        target.dirty = false;
+        Some(target.record())
     }
 
     /// Cancels the execution: every `Pending` target becomes `Cancelled` (their records are returned);

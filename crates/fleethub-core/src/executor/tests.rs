@@ -240,6 +240,54 @@ fn offline_devices_consume_no_attempts_and_start_again_when_they_connect() {
 }
 
 #[test]
+fn a_target_waiting_for_its_device_or_a_retry_can_be_failed_but_not_one_about_to_start() {
+    let mut execution = Execution::new(
+        keys(&["offline", "retrying", "busy", "queued"]),
+        ExecutionPolicy {
+            max_concurrency: 3,
+            max_attempts: 2,
+            per_device_timeout: Duration::from_secs(1000),
+            ..policy()
+        },
+        T0,
+    );
+    execution.poll(T0);
+    execution.on_outcome(&key("offline"), 1, Outcome::Offline, at(1.0));
+    execution.on_outcome(&key("retrying"), 1, failure(), at(1.0));
+    let gone = TargetError::new(error_codes::DEVICE_NOT_ONLINE, "gone for good");
+    for name in ["busy", "queued", "unknown"] {
+        assert_eq!(
+            execution.fail_waiting(&key(name), gone.clone(), at(2.0)),
+            None,
+            "{name}"
+        );
+    }
+    let failed = execution
+        .fail_waiting(&key("offline"), gone.clone(), at(2.0))
+        .expect("waiting for its device");
+    assert_eq!(
+        (failed.status, failed.error, failed.finished),
+        (TargetStatus::Failed, Some(gone.clone()), Some(at(2.0)))
+    );
+    let failed = execution
+        .fail_waiting(&key("retrying"), gone.clone(), at(2.0))
+        .expect("waiting for its backoff");
+    assert_eq!(failed.status, TargetStatus::Failed);
+    assert_eq!(failed.attempts, 1);
+    // Neither comes back: not on a connection, not after the backoff.
+    execution.on_device_online(&key("offline"), at(3.0));
+    let step = execution.poll(at(100.0));
+    assert_eq!(started(&step), [("queued".into(), 1)]);
+    assert!(
+        step.records
+            .iter()
+            .all(|record| record.target == key("queued"))
+    );
+    let statistics = execution.statistics();
+    assert_eq!((statistics.failed, statistics.running), (2, 2));
+}
+
+#[test]
 fn offline_devices_are_retried_after_the_offline_interval_without_a_connect_notice() {
     let mut execution = Execution::new(
         keys(&["a"]),

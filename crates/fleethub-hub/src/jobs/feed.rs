@@ -75,10 +75,12 @@ pub(super) async fn follow_changes(
                     let key = IdentityKey::device(record.device_id?);
                     match record.operation {
                         ChangeOperation::DeviceConnected => Some(FleetEvent::Connected(key)),
-                        // Jobs' own progress says nothing a query condition can test.
+                        // Jobs' and rollouts' own progress says nothing a query condition can test.
                         ChangeOperation::DeleteDeviceIdentity
                         | ChangeOperation::DeviceJobUpdated
-                        | ChangeOperation::JobUpdated => None,
+                        | ChangeOperation::JobUpdated
+                        | ChangeOperation::DeviceRolloutUpdated
+                        | ChangeOperation::RolloutUpdated => None,
                         _ if with_changes => Some(FleetEvent::Changed(key)),
                         _ => None,
                     }

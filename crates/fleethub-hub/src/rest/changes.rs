@@ -5,7 +5,8 @@
 //! reconnect; with none of them the stream starts at the newest change (only what happens from now on).
 //! `deviceId=ID` keeps one device's changes (its modules' and its records in jobs too); `jobId=ID` keeps one
 //! job's records (`jobUpdated`, `deviceJobUpdated`), read through their own index, so watching a job costs
-//! nothing however busy the rest of the hub is. Each event: `id:` the sequence number, `event:` the
+//! nothing however busy the rest of the hub is; `rolloutId=ID` likewise keeps one firmware rollout's
+//! records (`rolloutUpdated`, `deviceRolloutUpdated`). Each event: `id:` the sequence number, `event:` the
 //! operation (`updateTwin`, `deviceConnected`, `deviceJobUpdated`, ...), `data:` the `ChangeRecord` JSON.
 //! A comment line is sent every 15 s so proxies and clients see the stream is alive. The response header
 //! `x-fleethub-after-sequence` says where the stream starts, so a client can resume exactly.
@@ -20,7 +21,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use fleethub_protocol::changes::ChangeRecord;
-use fleethub_protocol::ids::{DeviceId, JobId};
+use fleethub_protocol::ids::{DeviceId, JobId, RolloutId};
 use fleethub_store::{ChangeFilter, Store};
 use futures_util::stream;
 use tokio::sync::watch;
@@ -82,11 +83,22 @@ pub(super) async fn stream_changes(
                 .map_err(|error| ApiError::bad_request(format!("jobId {id:?}: {error}")))
         })
         .transpose()?;
+    let rollout = query
+        .get("rolloutId")
+        .map(|id| {
+            id.parse::<RolloutId>()
+                .map_err(|error| ApiError::bad_request(format!("rolloutId {id:?}: {error}")))
+        })
+        .transpose()?;
     let cursor = Cursor {
         store,
         notifier,
         after,
-        filter: ChangeFilter { device, job },
+        filter: ChangeFilter {
+            device,
+            job,
+            rollout,
+        },
         pending: VecDeque::new(),
         shutdown: state.shutdown.clone(),
     };

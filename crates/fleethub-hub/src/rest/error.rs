@@ -27,6 +27,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub shape: BodyShape,
+    /// The HTTP status when it is not the code's own (Azure's table has no code for 416, which the
+    /// firmware download answers).
+    pub status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -35,7 +38,13 @@ impl ApiError {
             code,
             message: message.into(),
             shape: BodyShape::Registry,
+            status: None,
         }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
     }
 
     pub fn numeric(mut self) -> Self {
@@ -63,8 +72,10 @@ impl IntoResponse for ApiError {
                 now,
             )),
         };
-        let status = StatusCode::from_u16(self.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = self.status.unwrap_or_else(|| {
+            StatusCode::from_u16(self.code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        });
         if status.is_server_error() {
             tracing::error!(code = self.code.name(), message = %self.message, %tracking_id, "request failed");
         }
@@ -113,6 +124,16 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::ConfigurationCountLimitExceeded, message)
             }
             StoreError::Configuration(error) => ApiError::from(error),
+            StoreError::ArtifactNotFound { .. } => {
+                ApiError::new(ErrorCode::GenericNotFound, message)
+            }
+            StoreError::ArtifactAlreadyExists { .. } => {
+                ApiError::new(ErrorCode::GenericConflict, message)
+            }
+            StoreError::ArtifactInUse { .. } | StoreError::RolloutAlreadyExists(_) => {
+                ApiError::new(ErrorCode::GenericConflict, message)
+            }
+            StoreError::RolloutNotFound(_) => ApiError::new(ErrorCode::GenericNotFound, message),
             StoreError::Twin(_) | StoreError::IdentitySpec(_) => {
                 ApiError::new(ErrorCode::ArgumentInvalid, message)
             }
@@ -215,6 +236,88 @@ impl From<crate::jobs::ListJobsError> for ApiError {
         match error {
             crate::jobs::ListJobsError::BadContinuation(_) => ApiError::bad_request(message),
             crate::jobs::ListJobsError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::artifacts::UploadError> for ApiError {
+    fn from(error: crate::artifacts::UploadError) -> Self {
+        use crate::artifacts::UploadError;
+        let message = error.to_string();
+        match error {
+            UploadError::Invalid(_) | UploadError::Mismatch(_) | UploadError::Incomplete(_) => {
+                ApiError::bad_request(message)
+            }
+            UploadError::TooLarge { .. } => {
+                ApiError::new(ErrorCode::GenericRequestEntityTooLarge, message)
+            }
+            UploadError::Io(_) => ApiError::new(ErrorCode::ServerError, message),
+            UploadError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::artifacts::DeleteArtifactError> for ApiError {
+    fn from(error: crate::artifacts::DeleteArtifactError) -> Self {
+        use crate::artifacts::DeleteArtifactError;
+        let message = error.to_string();
+        match error {
+            DeleteArtifactError::Invalid(_) => ApiError::bad_request(message),
+            DeleteArtifactError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::artifacts::GrantError> for ApiError {
+    fn from(error: crate::artifacts::GrantError) -> Self {
+        use crate::artifacts::GrantError;
+        let message = error.to_string();
+        match error {
+            GrantError::Invalid(_) => ApiError::bad_request(message),
+            GrantError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::artifacts::DownloadError> for ApiError {
+    fn from(error: crate::artifacts::DownloadError) -> Self {
+        use crate::artifacts::DownloadError;
+        let message = error.to_string();
+        match error {
+            DownloadError::Unauthenticated(_) => {
+                ApiError::new(ErrorCode::IotHubUnauthorizedAccess, message)
+            }
+            DownloadError::NotEntitled(_) => ApiError::new(ErrorCode::GenericForbidden, message),
+            DownloadError::DeviceDisabled(_) => ApiError::new(ErrorCode::DeviceDisabled, message),
+            DownloadError::Invalid(_) => ApiError::bad_request(message),
+            DownloadError::Damaged { .. } => ApiError::new(ErrorCode::ServerError, message),
+            DownloadError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::rollouts::CreateRolloutError> for ApiError {
+    fn from(error: crate::rollouts::CreateRolloutError) -> Self {
+        use crate::rollouts::CreateRolloutError;
+        match error {
+            CreateRolloutError::Invalid(message) => ApiError::bad_request(message),
+            CreateRolloutError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::rollouts::RolloutActionError> for ApiError {
+    fn from(error: crate::rollouts::RolloutActionError) -> Self {
+        use crate::rollouts::RolloutActionError;
+        let message = error.to_string();
+        match error {
+            RolloutActionError::Conflict { .. } => {
+                ApiError::new(ErrorCode::GenericConflict, message)
+            }
+            RolloutActionError::Stopping { .. } => {
+                ApiError::new(ErrorCode::ServiceUnavailable, message)
+            }
+            RolloutActionError::Store(store) => ApiError::from(store),
         }
     }
 }

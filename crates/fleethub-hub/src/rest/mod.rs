@@ -1,5 +1,6 @@
 //! The REST API on the HTTPS port, Azure IoT Hub's service API: registry, twins, direct methods,
-//! configurations, statistics; plus `/healthz` and the MQTT-over-WebSocket endpoint `/$iothub/websocket`.
+//! configurations, statistics; plus `/healthz`, the MQTT-over-WebSocket endpoint `/$iothub/websocket`, and
+//! fleethub's extensions (the change feed, firmware artifacts and their downloads, firmware rollouts).
 //!
 //! Handlers parse and authorise, call a service, and render; the mapping from failures to HTTP lives in
 //! [`error`] alone.
@@ -9,8 +10,11 @@ mod changes;
 mod configurations;
 mod convert;
 pub mod error;
+mod firmware;
 mod jobs;
 mod query;
+pub mod range;
+mod rollouts;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,6 +122,35 @@ pub fn router(
         .route("/jobs/v2/query", get(jobs::query_jobs))
         .route("/jobs/v2/{job_id}", put(jobs::put_job).get(jobs::get_job))
         .route("/jobs/v2/{job_id}/cancel", post(jobs::cancel_job))
+        // Firmware artifacts (fleethub extension); the handlers find the `ArtifactService` in a request
+        // extension (`lib.rs` adds it). Uploads stream to disk, so the body limit does not apply to them.
+        .route("/firmware/artifacts", get(firmware::list_artifacts))
+        .route(
+            "/firmware/artifacts/{model}/{version}",
+            put(firmware::upload_artifact)
+                .layer(DefaultBodyLimit::disable())
+                .get(firmware::get_artifact)
+                .delete(firmware::delete_artifact),
+        )
+        .route(
+            "/firmware/artifacts/{model}/{version}/grants",
+            post(firmware::create_grant),
+        )
+        .route(
+            "/firmware/artifacts/{model}/{version}/image",
+            get(firmware::download_image),
+        )
+        // Firmware rollouts (fleethub extension); the handlers find the `RolloutService` in a request
+        // extension (`lib.rs` adds it).
+        .route("/firmware/rollouts", get(rollouts::list_rollouts))
+        .route(
+            "/firmware/rollouts/{rollout_id}",
+            put(rollouts::put_rollout).get(rollouts::get_rollout),
+        )
+        .route(
+            "/firmware/rollouts/{rollout_id}/{action}",
+            post(rollouts::act_on_rollout),
+        )
         .route("/$iothub/websocket", get(mqtt_over_websocket))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -816,6 +816,7 @@ async fn job_progress_is_appended_to_the_change_feed(store: &dyn Store) {
             ChangeFilter {
                 device: Some("feed-b".parse().expect("valid")),
                 job: Some(id.clone()),
+                rollout: None,
             },
         )
         .await
