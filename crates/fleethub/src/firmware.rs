@@ -22,6 +22,8 @@ use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub(crate) mod update;
+
 use crate::failure::{ExplainResult as _, Kind, Operation};
 use crate::hub::{HUB_HELP, HubArgs};
 use crate::output::{Cell, OutputFormat, Palette, Table, or_dash, print_json, write_stdout};
@@ -90,6 +92,31 @@ enum FirmwareAction {
         model: String,
         #[arg(value_parser = parse_version)]
         version: String,
+    },
+    /// Update a device's firmware: grant it the artifact and invoke firmwareUpdate; --watch follows it
+    ///
+    /// The device (fleethub-agent, or any app implementing firmwareUpdate) gets
+    /// {"fwPackageUri": <signed URL>, "version", "manifest"} and answers at once; with --watch each state it
+    /// reports (downloading with progress, applying, completed, failed, rolledBack) is shown as it arrives
+    /// from the change feed, and the command fails when the update does not complete.
+    Update {
+        /// The device
+        device: DeviceId,
+        /// The version to install
+        #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+        version: String,
+        /// The artifact's model (default: what the device reports as properties.reported.firmware.model)
+        #[arg(long, value_name = "MODEL", value_parser = parse_model)]
+        model: Option<String>,
+        /// Follow the update until it ends
+        #[arg(long)]
+        watch: bool,
+        /// How long the download grant lasts
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        expires: Duration,
+        /// With --watch: give up waiting after this long
+        #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Entitle a device to download an artifact, and print its signed download URL
     Grant {
@@ -250,6 +277,24 @@ pub(crate) async fn run(command: FirmwareCommand) -> anyhow::Result<()> {
                     write_stdout(&format!("deleted firmware {model} {version}\n"))
                 }
             }
+        }
+        FirmwareAction::Update {
+            device,
+            version,
+            model,
+            watch,
+            expires,
+            timeout,
+        } => {
+            let request = update::UpdateRequest {
+                device,
+                model,
+                version,
+                grant_for: expires,
+                watch,
+                timeout,
+            };
+            update::run(&hub, format, &palette, request).await
         }
         FirmwareAction::Grant {
             model,

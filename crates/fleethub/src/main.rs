@@ -72,6 +72,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => tracing::Level::INFO,
+        // The demo narrates what happens; the agent's own warnings (an expected rollback) would repeat it.
+        Command::Demo(_) => tracing::Level::ERROR,
         _ => tracing::Level::WARN,
     };
     serve::install_logging(default_level);

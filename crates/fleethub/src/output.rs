@@ -193,6 +193,11 @@ fn render_line(text: &mut String, cells: &[Cell], widths: &[usize]) {
 }
 
 /// Prints `value` as pretty JSON and a newline.
+/// `text` in `style` (plain when the palette is).
+pub(crate) fn paint(style: Style, text: impl std::fmt::Display) -> String {
+    format!("{}{text}{}", style.render(), style.render_reset())
+}
+
 pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(value).context("encode the result as json")?;
     text.push('\n');

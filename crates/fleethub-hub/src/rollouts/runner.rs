@@ -735,10 +735,9 @@ impl RolloutTask {
         for event in events {
             match event {
                 FleetEvent::Connected(key) => {
-                    let known = [RolloutPhase::Update, RolloutPhase::Rollback]
-                        .into_iter()
-                        .any(|phase| execution.record(phase, key).is_some());
-                    if known {
+                    // Any targeted device, its wave started or not: one that connects just before its wave
+                    // starts still gets the grace to subscribe to methods.
+                    if execution.plan().placement(key).is_some() {
                         state.online.insert(key.clone(), Instant::now());
                         execution.on_device_online(key, now);
                     }
