@@ -3,10 +3,10 @@
 //! signed artifacts, and [`ArtifactServer`], a small HTTPS server that serves images the way the hub's
 //! download endpoint is specified (docs/firmware.md, "Download") and can cut or stall a response once.
 //!
-//! Where the images come from is decided in one place, [`Scenario::publish`]: the test server today, the
-//! hub's own endpoint (`PUT /firmware/artifacts/{model}/{version}` then a grant) once it exists. Flip the
-//! default in [`ArtifactSource::from_env`] (or set `FLEETHUB_AGENT_TEST_ARTIFACTS=hub`). Fault injection
-//! (cut, stall) stays on the test server.
+//! Where the images come from is decided in one place, [`Scenario::publish`]: the hub's own endpoint
+//! (`PUT /firmware/artifacts/{model}/{version}` then a grant), or the test server with
+//! `FLEETHUB_AGENT_TEST_ARTIFACTS=server` (both pass the same tests). Fault injection (cut, stall, a
+//! mismatching image the hub would refuse to store) always uses the test server.
 
 // Each test binary uses part of this module.
 #![allow(dead_code)]
@@ -58,9 +58,8 @@ pub enum ArtifactSource {
 impl ArtifactSource {
     pub fn from_env() -> Self {
         match std::env::var("FLEETHUB_AGENT_TEST_ARTIFACTS").as_deref() {
-            Ok("hub") => Self::Hub,
-            // The one line to change once the hub serves artifacts: default to `Self::Hub`.
-            _ => Self::TestServer,
+            Ok("server") => Self::TestServer,
+            _ => Self::Hub,
         }
     }
 }
