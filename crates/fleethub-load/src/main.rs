@@ -5,6 +5,8 @@
 //! Hub and load generator share the machine, so numbers are for the pair on one box; the report records the
 //! machine's cores and memory next to them.
 
+mod rollout;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -76,6 +78,20 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// A firmware rollout of one signed image to simulated devices (each a real MQTT/TLS connection that
+    /// downloads and verifies the image): time to all committed, fan-out, download throughput, hub memory.
+    Rollout {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Image size in KiB.
+        #[arg(long, default_value_t = 1024)]
+        image_kib: usize,
+        /// Devices updating at once.
+        #[arg(long, default_value_t = 1000)]
+        max_concurrency: u64,
+        #[arg(long, default_value = "100%")]
+        waves: String,
+    },
     /// Everything BENCHMARKS.md reports for the hub core, with its default parameters.
     All {
         #[arg(long, default_value_t = 10)]
@@ -111,6 +127,12 @@ struct Measurement {
     errors: u64,
     /// For the idle scenario: hub resident memory added per connection.
     bytes_per_connection: Option<f64>,
+    /// The hub's peak resident memory during the scenario (`VmHWM`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_hub_memory_bytes: Option<u64>,
+    /// Payload bytes moved per second (artifact downloads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_per_second: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -152,6 +174,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Query { twins, seconds } => {
             results.extend(queries(&hub_bin, twins, seconds).await?)
         }
+        Scenario::Rollout {
+            devices,
+            image_kib,
+            max_concurrency,
+            waves,
+        } => results.extend(
+            rollout::rollout(
+                &hub_bin,
+                rollout::RolloutParameters {
+                    devices,
+                    image_bytes: image_kib * 1024,
+                    max_concurrency,
+                    waves,
+                },
+            )
+            .await?,
+        ),
         Scenario::All { seconds } => {
             results.extend(methods(&hub_bin, 100, &[1, 100, 1000], seconds).await?);
             results.push(patches(&hub_bin, 1000, seconds).await?);
@@ -233,6 +272,17 @@ impl Hub {
             mqtt_port,
             service,
         })
+    }
+
+    /// The hub's peak resident memory so far (`VmHWM`).
+    fn peak_resident_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmHWM in /proc/PID/status")?;
+        Ok(kib * 1024)
     }
 
     fn resident_bytes(&self) -> anyhow::Result<u64> {
@@ -729,6 +779,8 @@ fn measurement(
         p999_ms: percentile(0.999),
         errors,
         bytes_per_connection: None,
+        peak_hub_memory_bytes: None,
+        bytes_per_second: None,
     }
 }
 
