@@ -347,12 +347,7 @@ impl Simulation {
             }}))
             .await?;
         let download_started = Instant::now();
-        let mut response = self
-            .http
-            .get(update.url)
-            .send()
-            .await?
-            .error_for_status()?;
+        let mut response = self.http.get(update.url).send().await?.error_for_status()?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = response.chunk().await? {
