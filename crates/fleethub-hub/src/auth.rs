@@ -56,6 +56,11 @@ pub mod required {
     /// RegistryRead.
     pub const ROLLOUT_WRITE: Requirement = Requirement(&[ServiceConnect, RegistryWrite]);
     pub const ROLLOUT_READ: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
+    /// The event stream and partitions (`GET /events`, `GET /events/partitions`, reading consumer groups): Azure
+    /// lets the `service` policy (ServiceConnect) read the built-in Event Hubs-compatible endpoint.
+    pub const READ_EVENTS: Requirement = Requirement(&[ServiceConnect]);
+    /// Saving and deleting consumer groups' checkpoints: what an Event Hubs consumer does, with ServiceConnect.
+    pub const CHECKPOINT_EVENTS: Requirement = Requirement(&[ServiceConnect]);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleethub_core::twin::TwinLimits;
+use fleethub_eventlog::EventLogOptions;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -18,6 +19,8 @@ pub struct HubConfig {
     pub https_listen: SocketAddr,
     pub limits: HubLimits,
     pub twin_limits: TwinLimits,
+    /// The event log in `DATA_DIR/events/` (partitions, segments, retention).
+    pub events: EventLogOptions,
 }
 
 impl HubConfig {
@@ -30,6 +33,7 @@ impl HubConfig {
             https_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             limits: HubLimits::default(),
             twin_limits: TwinLimits::default(),
+            events: EventLogOptions::default(),
         }
     }
 
@@ -86,6 +90,9 @@ pub struct HubLimits {
     /// Largest firmware image an upload may carry; larger ones are refused with 413. Uploads stream to
     /// disk, so this bounds disk use, not memory.
     pub max_artifact_bytes: u64,
+    /// QoS 1 telemetry publishes of one connection waiting for the event log (each acknowledged once it is
+    /// durable); beyond this the connection reads nothing more until the oldest is.
+    pub telemetry_in_flight: usize,
 }
 
 impl Default for HubLimits {
@@ -102,6 +109,7 @@ impl Default for HubLimits {
             job_device_concurrency: 100,
             job_start_rate_per_second: 1000,
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
+            telemetry_in_flight: 64,
         }
     }
 }

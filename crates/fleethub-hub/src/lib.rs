@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod config;
 pub mod configurations;
+pub mod events;
 pub mod jobs;
 pub mod listeners;
 pub mod methods;
@@ -40,6 +41,8 @@ use crate::sessions::CloseReason;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "fleethub.db";
+/// The event log's directory inside the data directory.
+pub const EVENTS_DIRECTORY: &str = "events";
 /// Held with an exclusive lock while a hub serves the data directory.
 const LOCK_FILE: &str = "fleethub.lock";
 /// Keys in the store's metadata that `fleethub connection-string` reads.
@@ -58,6 +61,8 @@ pub enum StartError {
     DataDirLocked(PathBuf),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot open the event log: {0}")]
+    Events(#[from] fleethub_eventlog::OpenError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsSetupError),
     #[error("cannot set up the firmware artifact store: {0}")]
@@ -104,6 +109,8 @@ impl RunningHub {
             tracing::warn!("shutdown grace period over with tasks still running");
         }
         flush_activity(&self.services).await;
+        // Appends already queued (the last connections' messages and Will messages) are written first.
+        self.services.events.close().await;
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -194,7 +201,8 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         .set_meta(META_MQTT_PORT, &mqtt_address.port().to_string())
         .await?;
 
-    let services = Arc::new(Services::new(config, Arc::clone(&store), policies));
+    let events = open_event_log(&config, &*store).await?;
+    let services = Arc::new(Services::new(config, Arc::clone(&store), events, policies));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limiter = ConnectionLimiter::new(services.config.limits.max_connections);
@@ -233,6 +241,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         shutdown.clone(),
     ));
     tracker.spawn(configurations::run(Arc::clone(&services), shutdown.clone()));
+    tracker.spawn(events::run_pump(Arc::clone(&services), shutdown.clone()));
+    tracker.spawn(events::run_retention(
+        Arc::clone(&services),
+        shutdown.clone(),
+    ));
     tracker.spawn(Arc::clone(&artifacts).run_grant_purger(shutdown.clone()));
     tracker.spawn(run_activity_flusher(
         Arc::clone(&services),
@@ -253,6 +266,28 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         tracker,
         _lock: lock,
     })
+}
+
+/// Opens (recovering if needed) the event log in `DATA_DIR/events/`. A new log starts at the change feed's
+/// head: it holds what happens from now on, not a replay of an existing hub's history.
+async fn open_event_log(
+    config: &HubConfig,
+    store: &dyn Store,
+) -> Result<Arc<dyn fleethub_eventlog::EventLog>, StartError> {
+    let root = config.data_dir.join(EVENTS_DIRECTORY);
+    let options = fleethub_eventlog::EventLogOptions {
+        initial_upstream: *store.change_notifier().borrow(),
+        ..config.events.clone()
+    };
+    let opened = tokio::task::spawn_blocking(move || {
+        fleethub_eventlog::EmbeddedEventLog::open(&root, options)
+    })
+    .await
+    .map_err(|error| StartError::DataDir {
+        path: config.data_dir.join(EVENTS_DIRECTORY),
+        source: std::io::Error::other(error.to_string()),
+    })??;
+    Ok(Arc::new(opened))
 }
 
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<fs::File, StartError> {

@@ -9,18 +9,31 @@
 //! Cancellation: the loop may stop at any await point (peer gone, shutdown). Store writes it started run to
 //! completion regardless (the store finishes every queued write), so a dropped connection never cuts a twin
 //! write in half; the device just misses the acknowledgement and retries with DUP, which is harmless.
+//!
+//! Telemetry (`devices/{id}/messages/events/...`) is appended to the event log and, at QoS 1, acknowledged
+//! only once it is durable. Publishes are not held up meanwhile: each queues its append (in arrival order,
+//! so the device's messages stay in order) and its PUBACK waits in a per-connection queue of at most
+//! `telemetry_in_flight` entries, sent in arrival order as the appends complete (MQTT 3.1.1 §4.6). Any
+//! other QoS 1 publish first waits for the telemetry before it, so PUBACKs never overtake each other. A
+//! message over IoT Hub's 256 KB closes the connection, as Azure does over MQTT. A Will message on the
+//! telemetry topic becomes telemetry (`iothub-MessageType: Will`) when the connection ends without
+//! DISCONNECT.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fleethub_core::identity::IdentityKey;
+use fleethub_eventlog::{Append, AppendReceipt};
 use fleethub_mqtt::{
     ConnAck, ConnectReturnCode, DecodeError, Packet, PacketId, Publish, QoS, SubAck,
     SubscribeReturnCode,
 };
+use fleethub_protocol::events::{AuthScope, MessageOrigin, model_id_from_username};
 use fleethub_protocol::ids::{ClientId, IfMatch};
+use fleethub_protocol::property_bag::PropertyBag;
 use fleethub_protocol::rest::ConnectionState;
 use fleethub_protocol::topics::{self, DeviceTopic};
 use fleethub_store::{StoreError, StoredSession, StoredSubscription, TwinChange};
@@ -30,6 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::authenticate_device;
+use crate::events::telemetry_event;
 use crate::methods::{MethodReply, ReplyOutcome};
 use crate::services::{Services, record_connection_state};
 use crate::sessions::{CloseReason, ConnectionShared, Outbound, SubscriptionSet};
@@ -38,6 +52,8 @@ use crate::sessions::{CloseReason, ConnectionShared, Outbound, SubscriptionSet};
 const MAX_KEEP_ALIVE_SECONDS: u64 = 1767;
 /// Bytes reserved per read when no packet is partially buffered; small so idle connections stay small.
 const READ_RESERVE: usize = 1024;
+/// How long a connection that is closing waits for its last telemetry to become durable, to acknowledge it.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a connection ended; logged.
 enum Ending {
@@ -47,8 +63,32 @@ enum Ending {
     TokenExpired,
     Closed(CloseReason),
     ProtocolViolation(String),
+    /// The event log could not take a message (it failed or is closing); the device gets no PUBACK.
+    EventLog(String),
     Io(std::io::Error),
     Shutdown,
+}
+
+impl Ending {
+    /// Whether the Will message goes out: the connection ended without DISCONNECT, except when a newer
+    /// connection of the same device took over, the identity was disabled or deleted, or the hub stops.
+    fn publishes_will(&self) -> bool {
+        match self {
+            Ending::PeerDisconnected | Ending::Shutdown => false,
+            Ending::Closed(reason) => matches!(reason, CloseReason::CredentialsChanged),
+            Ending::PeerClosed
+            | Ending::KeepAliveExpired
+            | Ending::TokenExpired
+            | Ending::ProtocolViolation(_)
+            | Ending::EventLog(_)
+            | Ending::Io(_) => true,
+        }
+    }
+
+    /// Whether the connection can still be written to.
+    fn can_write(&self) -> bool {
+        !matches!(self, Ending::PeerClosed | Ending::Io(_))
+    }
 }
 
 impl std::fmt::Display for Ending {
@@ -62,6 +102,7 @@ impl std::fmt::Display for Ending {
             Ending::TokenExpired => f.write_str("the device's SAS token expired"),
             Ending::Closed(reason) => write!(f, "closed by the hub: {}", reason.describe()),
             Ending::ProtocolViolation(reason) => write!(f, "protocol violation: {reason}"),
+            Ending::EventLog(reason) => write!(f, "the event log refused a message: {reason}"),
             Ending::Io(error) => write!(f, "i/o error: {error}"),
             Ending::Shutdown => f.write_str("the hub is shutting down"),
         }
@@ -162,6 +203,8 @@ pub async fn serve_connection<S>(
         token_deadline,
         mut filters,
         shared,
+        origin,
+        will,
     }) = established
     else {
         return;
@@ -173,6 +216,8 @@ pub async fn serve_connection<S>(
         shared: &shared,
         clean_session,
         filters: &mut filters,
+        origin: &origin,
+        pending_acks: VecDeque::new(),
     };
     let ending = run(
         &mut connection,
@@ -182,8 +227,19 @@ pub async fn serve_connection<S>(
         &shutdown,
     )
     .await;
+    if ending.can_write() && !session.pending_acks.is_empty() {
+        // Acknowledge what becomes durable shortly, so the device does not send it again.
+        let _ =
+            tokio::time::timeout(FINAL_ACK_WAIT, drain_acks(&mut connection, &mut session)).await;
+    }
+    drop(session);
     let _ = connection.flush().await;
     let _ = connection.stream.shutdown().await;
+    if let Some(will) = will
+        && ending.publishes_will()
+    {
+        publish_will(&services, &origin, will).await;
+    }
 
     if services.sessions.unregister(&key, shared.generation) {
         record_connection_state(&services, &key, ConnectionState::Disconnected).await;
@@ -205,6 +261,37 @@ struct Established {
     token_deadline: Option<Instant>,
     filters: Vec<StoredSubscription>,
     shared: Arc<ConnectionShared>,
+    /// Who sends this connection's messages, as their system properties say.
+    origin: MessageOrigin,
+    will: Option<Will>,
+}
+
+/// A Will message on the telemetry topic, kept until the connection ends.
+struct Will {
+    properties: PropertyBag,
+    payload: Bytes,
+    retain: bool,
+}
+
+/// A QoS 1 telemetry publish whose PUBACK waits for its append to be durable.
+struct PendingAck {
+    packet_id: PacketId,
+    receipt: AppendReceipt,
+}
+
+/// Appends a Will message as telemetry and waits until it is durable (or failed; logged).
+async fn publish_will(services: &Services, origin: &MessageOrigin, will: Will) {
+    let event = match telemetry_event(origin, will.properties, will.payload, will.retain, true) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::info!(device = %origin.device_id, %error, "Will message dropped");
+            return;
+        }
+    };
+    match services.events.append(Append::events(vec![event])).await {
+        Ok(_) => tracing::debug!(device = %origin.device_id, "Will message delivered as telemetry"),
+        Err(error) => tracing::warn!(device = %origin.device_id, %error, "Will message lost"),
+    }
 }
 
 /// Reads CONNECT within the connect timeout, authenticates, restores the session, registers the connection
@@ -215,27 +302,28 @@ async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
 ) -> Option<Established> {
     let connect_deadline = Instant::now() + services.config.limits.connect_timeout;
-    let connect = match tokio::time::timeout_at(connect_deadline, connection.read_packet()).await {
-        Err(_) => {
-            tracing::debug!(%peer, "no CONNECT within the connect timeout");
-            return None;
-        }
-        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
-        Ok(Ok(Some(other))) => {
-            tracing::debug!(%peer, packet = packet_name(&other), "first packet is not CONNECT");
-            return None;
-        }
-        Ok(Ok(None)) => return None,
-        Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
-            tracing::debug!(%peer, level, "refusing an unsupported MQTT protocol level");
-            refuse(connection, ConnectReturnCode::UnacceptableProtocolVersion).await;
-            return None;
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "bad first packet");
-            return None;
-        }
-    };
+    let mut connect =
+        match tokio::time::timeout_at(connect_deadline, connection.read_packet()).await {
+            Err(_) => {
+                tracing::debug!(%peer, "no CONNECT within the connect timeout");
+                return None;
+            }
+            Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+            Ok(Ok(Some(other))) => {
+                tracing::debug!(%peer, packet = packet_name(&other), "first packet is not CONNECT");
+                return None;
+            }
+            Ok(Ok(None)) => return None,
+            Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+                tracing::debug!(%peer, level, "refusing an unsupported MQTT protocol level");
+                refuse(connection, ConnectReturnCode::UnacceptableProtocolVersion).await;
+                return None;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "bad first packet");
+                return None;
+            }
+        };
 
     let now = services.now();
     let record = match authenticate_device(
@@ -256,17 +344,46 @@ async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let key = record.key;
     let client_id = key.client_id();
-    let token_deadline = connect
+    let token = connect
         .password
         .as_deref()
         .and_then(|password| std::str::from_utf8(password).ok())
-        .and_then(|password| password.parse::<fleethub_protocol::sas::SasToken>().ok())
-        .map(|token| {
-            let remaining = token
-                .expiry
-                .saturating_sub(now.unix_timestamp().max(0) as u64);
-            Instant::now() + Duration::from_secs(remaining)
-        });
+        .and_then(|password| password.parse::<fleethub_protocol::sas::SasToken>().ok());
+    let token_deadline = token.as_ref().map(|token| {
+        let remaining = token
+            .expiry
+            .saturating_sub(now.unix_timestamp().max(0) as u64);
+        Instant::now() + Duration::from_secs(remaining)
+    });
+    let auth_scope = match token.as_ref().and_then(|token| token.key_name.as_ref()) {
+        Some(_) => AuthScope::Hub,
+        None if key.module_id.is_some() => AuthScope::Module,
+        None => AuthScope::Device,
+    };
+    let origin = MessageOrigin {
+        device_id: key.device_id.clone(),
+        module_id: key.module_id.clone(),
+        generation_id: record.identity.generation_id.clone(),
+        auth_scope,
+        model_id: connect.username.as_deref().and_then(model_id_from_username),
+    };
+    // IoT Hub takes a Will message on the device's own telemetry topic only.
+    let will = connect
+        .will
+        .take()
+        .and_then(
+            |will| match topics::parse_device_publish(&will.topic, &client_id) {
+                Ok(DeviceTopic::Telemetry { properties, .. }) => Some(Will {
+                    properties,
+                    payload: will.payload,
+                    retain: will.retain,
+                }),
+                _ => {
+                    tracing::debug!(device = %key, topic = %will.topic, "ignoring a Will message that is not telemetry");
+                    None
+                }
+            },
+        );
 
     // Restore or discard the persisted session.
     let (filters, session_present) = if connect.clean_session {
@@ -302,6 +419,8 @@ async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
         token_deadline,
         filters,
         shared,
+        origin,
+        will,
     })
 }
 
@@ -343,6 +462,51 @@ struct Session<'a> {
     shared: &'a ConnectionShared,
     clean_session: bool,
     filters: &'a mut Vec<StoredSubscription>,
+    origin: &'a MessageOrigin,
+    /// QoS 1 telemetry waiting to be durable, in arrival order.
+    pending_acks: VecDeque<PendingAck>,
+}
+
+/// Waits for the oldest pending telemetry to be durable and queues its PUBACK.
+async fn acknowledge_oldest<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    session: &mut Session<'_>,
+) -> Result<(), Ending> {
+    let Some(pending) = session.pending_acks.pop_front() else {
+        return Ok(());
+    };
+    match pending.receipt.await {
+        Ok(_) => {
+            connection.queue(&Packet::PubAck(pending.packet_id));
+            Ok(())
+        }
+        Err(error) => Err(Ending::EventLog(error.to_string())),
+    }
+}
+
+/// Acknowledges every pending telemetry publish, in order, as each becomes durable.
+async fn drain_acks<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    session: &mut Session<'_>,
+) -> Result<(), Ending> {
+    while !session.pending_acks.is_empty() {
+        acknowledge_oldest(connection, session).await?;
+    }
+    Ok(())
+}
+
+/// Resolves when the oldest pending telemetry is durable, with its packet id. Cancel-safe: the receipt stays
+/// in the queue until it has resolved.
+async fn oldest_durable(
+    pending_acks: &mut VecDeque<PendingAck>,
+) -> Result<PacketId, fleethub_eventlog::AppendError> {
+    let Some(front) = pending_acks.front_mut() else {
+        return std::future::pending().await;
+    };
+    (&mut front.receipt).await?;
+    let packet_id = front.packet_id;
+    pending_acks.pop_front();
+    Ok(packet_id)
 }
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
@@ -393,6 +557,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Some(ending) = Box::pin(handle_packet(connection, session, packet)).await {
                         return ending;
                     }
+                }
+            }
+            durable = oldest_durable(&mut session.pending_acks), if !session.pending_acks.is_empty() => {
+                match durable {
+                    Ok(packet_id) => connection.queue(&Packet::PubAck(packet_id)),
+                    Err(error) => return Ending::EventLog(error.to_string()),
                 }
             }
             () = tokio::time::sleep_until(keep_alive_deadline) => return Ending::KeepAliveExpired,
@@ -552,6 +722,13 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             connection.queue(&Packet::PubAck(packet_id));
         }
     };
+    // A PUBACK of anything else must not overtake the telemetry before it.
+    if publish.packet_id.is_some()
+        && !matches!(topic, DeviceTopic::Telemetry { .. })
+        && let Err(ending) = drain_acks(connection, session).await
+    {
+        return Some(ending);
+    }
     match topic {
         DeviceTopic::TwinGet { request_id } => {
             puback(connection, publish.packet_id);
@@ -621,11 +798,43 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             }
             puback(connection, publish.packet_id);
         }
-        DeviceTopic::Telemetry { .. } => {
-            // Telemetry storage arrives with the event log (docs/compat.md); until then it is acknowledged
-            // so that SDKs waiting for the PUBACK do not stall, and counted in the log.
-            tracing::trace!(device = %session.key, bytes = publish.payload.len(), "telemetry received");
-            puback(connection, publish.packet_id);
+        DeviceTopic::Telemetry { properties, .. } => {
+            let event = match telemetry_event(
+                session.origin,
+                properties,
+                publish.payload,
+                publish.retain,
+                false,
+            ) {
+                Ok(event) => event,
+                // Azure closes an MQTT connection that sends an oversized message.
+                Err(error) => {
+                    return Some(Ending::ProtocolViolation(format!(
+                        "telemetry refused: {error}"
+                    )));
+                }
+            };
+            if session.pending_acks.len() >= session.services.config.limits.telemetry_in_flight
+                && let Err(ending) = acknowledge_oldest(connection, session).await
+            {
+                return Some(ending);
+            }
+            let receipt = match session
+                .services
+                .events
+                .enqueue(Append::events(vec![event]))
+                .await
+            {
+                Ok(receipt) => receipt,
+                Err(error) => return Some(Ending::EventLog(error.to_string())),
+            };
+            match publish.packet_id {
+                Some(packet_id) => session
+                    .pending_acks
+                    .push_back(PendingAck { packet_id, receipt }),
+                // QoS 0: nothing to acknowledge; the append goes on without anyone waiting for it.
+                None => drop(receipt),
+            }
         }
     }
     None

@@ -25,6 +25,8 @@ use crate::sessions::{CloseReason, DeliveryError, DeviceRouter, Outbound, Sessio
 pub struct Services {
     pub config: HubConfig,
     pub store: Arc<dyn Store>,
+    /// Device-to-cloud messages and the hub's events (`events.rs`).
+    pub events: Arc<dyn fleethub_eventlog::EventLog>,
     pub sessions: Arc<SessionTable>,
     pub methods: PendingMethods,
     /// Automatic device management's shared state (the engine runs in `configurations::run`).
@@ -127,11 +129,17 @@ pub enum RegistryError {
 }
 
 impl Services {
-    pub fn new(config: HubConfig, store: Arc<dyn Store>, policies: Vec<AccessPolicy>) -> Self {
+    pub fn new(
+        config: HubConfig,
+        store: Arc<dyn Store>,
+        events: Arc<dyn fleethub_eventlog::EventLog>,
+        policies: Vec<AccessPolicy>,
+    ) -> Self {
         let sessions = Arc::new(SessionTable::new(config.limits.outbound_queue_depth));
         Self {
             config,
             store,
+            events,
             sessions,
             methods: PendingMethods::default(),
             configurations: crate::configurations::Configurations::new(),

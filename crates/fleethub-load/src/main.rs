@@ -6,6 +6,7 @@
 //! machine's cores and memory next to them.
 
 mod rollout;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -91,6 +92,19 @@ enum Scenario {
         max_concurrency: u64,
         #[arg(long, default_value = "100%")]
         waves: String,
+    },
+    /// Device-to-cloud messages at QoS 1, each acknowledged once durable in the event log: messages/s and
+    /// publish-to-PUBACK latency.
+    Telemetry {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Messages each device keeps in flight (pipelined on its one connection).
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 256)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Everything BENCHMARKS.md reports for the hub core, with its default parameters.
     All {
@@ -187,6 +201,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     image_bytes: image_kib * 1024,
                     max_concurrency,
                     waves,
+                },
+            )
+            .await?,
+        ),
+        Scenario::Telemetry {
+            devices,
+            in_flight,
+            payload_bytes,
+            seconds,
+        } => results.push(
+            telemetry::telemetry(
+                &hub_bin,
+                telemetry::TelemetryParameters {
+                    devices,
+                    in_flight,
+                    payload_bytes,
+                    seconds,
                 },
             )
             .await?,

@@ -214,12 +214,43 @@ pub(crate) fn total_order(left: &Val<'_>, right: &Val<'_>) -> Ordering {
         .then_with(|| compare_values(left, right).unwrap_or(Ordering::Equal))
 }
 
+/// What paths are evaluated against: a JSON document (a twin, a job record), or a routed message
+/// (`crate::routing`), whose paths have roots of their own.
+pub(crate) trait Document {
+    /// The value at `path`, or undefined.
+    fn value_at<'a>(&'a self, path: &'a Path) -> Val<'a>;
+}
+
+impl Document for Value {
+    fn value_at<'a>(&'a self, path: &'a Path) -> Val<'a> {
+        lookup(self, path)
+    }
+}
+
 /// The value at `path` in `document`, or undefined.
 pub(crate) fn lookup<'a>(document: &'a Value, path: &Path) -> Val<'a> {
+    lookup_segments(document, &path.segments, false)
+}
+
+/// The value at `segments` in `document`, or undefined. With `ignore_case`, a name without an
+/// exact match matches the first key equal to it ignoring ASCII case.
+pub(crate) fn lookup_segments<'a>(
+    document: &'a Value,
+    segments: &[Segment],
+    ignore_case: bool,
+) -> Val<'a> {
     let mut current = document;
-    for segment in &path.segments {
+    for segment in segments {
         let next = match (segment, current) {
-            (Segment::Name(name), Value::Object(map)) => map.get(name),
+            (Segment::Name(name), Value::Object(map)) => map.get(name).or_else(|| {
+                if ignore_case {
+                    map.iter()
+                        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                        .map(|(_, value)| value)
+                } else {
+                    None
+                }
+            }),
             (Segment::Index(index), Value::Array(items)) => usize::try_from(*index)
                 .ok()
                 .and_then(|index| items.get(index)),
@@ -235,10 +266,10 @@ pub(crate) fn lookup<'a>(document: &'a Value, path: &Path) -> Val<'a> {
 
 /// Evaluates `expr` on `document`. Aggregates evaluate to undefined here; the aggregator computes
 /// them.
-pub(crate) fn evaluate<'a>(expr: &'a Expr, document: &'a Value) -> Val<'a> {
+pub(crate) fn evaluate<'a, D: Document + ?Sized>(expr: &'a Expr, document: &'a D) -> Val<'a> {
     match expr {
         Expr::Literal(literal) => Val::from_literal(literal),
-        Expr::Path(path) => lookup(document, path),
+        Expr::Path(path) => document.value_at(path),
         Expr::Not(operand) => match evaluate(operand, document) {
             Val::Bool(value) => Val::Bool(!value),
             _ => Val::Undefined,
@@ -330,7 +361,7 @@ pub(crate) fn evaluate<'a>(expr: &'a Expr, document: &'a Value) -> Val<'a> {
 }
 
 /// Whether `condition` holds: only a Boolean `true` does.
-pub(crate) fn is_true(condition: &Expr, document: &Value) -> bool {
+pub(crate) fn is_true<D: Document + ?Sized>(condition: &Expr, document: &D) -> bool {
     matches!(evaluate(condition, document), Val::Bool(true))
 }
 
@@ -390,7 +421,11 @@ fn count_val(count: usize) -> Val<'static> {
 
 /// Functions, one rule each (Azure's descriptions are quoted in the crate documentation).
 /// Strings are measured in Unicode scalar values (Rust `char`s).
-fn call<'a>(function: Function, arguments: &'a [Expr], document: &'a Value) -> Val<'a> {
+fn call<'a, D: Document + ?Sized>(
+    function: Function,
+    arguments: &'a [Expr],
+    document: &'a D,
+) -> Val<'a> {
     let argument = |index: usize| {
         arguments
             .get(index)

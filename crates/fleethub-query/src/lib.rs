@@ -1,8 +1,9 @@
 //! The IoT Hub query language, pure: text to a checked [`Query`], and its evaluation on JSON
 //! documents (twins for `FROM devices` and `FROM devices.modules`, device-job records for
-//! `FROM devices.jobs`). No I/O, no clock, no async. One parser serves twin queries, job query
-//! conditions, configuration target conditions and, later, routing conditions
-//! ([`parse_condition`]).
+//! `FROM devices.jobs`), and message routing: route conditions on messages ([`RouteCondition`],
+//! [`RoutedMessage`]) and enrichments ([`Enrichment`]). No I/O, no clock, no async. One parser
+//! serves twin queries, job query conditions, configuration target conditions
+//! ([`parse_condition`]) and route conditions ([`RouteCondition::parse`]).
 //!
 //! The reference is Azure's "IoT Hub query language for device and module twins, jobs, and message
 //! routing" (`articles/iot-hub/iot-hub-devguide-query-language.md`), "Queries for IoT Hub device
@@ -49,7 +50,8 @@
 //! | `AS_NUMBER(x)` | routing | a number stays; a string holding a JSON number becomes it; otherwise undefined |
 //!
 //! "When querying twins and jobs the only supported function is: IS_DEFINED(property)" — every
-//! routing function above is a fleethub extension in twin and job queries.
+//! routing function above is a fleethub extension in twin and job queries. Function names are
+//! case-insensitive everywhere.
 //!
 //! # Beyond Azure (fleethub extensions)
 //!
@@ -60,6 +62,7 @@
 
 pub mod aggregate;
 pub mod ast;
+pub mod enrichment;
 pub mod error;
 mod eval;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -67,6 +70,7 @@ pub mod fuzzing;
 mod lexer;
 mod parser;
 pub mod pushdown;
+pub mod routing;
 mod schema;
 
 #[cfg(test)]
@@ -77,6 +81,8 @@ mod parser_tests;
 mod proptests;
 #[cfg(test)]
 mod pushdown_tests;
+#[cfg(test)]
+mod routing_tests;
 
 use serde_json::{Map, Value};
 
@@ -85,9 +91,11 @@ pub use ast::{
     AggregateFunction, ArithmeticOp, CompareOp, Direction, Expr, Function, FunctionOrigin, Literal,
     Number, OrderKey, OrderTarget, Path, Query, Segment, Select, SelectItem, Source,
 };
+pub use enrichment::{Enrichment, EnrichmentError, EnrichmentValue};
 pub use error::QueryError;
 pub use parser::MAX_EXPRESSION_DEPTH;
 pub use pushdown::{Predicate, Pushdown, Scalar};
+pub use routing::{RouteCondition, RouteOutcome, RoutedMessage};
 
 /// "Query expressions can have a maximum length of 8192 characters." (query-twins.md) Counted
 /// in Unicode scalar values.
@@ -116,7 +124,7 @@ pub fn parse_condition(text: &str, source: Source) -> Result<Query, QueryError> 
     parser::parse_condition(text, source)
 }
 
-fn check_length(text: &str) -> Result<(), QueryError> {
+pub(crate) fn check_length(text: &str) -> Result<(), QueryError> {
     // Bytes bound characters from above; count only when it can matter.
     if text.len() > MAX_QUERY_LENGTH {
         let length = text.chars().count();

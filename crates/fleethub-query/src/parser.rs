@@ -21,6 +21,9 @@
 //! LastActivityTime FROM devices`); AS is optional here. A SELECT item may also be any expression
 //! (*ext*). The FROM clause is found before the SELECT list is parsed, so that paths are resolved
 //! (and checked against the collection) as they are read.
+//!
+//! A route condition is an `expr` alone, its paths resolved by `crate::routing`; in it, words
+//! joined by `-` without spaces are one name (`$dt-subject`).
 
 use crate::ast::{
     AggregateFunction, ArithmeticOp, CompareOp, Direction, Expr, Function, Literal, Number,
@@ -168,6 +171,19 @@ pub(crate) fn parse_condition(text: &str, source: Source) -> Result<Query, Query
     })
 }
 
+/// Parses a route condition: the grammar of a WHERE, with paths resolved as routing reads them
+/// (`crate::routing`) and hyphenated names (`$dt-subject`, `iothub-message-schema`) read whole.
+pub(crate) fn parse_route_condition(text: &str) -> Result<Expr, QueryError> {
+    let tokens = tokenize(text)?;
+    let mut parser = Parser::new(text, tokens, Source::Devices, Clause::Condition);
+    parser.route = true;
+    let (condition, _) = parser.expression()?;
+    if parser.current().kind != TokenKind::End {
+        return Err(parser.unexpected("AND, OR or end of condition"));
+    }
+    Ok(condition)
+}
+
 /// The collection named after the first FROM keyword (one not after a `.`, where it would be a
 /// property name). `None` when it is missing or malformed: the parse reports that in its place.
 fn find_source(tokens: &[Token]) -> Option<Source> {
@@ -208,6 +224,9 @@ struct Parser<'t> {
     tokens: Vec<Token>,
     index: usize,
     source: Source,
+    /// Paths are a route condition's (`$body`, `$twin`, system and application properties) rather
+    /// than the collection's.
+    route: bool,
     clause: Clause,
     depth: u32,
     /// Aggregates met in the current SELECT item or ORDER BY key: (position, function).
@@ -221,6 +240,7 @@ impl<'t> Parser<'t> {
             tokens,
             index: 0,
             source,
+            route: false,
             clause,
             depth: 0,
             aggregates: Vec::new(),
@@ -878,11 +898,15 @@ impl<'t> Parser<'t> {
     fn path(&mut self) -> Result<Parsed, QueryError> {
         let start = self.current().position;
         let mut raw = Vec::new();
-        match self.advance().kind {
-            TokenKind::Word(text) => raw.push(RawSegment::Name {
-                text,
-                quoted: false,
-            }),
+        let first = self.advance();
+        match first.kind {
+            TokenKind::Word(text) => {
+                let text = self.hyphenated(text, first.position);
+                raw.push(RawSegment::Name {
+                    text,
+                    quoted: false,
+                });
+            }
             TokenKind::QuotedName(text) => raw.push(RawSegment::Name { text, quoted: true }),
             _ => return Err(self.expected_expression()),
         }
@@ -892,17 +916,22 @@ impl<'t> Parser<'t> {
                     self.advance();
                     // After a dot every word is a name, keywords included (`tags.order`); Azure
                     // itself rejects `tags.group` and asks for `tags.[[group]]`.
-                    match self.current().kind.clone() {
-                        TokenKind::Word(text) => raw.push(RawSegment::Name {
-                            text,
-                            quoted: false,
-                        }),
+                    let token = self.current().clone();
+                    match token.kind {
+                        TokenKind::Word(text) => {
+                            self.advance();
+                            let text = self.hyphenated(text, token.position);
+                            raw.push(RawSegment::Name {
+                                text,
+                                quoted: false,
+                            });
+                        }
                         TokenKind::QuotedName(text) => {
-                            raw.push(RawSegment::Name { text, quoted: true })
+                            self.advance();
+                            raw.push(RawSegment::Name { text, quoted: true });
                         }
                         _ => return Err(self.unexpected("a property name after '.'")),
                     }
-                    self.advance();
                 }
                 TokenKind::LeftBracket => {
                     self.advance();
@@ -919,9 +948,44 @@ impl<'t> Parser<'t> {
                 _ => break,
             }
         }
-        let path =
-            resolve_path(self.source, &raw).map_err(|message| self.invalid(start, message))?;
+        let path = if self.route {
+            crate::routing::resolve_route_path(&raw)
+        } else {
+            resolve_path(self.source, &raw)
+        };
+        let path = path.map_err(|message| self.invalid(start, message))?;
         Ok((Expr::Path(path), 1))
+    }
+
+    /// In a route condition, `word-word` without spaces is one name: Azure's system and
+    /// application property names hold hyphens (`$dt-subject`, `iothub-message-schema`). A word
+    /// starting with `$` after the hyphen is not joined (`$body.max-$body.min` subtracts), nor is a
+    /// number (`$body.x-1` subtracts). `word` is the word just read, at character `position`.
+    fn hyphenated(&mut self, mut word: String, position: usize) -> String {
+        if !self.route {
+            return word;
+        }
+        let mut end = position + word.chars().count();
+        loop {
+            let minus = self.current();
+            let next = self.peek(1);
+            let joined = match &next.kind {
+                TokenKind::Word(next_word)
+                    if minus.kind == TokenKind::Minus
+                        && minus.position == end
+                        && next.position == end + 1
+                        && !next_word.starts_with('$') =>
+                {
+                    next_word.clone()
+                }
+                _ => return word,
+            };
+            end += 1 + joined.chars().count();
+            word.push('-');
+            word.push_str(&joined);
+            self.advance();
+            self.advance();
+        }
     }
 
     fn call(&mut self, name: &str) -> Result<Parsed, QueryError> {

@@ -9,7 +9,7 @@ use crate::ast::{
 };
 
 /// Names users give properties: identifiers, keywords, and text that needs `[[...]]`.
-fn user_name() -> impl Strategy<Value = String> {
+pub(crate) fn user_name() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-zA-Z_][a-zA-Z0-9_]{0,8}",
         Just("group".to_owned()),
@@ -140,7 +140,7 @@ fn arithmetic_op() -> impl Strategy<Value = ArithmeticOp> {
 }
 
 /// Expressions without aggregates, over `paths`, in canonical form (what the parser builds).
-fn expression(paths: BoxedStrategy<Path>) -> impl Strategy<Value = Expr> {
+pub(crate) fn expression(paths: BoxedStrategy<Path>) -> impl Strategy<Value = Expr> {
     let leaf = prop_oneof![
         literal().prop_map(Expr::Literal),
         paths.prop_map(Expr::Path),

@@ -171,10 +171,21 @@ pub(crate) fn resolve_path(source: Source, raw: &[RawSegment]) -> Result<Path, S
         }
         Some(RawSegment::Name { .. }) => {}
     }
-    let mut node = match source {
+    let node = match source {
         Source::Devices | Source::Modules => Node::TwinRoot,
         Source::Jobs => Node::JobRoot,
     };
+    resolve_from(node, rest, raw)
+}
+
+/// A path into a twin, as routing's `$twin.` is followed by one: system names canonical, user names
+/// as written.
+pub(crate) fn resolve_twin_segments(raw: &[RawSegment]) -> Result<Vec<Segment>, String> {
+    resolve_from(Node::TwinRoot, raw, raw).map(|path| path.segments)
+}
+
+/// Walks `rest` from `node`; `raw` is the whole path as written, for messages.
+fn resolve_from(mut node: Node, rest: &[RawSegment], raw: &[RawSegment]) -> Result<Path, String> {
     let mut segments = Vec::with_capacity(rest.len());
     for segment in rest {
         let text = match segment {

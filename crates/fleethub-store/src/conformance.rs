@@ -3,6 +3,7 @@
 //! across reopening is checked too).
 
 mod artifacts;
+mod c2d;
 mod configurations;
 mod jobs;
 mod rollouts;
@@ -50,6 +51,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     configurations::run_all(factory).await;
     artifacts::run_all(factory).await;
     rollouts::run_all(factory).await;
+    c2d::run_all(factory).await;
 }
 
 fn device(id: &str) -> IdentityKey {

@@ -13,10 +13,16 @@
 //! - a rollout's creation and changes (`rolloutUpdated`) and each change of a device's status in a rollout
 //!   (`deviceRolloutUpdated`, with the counts after it) append to the change feed in the same transaction;
 //!   a rollout needs its artifacts to exist, and an artifact an unfinished rollout uses cannot be deleted;
+//! - a device's cloud-to-device queue never holds more messages than the limit its enqueue was given, keeps
+//!   them in sequence order across restarts, and dies with the device (with its pending feedback); every end
+//!   of a message (completed, rejected, dead-lettered, expired, purged) writes the feedback record its
+//!   `iothub-ack` asks for in the same transaction, and a feedback batch is handed out under one lock at a
+//!   time;
 //! - domain rules (twin merge, versions, limits, identity rules) come from `fleethub-core`, so every backend
 //!   behaves alike; a backend only decides how to keep bytes.
 
 mod artifacts;
+mod c2d;
 mod configurations;
 pub mod conformance;
 mod index;
@@ -26,6 +32,10 @@ mod rollouts;
 mod sqlite;
 
 pub use artifacts::{ArtifactRecord, FirmwareGrant};
+pub use c2d::{
+    C2D_EXPIRY_CHUNK, C2dAbandoned, C2dExpired, C2dLock, C2dReceipt, LockedFeedback, NewC2dMessage,
+    QueuedC2dMessage, ReceiveFeedback,
+};
 pub use index::IndexedPaths;
 pub use jobs::{AZURE_JOB_RETENTION, JOB_TARGET_CHUNK, JobFilter, JobRecord};
 pub use records::*;
@@ -40,6 +50,7 @@ use fleethub_core::configuration::{Assignment, Configuration, ConfigurationId, C
 use fleethub_core::executor::{Statistics, TargetRecord};
 use fleethub_core::identity::{FreshKeys, IdentityKey, IdentitySpec};
 use fleethub_core::rollout::RolloutTarget;
+use fleethub_protocol::c2d::LockToken;
 use fleethub_protocol::ids::{DeviceId, IfMatch, JobId, RolloutId};
 use fleethub_protocol::rest::ConnectionState;
 use fleethub_protocol::rollouts::RolloutPhase;
@@ -326,6 +337,98 @@ pub trait Store: Send + Sync + 'static {
         model: &str,
         version: &str,
     ) -> BoxFuture<'_, StoreResult<Vec<RolloutId>>>;
+
+    // ---- cloud-to-device messages (device queues) and their feedback ----
+    /// Appends a message to its device's queue and returns it with its sequence number. `NotFound` for an
+    /// unknown device (queues are per device: Azure has no module queues); `C2dQueueFull` if the queue
+    /// already holds `max_queue_depth` unexpired messages (Azure: `AZURE_MAX_QUEUE_DEPTH`, 50).
+    fn enqueue_c2d(
+        &self,
+        message: NewC2dMessage,
+        max_queue_depth: usize,
+    ) -> BoxFuture<'_, StoreResult<QueuedC2dMessage>>;
+    /// The device's messages to deliver at `now`: not expired, not locked by an HTTPS receive, in sequence
+    /// order, strictly after `after`, at most `limit`. A connection that delivered up to sequence `n` asks for
+    /// what came after `n`.
+    fn pending_c2d_for_device(
+        &self,
+        device_id: &DeviceId,
+        after: Option<u64>,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<Vec<QueuedC2dMessage>>>;
+    /// An HTTPS receive: locks the device's first deliverable message under `lock_token` for
+    /// `lock_duration` (Azure: one minute) and returns it; `None` when there is none.
+    fn receive_c2d(
+        &self,
+        device_id: &DeviceId,
+        lock_token: LockToken,
+        lock_duration: time::Duration,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<Option<QueuedC2dMessage>>>;
+    /// The device completed a message (MQTT: its PUBACK): removes it and writes a `Success` record if its
+    /// ack is `positive` or `full`. `C2dMessageLockLost` if the receipt names no message in the queue (or an
+    /// expired one, or a lock that ran out).
+    fn complete_c2d(
+        &self,
+        device_id: &DeviceId,
+        receipt: C2dReceipt,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// The device rejected a message (HTTPS): removes it and writes a `Rejected` record if its ack is
+    /// `negative` or `full`. Refusals as for `complete_c2d`.
+    fn reject_c2d(
+        &self,
+        device_id: &DeviceId,
+        receipt: C2dReceipt,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// The device abandoned a message (HTTPS): unlocks it and counts the delivery; at `max_delivery_count`
+    /// (Azure: `AZURE_MAX_DELIVERY_COUNT`, 10) removes it instead, with a `DeliveryCountExceeded` record if
+    /// its ack is `negative` or `full`. Refusals as for `complete_c2d`.
+    fn abandon_c2d(
+        &self,
+        device_id: &DeviceId,
+        receipt: C2dReceipt,
+        max_delivery_count: u32,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<C2dAbandoned>>;
+    /// Removes the messages expired at `now` (with `Expired` records for `negative`/`full` acks, timed at
+    /// their expiry) and the feedback records older than `feedback_ttl`, in writes of [`C2D_EXPIRY_CHUNK`]
+    /// rows. Checks with a read first, so calling it every second costs an idle hub no write.
+    fn expire_due_c2d(
+        &self,
+        now: OffsetDateTime,
+        feedback_ttl: time::Duration,
+    ) -> BoxFuture<'_, StoreResult<C2dExpired>>;
+    /// Azure's "Purge Cloud To Device Message Queue": removes all the device's messages (with `Purged`
+    /// records for `negative`/`full` acks) and returns how many; `NotFound` for an unknown device.
+    fn purge_c2d_queue(
+        &self,
+        device_id: &DeviceId,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<u64>>;
+    /// `GET /messages/serviceBound/feedback`: locks the oldest unlocked feedback records (at most
+    /// `max_records`) under the request's lock token and returns them; `None` when there are none. Records
+    /// older than the TTL, or handed out `max_delivery_count` times already, are dropped first.
+    fn receive_c2d_feedback(
+        &self,
+        request: ReceiveFeedback,
+    ) -> BoxFuture<'_, StoreResult<Option<LockedFeedback>>>;
+    /// `DELETE /messages/serviceBound/feedback/{lockToken}`: deletes the batch; `FeedbackLockLost` unless
+    /// its lock is live.
+    fn complete_c2d_feedback(
+        &self,
+        lock_token: &LockToken,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// `POST /messages/serviceBound/feedback/{lockToken}/abandon`: unlocks the batch to be received again;
+    /// `FeedbackLockLost` unless its lock is live.
+    fn abandon_c2d_feedback(
+        &self,
+        lock_token: &LockToken,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>>;
 }
 
 /// Which records [`Store::read_changes`] returns; several set means all must hold.

@@ -3,6 +3,7 @@
 use fleethub_core::configuration::{ConfigurationError, ConfigurationId};
 use fleethub_core::identity::{Identity, IdentityKey, IdentitySpecError};
 use fleethub_core::twin::{TwinDocument, TwinPatchError};
+use fleethub_protocol::c2d::LockToken;
 pub use fleethub_protocol::changes::{ChangeOperation, ChangeRecord};
 use fleethub_protocol::ids::DeviceId;
 use fleethub_protocol::ids::{ETag, JobId, RolloutId};
@@ -160,6 +161,22 @@ pub enum StoreError {
     RolloutNotFound(RolloutId),
     #[error("rollout {0} already exists")]
     RolloutAlreadyExists(RolloutId),
+    /// The device's cloud-to-device queue already holds `max` messages (Azure: 403004
+    /// `DeviceMaximumQueueDepthExceeded`).
+    #[error(
+        "device {device_id} already has {max} cloud-to-device messages queued, the most it can hold"
+    )]
+    C2dQueueFull { device_id: DeviceId, max: usize },
+    /// No message of the device matches the receipt: it was completed, rejected, expired or purged, or its
+    /// lock ran out (Azure: 412002 `DeviceMessageLockLost`).
+    #[error(
+        "device {device_id} has no such cloud-to-device message: it was settled, expired or purged, or its lock expired"
+    )]
+    C2dMessageLockLost { device_id: DeviceId },
+    /// No feedback batch is locked under this token any more: it was completed or abandoned, or its lock
+    /// ran out.
+    #[error("no feedback batch holds lock {0}: it was completed or abandoned, or its lock expired")]
+    FeedbackLockLost(LockToken),
     #[error(transparent)]
     Configuration(#[from] ConfigurationError),
     #[error(transparent)]

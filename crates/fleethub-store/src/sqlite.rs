@@ -24,6 +24,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::AssignConfigurations;
 use crate::artifacts::{self, ArtifactRecord, FirmwareGrant};
+use crate::c2d::{
+    self, C2D_EXPIRY_CHUNK, C2dAbandoned, C2dExpired, C2dReceipt, LockedFeedback, NewC2dMessage,
+    QueuedC2dMessage, ReceiveFeedback,
+};
 use crate::configurations;
 use crate::index::{self, IndexedPaths, Section};
 use crate::jobs::{self, JOB_TARGET_CHUNK, JobChange, JobFilter, JobRecord};
@@ -36,6 +40,7 @@ use crate::{
 use fleethub_core::configuration::{self, Configuration, ConfigurationId, ConfigurationSpec};
 use fleethub_core::executor::{Statistics, TargetRecord};
 use fleethub_core::rollout::RolloutTarget;
+use fleethub_protocol::c2d::{FeedbackStatusCode, LockToken};
 use fleethub_protocol::ids::{JobId, RolloutId};
 use fleethub_protocol::rollouts::RolloutPhase;
 use fleethub_query::Pushdown;
@@ -109,6 +114,8 @@ const MIGRATIONS: &[&str] = &[
     crate::artifacts::MIGRATION,
     // 8: firmware rollouts, their devices' records, and rollout records in the change feed (see rollouts.rs).
     crate::rollouts::MIGRATION,
+    // 9: cloud-to-device queues and their feedback records (see c2d.rs).
+    crate::c2d::MIGRATION,
 ];
 
 #[derive(Clone, Debug)]
@@ -1757,6 +1764,162 @@ impl Store for SqliteStore {
         let (model, version) = (model.to_owned(), version.to_owned());
         self.read(move |connection| rollouts::unfinished_using(connection, &model, &version))
     }
+
+    fn enqueue_c2d(
+        &self,
+        message: NewC2dMessage,
+        max_queue_depth: usize,
+    ) -> BoxFuture<'_, StoreResult<QueuedC2dMessage>> {
+        // In the writer, so the depth check and the insert are one step: concurrent sends never exceed it.
+        self.write(move |connection, _| c2d::enqueue(connection, &message, max_queue_depth))
+    }
+
+    fn pending_c2d_for_device(
+        &self,
+        device_id: &DeviceId,
+        after: Option<u64>,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<Vec<QueuedC2dMessage>>> {
+        let device_id = device_id.clone();
+        self.read(move |connection| c2d::pending(connection, &device_id, after, limit, now))
+    }
+
+    fn receive_c2d(
+        &self,
+        device_id: &DeviceId,
+        lock_token: LockToken,
+        lock_duration: time::Duration,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<Option<QueuedC2dMessage>>> {
+        let device_id = device_id.clone();
+        self.write(move |connection, _| {
+            c2d::receive(connection, &device_id, &lock_token, lock_duration, now)
+        })
+    }
+
+    fn complete_c2d(
+        &self,
+        device_id: &DeviceId,
+        receipt: C2dReceipt,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let device_id = device_id.clone();
+        self.write(move |connection, _| {
+            c2d::settle(
+                connection,
+                &device_id,
+                &receipt,
+                FeedbackStatusCode::Success,
+                now,
+            )
+        })
+    }
+
+    fn reject_c2d(
+        &self,
+        device_id: &DeviceId,
+        receipt: C2dReceipt,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let device_id = device_id.clone();
+        self.write(move |connection, _| {
+            c2d::settle(
+                connection,
+                &device_id,
+                &receipt,
+                FeedbackStatusCode::Rejected,
+                now,
+            )
+        })
+    }
+
+    fn abandon_c2d(
+        &self,
+        device_id: &DeviceId,
+        receipt: C2dReceipt,
+        max_delivery_count: u32,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<C2dAbandoned>> {
+        let device_id = device_id.clone();
+        self.write(move |connection, _| {
+            c2d::abandon(connection, &device_id, &receipt, max_delivery_count, now)
+        })
+    }
+
+    fn expire_due_c2d(
+        &self,
+        now: OffsetDateTime,
+        feedback_ttl: time::Duration,
+    ) -> BoxFuture<'_, StoreResult<C2dExpired>> {
+        Box::pin(async move {
+            let mut expired = C2dExpired::default();
+            if !self
+                .read(move |connection| c2d::anything_due(connection, now, feedback_ttl))
+                .await?
+            {
+                return Ok(expired);
+            }
+            // One write per chunk, as for jobs: live writes wait for one chunk at most.
+            loop {
+                let removed = self
+                    .write(move |connection, _| {
+                        c2d::expire_messages_chunk(connection, now, C2D_EXPIRY_CHUNK)
+                    })
+                    .await?;
+                expired.messages += removed as u64;
+                if removed < C2D_EXPIRY_CHUNK {
+                    break;
+                }
+            }
+            loop {
+                let removed = self
+                    .write(move |connection, _| {
+                        c2d::expire_feedback_chunk(connection, now, feedback_ttl, C2D_EXPIRY_CHUNK)
+                    })
+                    .await?;
+                expired.feedback_records += removed as u64;
+                if removed < C2D_EXPIRY_CHUNK {
+                    break;
+                }
+            }
+            Ok(expired)
+        })
+    }
+
+    fn purge_c2d_queue(
+        &self,
+        device_id: &DeviceId,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<u64>> {
+        let device_id = device_id.clone();
+        self.write(move |connection, _| c2d::purge(connection, &device_id, now))
+    }
+
+    fn receive_c2d_feedback(
+        &self,
+        request: ReceiveFeedback,
+    ) -> BoxFuture<'_, StoreResult<Option<LockedFeedback>>> {
+        self.write(move |connection, _| c2d::receive_feedback(connection, &request))
+    }
+
+    fn complete_c2d_feedback(
+        &self,
+        lock_token: &LockToken,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let lock_token = lock_token.clone();
+        self.write(move |connection, _| c2d::complete_feedback(connection, &lock_token, now))
+    }
+
+    fn abandon_c2d_feedback(
+        &self,
+        lock_token: &LockToken,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let lock_token = lock_token.clone();
+        self.write(move |connection, _| c2d::abandon_feedback(connection, &lock_token, now))
+    }
 }
 
 impl SqliteStore {
@@ -1906,6 +2069,8 @@ fn delete_identity_in(
         connection
             .prepare_cached("DELETE FROM sessions WHERE device_id = ?1")?
             .execute(params![key.device_id.as_ref()])?;
+        // Its cloud-to-device queue and pending feedback go with it, as in Azure.
+        c2d::delete_device(connection, &key.device_id)?;
     } else {
         let module = module_column(key);
         connection

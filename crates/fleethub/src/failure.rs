@@ -38,6 +38,8 @@ pub(crate) enum Kind {
     WriteRollout,
     /// Follow a rollout's progress: the change feed.
     WatchRollout,
+    /// Read the event log (`monitor-events`) or save a consumer group's checkpoints.
+    ReadEvents,
 }
 
 /// A direct-method call, for the not-online and timed-out messages.
@@ -523,7 +525,9 @@ fn api_message(
                     "registryRead, registryReadWrite or iothubowner",
                     "registryRead",
                 ),
-                Kind::GrantFirmware => ("ServiceConnect", "service or iothubowner", "service"),
+                Kind::GrantFirmware | Kind::ReadEvents => {
+                    ("ServiceConnect", "service or iothubowner", "service")
+                }
             };
             format!(
                 "policy {} may not {} ({with_message}): use the connection string of a policy with {right} ({policies}), e.g. `fleethub connection-string --policy {suggestion}` for a local hub",
@@ -532,6 +536,10 @@ fn api_message(
         }
         _ if status == 404 && operation.kind == Kind::WatchChanges => format!(
             "{} has no change stream ({with_message}): `twin watch` needs a fleethub hub recent enough to serve GET /changes",
+            hub.host()
+        ),
+        _ if status == 404 && operation.kind == Kind::ReadEvents => format!(
+            "{} has no event stream ({with_message}): `monitor-events` needs a fleethub hub recent enough to serve GET /events (Azure IoT Hub serves events on its Event Hubs-compatible endpoint: use `az iot hub monitor-events` there)",
             hub.host()
         ),
         _ if status == 404 && operation.kind == Kind::WatchJob => format!(

@@ -15,6 +15,7 @@ mod job;
 mod json_input;
 mod local_hub;
 mod method;
+mod monitor;
 mod output;
 mod query;
 mod rollout;
@@ -64,6 +65,9 @@ enum Command {
     Firmware(firmware::FirmwareCommand),
     /// Firmware rollouts: send an artifact to many devices in waves; show, pause, resume, approve, abort, watch.
     Rollout(rollout::RolloutCommand),
+    /// Print device-to-cloud messages and twin, connection and lifecycle events as they arrive (like `az iot
+    /// hub monitor-events`).
+    MonitorEvents(monitor::MonitorArgs),
     /// Run the reference firmware-update workflow end to end on a hub started just for it.
     Demo(demo::DemoArgs),
 }
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
             Command::Config(command) => config::run(command).await,
             Command::Firmware(command) => firmware::run(command).await,
             Command::Rollout(command) => rollout::run(command).await,
+            Command::MonitorEvents(args) => monitor::run(args).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use fleethub_eventlog::EventLogOptions;
 use fleethub_hub::{HubConfig, HubLimits};
 
 #[derive(clap::Args)]
@@ -37,6 +38,16 @@ pub(crate) struct ServeArgs {
     /// Largest firmware image an upload may carry, in bytes (uploads stream to disk; larger ones get 413).
     #[arg(long, default_value_t = HubLimits::default().max_artifact_bytes, value_name = "BYTES")]
     max_artifact_size: u64,
+    /// Partitions of the event log (device-to-cloud messages and the hub's events); fixed when the log is
+    /// created. Azure's built-in endpoint defaults to 4.
+    #[arg(long, default_value_t = EventLogOptions::default().partitions, value_name = "N")]
+    event_partitions: u32,
+    /// Hours events are kept (Azure keeps 1 day by default, 7 at most).
+    #[arg(long, default_value_t = 24, value_name = "HOURS")]
+    event_retention_hours: u64,
+    /// Bytes of events kept at most (the oldest are deleted beyond it).
+    #[arg(long, default_value_t = EventLogOptions::default().retention_bytes, value_name = "BYTES")]
+    event_retention_size: u64,
     /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -87,6 +98,12 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..HubLimits::default()
         },
         twin_limits: Default::default(),
+        events: EventLogOptions {
+            partitions: args.event_partitions,
+            retention_time: Duration::from_secs(args.event_retention_hours.saturating_mul(3600)),
+            retention_bytes: args.event_retention_size,
+            ..EventLogOptions::default()
+        },
     };
     let hub = fleethub_hub::start(config).await?;
     wait_for_signal().await?;

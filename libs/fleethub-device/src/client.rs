@@ -1,5 +1,6 @@
 //! [`DeviceClient`], the handle applications hold: connect, twin requests, desired patches, direct methods,
-//! disconnect. Every operation is a message to the connection task and an answer back.
+//! device-to-cloud messages, disconnect. Every operation is a message to the connection task and an answer
+//! back.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,13 +15,15 @@ use tokio::time::Instant;
 use crate::connection::{ConnectionState, ConnectionTask, Dialer};
 use crate::credentials::Identity;
 use crate::desired::{DesiredPatchStream, patch_channel};
-use crate::error::{ConnectError, DisconnectError, SubscribeError, TwinError};
+use crate::error::{ConnectError, DisconnectError, SendError, SubscribeError, TwinError};
 use crate::methods::{MethodRequest, MethodResponse, erase_handler};
 use crate::options::DeviceClientOptions;
 use crate::reconnect::Jitter;
 use crate::session::{
-    Command, DesiredPatchesCommand, OnMethodCommand, Request, Session, SubscribeReply, TwinCommand,
+    Command, DesiredPatchesCommand, OnMethodCommand, Request, Session, SubscribeReply,
+    TelemetryCommand, TwinCommand,
 };
+use crate::telemetry::{MAX_MESSAGES_IN_FLIGHT, Message};
 use crate::transport::tls_config;
 use crate::twin::{
     MAX_CONCURRENT_TWIN_REQUESTS, TwinRequest, TwinResponse, reported_version_from_response,
@@ -56,6 +59,7 @@ struct ClientInner {
     client_id: ClientId,
     operation_timeout: Duration,
     twin_permits: Semaphore,
+    message_permits: Semaphore,
 }
 
 impl std::fmt::Debug for DeviceClient {
@@ -132,6 +136,7 @@ impl DeviceClient {
                 client_id,
                 operation_timeout: options.operation_timeout,
                 twin_permits: Semaphore::new(MAX_CONCURRENT_TWIN_REQUESTS),
+                message_permits: Semaphore::new(MAX_MESSAGES_IN_FLIGHT),
             }),
         })
     }
@@ -242,6 +247,76 @@ impl DeviceClient {
         let handler = erase_handler(handler);
         self.subscribe(|reply| Request::OnMethod(Box::new(OnMethodCommand { handler, reply })))
             .await
+    }
+
+    /// Sends a device-to-cloud message at QoS 1 and resolves once the hub acknowledged it (a fleethub hub
+    /// acknowledges once the message is durable in its event log). Calls pipeline: run several at once (from
+    /// clones, `join`, or spawned tasks) and up to 64 are in flight on the connection, each resolving at its
+    /// own PUBACK; messages go out in the order the calls reached the client.
+    ///
+    /// Across a lost connection an unacknowledged message is re-sent (so it may arrive twice, as with any
+    /// MQTT QoS 1 client; use a message id to tell). Fails with [`SendError::Timeout`] after
+    /// `operation_timeout` (the message may still be delivered), [`SendError::TooLarge`] over IoT Hub's
+    /// 256 KB, and [`SendError::Disconnected`] once the client has stopped.
+    ///
+    /// ```no_run
+    /// # async fn example(client: fleethub_device::DeviceClient) -> Result<(), fleethub_device::SendError> {
+    /// use fleethub_device::Message;
+    /// use serde_json::json;
+    ///
+    /// let message = Message::json(&json!({"temperature": 21.5})).with_property("alert", "none");
+    /// client.send_message(message).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_message(&self, message: Message) -> Result<(), SendError> {
+        self.send_telemetry(message, fleethub_mqtt::QoS::AtLeastOnce)
+            .await
+    }
+
+    /// Sends a device-to-cloud message at QoS 0: resolves once it is handed to the connection, with no
+    /// acknowledgement and no re-send ([`SendError::Disconnected`] while the client is reconnecting).
+    pub async fn send_message_at_most_once(&self, message: Message) -> Result<(), SendError> {
+        self.send_telemetry(message, fleethub_mqtt::QoS::AtMostOnce)
+            .await
+    }
+
+    async fn send_telemetry(
+        &self,
+        message: Message,
+        qos: fleethub_mqtt::QoS,
+    ) -> Result<(), SendError> {
+        let (topic, payload) = message.into_publish(&self.inner.client_id)?;
+        let timeout = self.inner.operation_timeout;
+        let deadline = Instant::now() + timeout;
+        let (reply, answer) = oneshot::channel();
+        let queued = async {
+            // The semaphore is never closed.
+            let permit = self
+                .inner
+                .message_permits
+                .acquire()
+                .await
+                .map_err(|_| SendError::Disconnected)?;
+            let command = TelemetryCommand {
+                topic,
+                payload,
+                qos,
+                reply,
+            };
+            self.send(Request::Telemetry(Box::new(command)))
+                .await
+                .map_err(|_| SendError::Disconnected)?;
+            Ok(permit)
+        };
+        let _permit = tokio::time::timeout_at(deadline, queued)
+            .await
+            .unwrap_or(Err(SendError::Timeout(timeout)))?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(SendError::Disconnected),
+            Err(_) => Err(SendError::Timeout(timeout)),
+        }
     }
 
     /// Stops the client (every clone's): sends MQTT DISCONNECT and closes the connection, or stops

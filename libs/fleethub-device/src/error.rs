@@ -1,4 +1,4 @@
-//! One error enum per operation: connecting, twin requests, subscriptions, disconnecting.
+//! One error enum per operation: connecting, twin requests, sending messages, subscriptions, disconnecting.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -169,6 +169,24 @@ pub enum TwinError {
     /// A success status with a body or topic that does not have the expected shape.
     #[error("invalid twin response: {0}")]
     InvalidResponse(String),
+}
+
+/// Why [`send_message`](crate::DeviceClient::send_message) (or
+/// [`send_message_at_most_once`](crate::DeviceClient::send_message_at_most_once)) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Over IoT Hub's 256 KB limit, counted as the hub counts it (body, system property values, application
+    /// property names and values). The hub would close the connection, so it is not sent.
+    #[error("the message is {bytes} bytes; IoT Hub accepts at most {max}")]
+    TooLarge { bytes: usize, max: usize },
+    /// No PUBACK within `operation_timeout`. The message stays queued and may still be delivered (it is
+    /// re-sent after a reconnection until acknowledged).
+    #[error("no acknowledgement within {0:?}")]
+    Timeout(Duration),
+    /// The client is closed for good, or (at most once) not connected right now.
+    #[error("the connection to the hub is closed")]
+    Disconnected,
 }
 
 /// Why [`desired_patches`](crate::DeviceClient::desired_patches) or

@@ -1,6 +1,6 @@
 //! The fleethub device SDK: connect a device or module to an IoT hub over MQTT 3.1.1 (TLS or secure
-//! WebSocket), read and report twin properties, follow the desired properties, and answer direct methods;
-//! and stay connected doing so, across network outages, hub restarts and SAS token expiry.
+//! WebSocket), send telemetry, read and report twin properties, follow the desired properties, and answer
+//! direct methods; and stay connected doing so, across network outages, hub restarts and SAS token expiry.
 //!
 //! ```no_run
 //! use fleethub_device::{DeviceClient, DeviceClientOptions, MethodRequest, MethodResponse};
@@ -81,9 +81,13 @@
 //! allocations, so thousands fit in one process; what reconnecting needs (about 18 KiB for a handshake in
 //! progress) is allocated only while reconnecting.
 //!
-//! Not yet: telemetry and cloud-to-device messages (the messaging issue), X.509 authentication (the
-//! hardening issue). The API is shaped so that they arrive without breaking changes: options, errors,
-//! states and reasons are `#[non_exhaustive]`, and the session re-sends and re-subscribes whatever it tracks.
+//! Telemetry: [`DeviceClient::send_message`] publishes a [`Message`] (body, system properties such as
+//! message id and content type, application properties) at QoS 1 and resolves at its PUBACK; calls pipeline,
+//! up to 64 in flight per client, each completing on its own.
+//!
+//! Not yet: cloud-to-device messages (the messaging issue), X.509 authentication (the hardening issue). The
+//! API is shaped so that they arrive without breaking changes: options, errors, states and reasons are
+//! `#[non_exhaustive]`, and the session re-sends and re-subscribes whatever it tracks.
 
 mod client;
 mod connection;
@@ -94,15 +98,19 @@ mod methods;
 mod options;
 mod reconnect;
 mod session;
+mod telemetry;
 mod transport;
 mod twin;
 
 pub use crate::client::DeviceClient;
 pub use crate::connection::{ConnectionState, DisconnectReason};
 pub use crate::desired::DesiredPatchStream;
-pub use crate::error::{ConnectError, ConnectStage, DisconnectError, SubscribeError, TwinError};
+pub use crate::error::{
+    ConnectError, ConnectStage, DisconnectError, SendError, SubscribeError, TwinError,
+};
 pub use crate::methods::{MethodRequest, MethodResponse};
 pub use crate::options::{DeviceClientOptions, ReconnectPolicy, Transport};
+pub use crate::telemetry::Message;
 pub use fleethub_mqtt::ConnectReturnCode;
 pub use fleethub_protocol::errors::{ErrorCode, ReportedErrorCode};
 pub use fleethub_protocol::ids::ClientId;

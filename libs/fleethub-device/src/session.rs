@@ -9,8 +9,8 @@
 //! [`Session::connected`] carry it across a reconnect:
 //! - every subscription is requested again (harmless with a hub that kept them, required with one that did
 //!   not), before anything else on the new connection;
-//! - unacknowledged QoS 1 publishes (twin requests, method responses) are re-sent in their original order,
-//!   with DUP set when they may have reached the hub;
+//! - unacknowledged QoS 1 publishes (twin requests, method responses, device-to-cloud messages) are re-sent
+//!   in their original order, with DUP set when they may have reached the hub;
 //! - twin requests keep waiting until their deadline. A GET whose response was lost is sent again; a
 //!   reported patch the hub had acknowledged but not answered fails with `Disconnected` at once (it may have
 //!   been applied, and sending it again could apply it after a later patch); a request still waiting for a
@@ -37,10 +37,11 @@ use tokio::time::Instant;
 
 use crate::connection::DisconnectReason;
 use crate::desired::{Delivery, DesiredPatchMessage, DesiredSink};
-use crate::error::{DisconnectError, SubscribeError, TwinError};
+use crate::error::{DisconnectError, SendError, SubscribeError, TwinError};
 use crate::methods::{
     MAX_CONCURRENT_METHOD_CALLS, MethodCall, MethodHandler, MethodResponseMessage,
 };
+use crate::telemetry::SendReply;
 use crate::twin::{TwinRequest, TwinResponse};
 
 pub(crate) type SubscribeReply = oneshot::Sender<Result<(), SubscribeError>>;
@@ -61,6 +62,7 @@ pub(crate) enum Request {
     DesiredPatches(Box<DesiredPatchesCommand>),
     OnMethod(Box<OnMethodCommand>),
     MethodResponse(Box<MethodResponseMessage>),
+    Telemetry(Box<TelemetryCommand>),
 }
 
 impl std::fmt::Debug for Request {
@@ -70,6 +72,7 @@ impl std::fmt::Debug for Request {
             Request::DesiredPatches(_) => "DesiredPatches",
             Request::OnMethod(_) => "OnMethod",
             Request::MethodResponse(_) => "MethodResponse",
+            Request::Telemetry(_) => "Telemetry",
         })
     }
 }
@@ -80,6 +83,15 @@ pub(crate) struct TwinCommand {
     pub deadline: Instant,
     pub timeout: Duration,
     pub reply: TwinReply,
+}
+
+/// A device-to-cloud message to publish: at QoS 1 answered at its PUBACK (re-sent across reconnections until
+/// then), at QoS 0 answered once queued on a live connection.
+pub(crate) struct TelemetryCommand {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub reply: SendReply,
 }
 
 pub(crate) struct DesiredPatchesCommand {
@@ -109,6 +121,8 @@ struct InFlightPublish {
     transmitted: bool,
     /// The twin request this publish carries, if any.
     twin_request: Option<u64>,
+    /// Who waits for this message's PUBACK (device-to-cloud messages).
+    sent_reply: Option<SendReply>,
 }
 
 #[derive(Debug)]
@@ -308,6 +322,31 @@ impl Session {
                 );
                 drop(permit);
             }
+            Request::Telemetry(command) => {
+                let TelemetryCommand {
+                    topic,
+                    payload,
+                    qos,
+                    reply,
+                } = *command;
+                if qos == QoS::AtMostOnce {
+                    if !self.connected {
+                        let _ = reply.send(Err(SendError::Disconnected));
+                        return;
+                    }
+                    self.outgoing.push_back(Packet::Publish(Publish {
+                        dup: false,
+                        qos: QoS::AtMostOnce,
+                        retain: false,
+                        topic,
+                        packet_id: None,
+                        payload,
+                    }));
+                    let _ = reply.send(Ok(()));
+                } else {
+                    self.publish_tracked(topic, payload, None, Some(reply));
+                }
+            }
         }
     }
 
@@ -327,7 +366,11 @@ impl Session {
                     {
                         request.stage = TwinStage::Acknowledged;
                     }
-                    self.in_flight.remove(&packet_id);
+                    if let Some(InFlight::Publish(in_flight)) = self.in_flight.remove(&packet_id)
+                        && let Some(reply) = in_flight.sent_reply
+                    {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
                 Some(InFlight::Subscribe(_)) => {
                     return Err(violation(format!("PUBACK {packet_id} answers a SUBSCRIBE")));
@@ -466,6 +509,9 @@ impl Session {
         for (_, packet) in self.in_flight.drain() {
             if let InFlight::Publish(in_flight) = packet {
                 tracing::debug!(topic = %in_flight.publish.topic, "publish not acknowledged before the client closed");
+                if let Some(reply) = in_flight.sent_reply {
+                    let _ = reply.send(Err(SendError::Disconnected));
+                }
             }
         }
     }
@@ -612,6 +658,17 @@ impl Session {
     /// Queues a QoS 1 publish and tracks it until its PUBACK. While disconnected it is only tracked;
     /// [`Session::connected`] sends it.
     fn publish(&mut self, topic: String, payload: Bytes, twin_request: Option<u64>) {
+        self.publish_tracked(topic, payload, twin_request, None);
+    }
+
+    /// [`Session::publish`], answering `sent_reply` at the PUBACK.
+    fn publish_tracked(
+        &mut self,
+        topic: String,
+        payload: Bytes,
+        twin_request: Option<u64>,
+        sent_reply: Option<SendReply>,
+    ) {
         let packet_id = self.allocate_packet_id();
         let publish = Publish {
             dup: false,
@@ -635,6 +692,7 @@ impl Session {
                 sequence: self.last_publish_sequence,
                 transmitted: false,
                 twin_request,
+                sent_reply,
             }),
         );
     }
@@ -1565,6 +1623,115 @@ mod tests {
             sent,
             vec![Packet::PubAck(PacketId::new(5).expect("non-zero"))]
         );
+    }
+
+    fn telemetry_command(
+        body: &str,
+        qos: QoS,
+    ) -> (Request, oneshot::Receiver<Result<(), SendError>>) {
+        let (reply, receiver) = oneshot::channel();
+        let command = TelemetryCommand {
+            topic: format!("devices/dev1/messages/events/%24.mid={body}"),
+            payload: Bytes::copy_from_slice(body.as_bytes()),
+            qos,
+            reply,
+        };
+        (Request::Telemetry(Box::new(command)), receiver)
+    }
+
+    #[test]
+    fn pipelined_messages_complete_each_at_its_own_puback() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let mut replies = Vec::new();
+        for body in ["m1", "m2", "m3"] {
+            let (request, reply) = telemetry_command(body, QoS::AtLeastOnce);
+            session.handle_request(request);
+            replies.push(reply);
+        }
+        let sent = drain(&mut session, now);
+        let publishes: Vec<&Publish> = sent.iter().map(expect_publish).collect();
+        let bodies: Vec<&[u8]> = publishes
+            .iter()
+            .map(|publish| &publish.payload[..])
+            .collect();
+        assert_eq!(
+            bodies,
+            vec![&b"m1"[..], b"m2", b"m3"],
+            "all three in flight, in order"
+        );
+        // Acknowledged out of order: each reply resolves at its own PUBACK.
+        let second = publishes[1].packet_id.expect("QoS 1");
+        session
+            .handle_packet(Packet::PubAck(second))
+            .expect("valid");
+        assert!(matches!(replies[1].try_recv(), Ok(Ok(()))));
+        assert!(matches!(replies[0].try_recv(), Err(TryRecvError::Empty)));
+        assert!(!session.is_quiet());
+        for publish in [publishes[0], publishes[2]] {
+            session
+                .handle_packet(Packet::PubAck(publish.packet_id.expect("QoS 1")))
+                .expect("valid");
+        }
+        assert!(matches!(replies[0].try_recv(), Ok(Ok(()))));
+        assert!(matches!(replies[2].try_recv(), Ok(Ok(()))));
+        assert!(session.is_quiet());
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_resent_with_dup_after_a_reconnection() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let (first, mut first_reply) = telemetry_command("m1", QoS::AtLeastOnce);
+        session.handle_request(first);
+        let sent = drain(&mut session, now);
+        assert_eq!(sent.len(), 1);
+        session.connection_lost();
+        // Sent while reconnecting: tracked, sent on the new connection.
+        let (second, mut second_reply) = telemetry_command("m2", QoS::AtLeastOnce);
+        session.handle_request(second);
+        assert!(drain(&mut session, now).is_empty());
+        session.connected(now);
+        let resent = drain(&mut session, now);
+        let publishes: Vec<&Publish> = resent.iter().map(expect_publish).collect();
+        assert_eq!(publishes.len(), 2);
+        assert!(publishes[0].dup && &publishes[0].payload[..] == b"m1");
+        assert!(!publishes[1].dup && &publishes[1].payload[..] == b"m2");
+        for publish in publishes {
+            session
+                .handle_packet(Packet::PubAck(publish.packet_id.expect("QoS 1")))
+                .expect("valid");
+        }
+        assert!(matches!(first_reply.try_recv(), Ok(Ok(()))));
+        assert!(matches!(second_reply.try_recv(), Ok(Ok(()))));
+    }
+
+    #[test]
+    fn at_most_once_messages_go_out_at_once_or_fail_while_disconnected_and_closing_fails_the_rest()
+    {
+        let now = Instant::now();
+        let mut session = session(now);
+        let (request, mut reply) = telemetry_command("q0", QoS::AtMostOnce);
+        session.handle_request(request);
+        assert!(matches!(reply.try_recv(), Ok(Ok(()))));
+        match &drain(&mut session, now)[..] {
+            [Packet::Publish(publish)] => {
+                assert_eq!(publish.qos, QoS::AtMostOnce);
+                assert_eq!(publish.packet_id, None);
+            }
+            other => panic!("expected one QoS 0 publish, got {other:?}"),
+        }
+        session.connection_lost();
+        let (request, mut reply) = telemetry_command("q0", QoS::AtMostOnce);
+        session.handle_request(request);
+        assert!(matches!(reply.try_recv(), Ok(Err(SendError::Disconnected))));
+        let (request, mut pending) = telemetry_command("q1", QoS::AtLeastOnce);
+        session.handle_request(request);
+        session.fail_all();
+        assert!(matches!(
+            pending.try_recv(),
+            Ok(Err(SendError::Disconnected))
+        ));
     }
 
     #[test]

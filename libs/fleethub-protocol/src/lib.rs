@@ -7,10 +7,12 @@
 
 pub mod artifacts;
 pub mod bulk;
+pub mod c2d;
 pub mod changes;
 pub mod configurations;
 pub mod connection_string;
 pub mod errors;
+pub mod events;
 pub mod firmware;
 pub mod ids;
 pub mod jobs;
@@ -18,6 +20,7 @@ pub mod percent;
 pub mod property_bag;
 pub mod rest;
 pub mod rollouts;
+pub mod routing;
 pub mod sas;
 pub mod topics;
 

@@ -42,6 +42,11 @@
 //! - the change feed, pushed: [`watch_changes`](ServiceClient::watch_changes) (a fleethub extension, not in
 //!   Azure) streams twin, identity, connection, job and rollout changes and resumes by itself after a dropped
 //!   connection;
+//! - the event log (a fleethub extension; Azure's built-in Event Hubs endpoint):
+//!   [`read_events`](ServiceClient::read_events) streams device-to-cloud messages and twin, connection and
+//!   lifecycle events and resumes by itself after a dropped connection; consumer groups'
+//!   [`save_checkpoints`](ServiceClient::save_checkpoints) and [`checkpoints`](ServiceClient::checkpoints);
+//!   [`event_partitions`](ServiceClient::event_partitions);
 //! - [`raw`](ServiceClient::raw): any signed request, for endpoints not wrapped yet and for tests.
 //!
 //! The JSON types ([`Device`](protocol::rest::Device), [`Twin`](protocol::rest::Twin), ...) and ids
@@ -117,6 +122,7 @@ mod changes;
 mod client;
 mod configurations;
 mod error;
+mod events;
 mod firmware;
 mod jobs;
 mod methods;
@@ -131,6 +137,7 @@ pub use auth::{RENEW_BEFORE_EXPIRY_SECONDS, TOKEN_LIFETIME_SECONDS};
 pub use changes::{ChangeStream, WatchOptions};
 pub use client::{RawResponse, ServiceClient, ServiceClientOptions};
 pub use error::{ConfigError, ServiceError};
+pub use events::{EventReadOptions, EventStart, EventStream};
 pub use firmware::{ArtifactUpload, UploadProgress};
 pub use jobs::{JobPage, JobProgress, JobWatch};
 pub use query::{QueryPage, QueryStream};

@@ -12,7 +12,9 @@ flags, so one app covers every Python device case:
   --report-standby     reports {"firmwareStatus": "standBy", "logTime": ...} before "ready"
 
 Commands: {"cmd": "get_twin"}, {"cmd": "report", "patch": {...}}, {"cmd": "connected"},
-{"cmd": "exit"}; each command's "id" comes back in its "done" (or "failed") event.
+{"cmd": "send", "data": "...", "message_id": ..., "correlation_id": ..., "content_type": ...,
+"content_encoding": ..., "properties": {...}, "output": ...} (send_message, or send_message_to_output
+with "output"), {"cmd": "exit"}; each command's "id" comes back in its "done" (or "failed") event.
 """
 
 import argparse
@@ -25,7 +27,7 @@ import threading
 import time
 import traceback
 
-from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, MethodResponse
+from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message, MethodResponse
 
 _stdout_lock = threading.Lock()
 
@@ -170,6 +172,21 @@ def main():
                 emit("done", id=request_id)
             elif name == "connected":
                 emit("done", id=request_id, connected=client.connected)
+            elif name == "send":
+                message = Message(
+                    command["data"],
+                    message_id=command.get("message_id"),
+                    content_encoding=command.get("content_encoding"),
+                    content_type=command.get("content_type"),
+                )
+                message.correlation_id = command.get("correlation_id")
+                for key, value in command.get("properties", {}).items():
+                    message.custom_properties[key] = value
+                if command.get("output"):
+                    client.send_message_to_output(message, command["output"])
+                else:
+                    client.send_message(message)
+                emit("done", id=request_id)
             else:
                 emit("failed", id=request_id, error="unknown command", message=repr(name))
         except Exception as exc:

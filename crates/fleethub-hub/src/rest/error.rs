@@ -134,6 +134,12 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::GenericConflict, message)
             }
             StoreError::RolloutNotFound(_) => ApiError::new(ErrorCode::GenericNotFound, message),
+            StoreError::C2dQueueFull { .. } => {
+                ApiError::new(ErrorCode::DeviceMaximumQueueDepthExceeded, message)
+            }
+            StoreError::C2dMessageLockLost { .. } | StoreError::FeedbackLockLost(_) => {
+                ApiError::new(ErrorCode::DeviceMessageLockLost, message)
+            }
             StoreError::Twin(_) | StoreError::IdentitySpec(_) => {
                 ApiError::new(ErrorCode::ArgumentInvalid, message)
             }
@@ -318,6 +324,32 @@ impl From<crate::rollouts::RolloutActionError> for ApiError {
                 ApiError::new(ErrorCode::ServiceUnavailable, message)
             }
             RolloutActionError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<fleethub_eventlog::ReadError> for ApiError {
+    fn from(error: fleethub_eventlog::ReadError) -> Self {
+        use fleethub_eventlog::ReadError;
+        let message = error.to_string();
+        match error {
+            ReadError::NoSuchPartition { .. } => ApiError::bad_request(message),
+            ReadError::Corrupt { .. } | ReadError::Io(_) => {
+                ApiError::new(ErrorCode::ServerError, message)
+            }
+        }
+    }
+}
+
+impl From<fleethub_eventlog::CheckpointError> for ApiError {
+    fn from(error: fleethub_eventlog::CheckpointError) -> Self {
+        use fleethub_eventlog::CheckpointError;
+        let message = error.to_string();
+        match error {
+            CheckpointError::NoSuchPartition { .. } | CheckpointError::BeyondEnd { .. } => {
+                ApiError::bad_request(message)
+            }
+            CheckpointError::Io(_) => ApiError::new(ErrorCode::ServerError, message),
         }
     }
 }

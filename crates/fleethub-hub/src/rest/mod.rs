@@ -10,6 +10,7 @@ mod changes;
 mod configurations;
 mod convert;
 pub mod error;
+mod events;
 mod firmware;
 mod jobs;
 mod query;
@@ -118,6 +119,18 @@ pub fn router(
         .route("/statistics/devices", get(device_statistics))
         .route("/statistics/service", get(service_statistics))
         .route("/changes", get(changes::stream_changes))
+        // The event log (fleethub extension): device-to-cloud messages and the hub's events.
+        .route("/events", get(events::stream_events))
+        .route("/events/partitions", get(events::list_partitions))
+        .route("/events/consumerGroups", get(events::list_consumer_groups))
+        .route(
+            "/events/consumerGroups/{group}",
+            get(events::get_consumer_group).delete(events::delete_consumer_group),
+        )
+        .route(
+            "/events/consumerGroups/{group}/checkpoints",
+            put(events::put_checkpoints),
+        )
         // Jobs v2; the handlers find the `JobService` in a request extension (`lib.rs` adds it).
         .route("/jobs/v2/query", get(jobs::query_jobs))
         .route("/jobs/v2/{job_id}", put(jobs::put_job).get(jobs::get_job))
