@@ -21,6 +21,9 @@ use crate::mqtt::serve_connection;
 use crate::services::Services;
 use crate::tls_stream;
 
+/// Most bytes hyper buffers per HTTPS connection, each way (it also bounds a request head).
+const HTTP_WRITE_BUFFER: usize = 64 * 1024;
+
 /// Counts live connections against the configured cap; the guard gives the slot back when dropped.
 pub struct ConnectionLimiter {
     live: AtomicUsize,
@@ -154,6 +157,10 @@ pub async fn run_https_listener(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(timeout)
+                // hyper queues up to ~400 KB of response body per connection by default before it waits for
+                // the socket; a rollout with thousands of downloads at once paid that per download (1 GB
+                // at 3,000). One download chunk is enough to keep the socket busy.
+                .max_buf_size(HTTP_WRITE_BUFFER)
                 .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades();
             tokio::pin!(connection);

@@ -21,7 +21,6 @@ use fleethub_protocol::artifacts::{
 };
 use fleethub_protocol::errors::ErrorCode;
 use futures_util::{Stream, StreamExt as _};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::range::{RangeRequest, parse_range};
 use super::{ApiError, ApiResult, ApiState, authorize, json_body};
@@ -32,10 +31,10 @@ use crate::auth::required;
 /// answering, so that the client, still sending, reads the answer instead of a connection reset.
 const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(10);
-/// Bytes per read of an image being downloaded. A download holds about twice this (the chunk and its
-/// encrypted record) while the socket drains it, so with a thousand devices downloading at once this is
-/// what the hub's memory pays: 64 KiB keeps a 10,000-device rollout under 200 MB (BENCHMARKS.md), where 256
-/// KiB took 850 MB, at the same throughput.
+/// Bytes per read of an image being downloaded. A download holds about this chunk, hyper's write buffer
+/// (capped at the same size in `listeners.rs`) and its TLS record while the socket drains, so a rollout with
+/// thousands of downloads at once pays it per download (BENCHMARKS.md, "Firmware rollout"); 32 KiB saved
+/// little memory and cost a fifth of the throughput.
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
 type Artifacts = Extension<Arc<ArtifactService>>;
@@ -280,20 +279,9 @@ pub(super) async fn download_image(
             return Ok(response);
         }
     };
-    let mut image = allowed.image;
-    if start > 0 {
-        image
-            .seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|error| {
-                ApiError::new(
-                    ErrorCode::ServerError,
-                    format!("cannot read the image: {error}"),
-                )
-            })?;
-    }
+    let image = allowed.image.into_std().await;
     tracing::debug!(device = %allowed.device_id, model = %artifact.model(), version = %artifact.version(), start, length, "firmware download");
-    let mut response = Response::new(file_body(image, length));
+    let mut response = Response::new(file_body(image, start, length));
     *response.status_mut() = status;
     let response_headers = response.headers_mut();
     response_headers.extend(common);
@@ -310,28 +298,46 @@ fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).expect("hex, base64url and digits are valid header values")
 }
 
-/// `length` bytes of `file` from its current position, a chunk at a time.
-fn file_body(file: tokio::fs::File, length: u64) -> Body {
-    let chunks = futures_util::stream::unfold((file, length), |(mut file, remaining)| async move {
-        if remaining == 0 {
-            return None;
-        }
-        let want = remaining.min(DOWNLOAD_CHUNK as u64) as usize;
-        let mut buffer = vec![0u8; want];
-        match file.read(&mut buffer).await {
-            Ok(0) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the image is shorter than recorded",
-                )),
-                (file, 0),
-            )),
-            Ok(read) => {
-                buffer.truncate(read);
-                Some((Ok(Bytes::from(buffer)), (file, remaining - read as u64)))
+/// `length` bytes of `file` from `start`, a chunk at a time. Each chunk is one positional read on the blocking
+/// pool straight into the buffer that goes to the socket: no second buffer (as `tokio::fs::File` keeps), no
+/// read-ahead, so a download holds one chunk plus its TLS record while the socket drains.
+fn file_body(file: std::fs::File, start: u64, length: u64) -> Body {
+    let file = Arc::new(file);
+    let chunks = futures_util::stream::unfold(
+        (file, start, length),
+        |(file, offset, remaining)| async move {
+            if remaining == 0 {
+                return None;
             }
-            Err(error) => Some((Err(error), (file, 0))),
-        }
-    });
+            let want = remaining.min(DOWNLOAD_CHUNK as u64) as usize;
+            let reader = Arc::clone(&file);
+            let read = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt as _;
+                let mut buffer = vec![0u8; want];
+                let read = reader.read_at(&mut buffer, offset)?;
+                buffer.truncate(read);
+                Ok::<_, std::io::Error>(buffer)
+            })
+            .await
+            .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+            match read {
+                Ok(buffer) if buffer.is_empty() => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the image is shorter than recorded",
+                    )),
+                    (file, offset, 0),
+                )),
+                Ok(buffer) => {
+                    let read = buffer.len() as u64;
+                    Some((
+                        Ok(Bytes::from(buffer)),
+                        (file, offset + read, remaining - read),
+                    ))
+                }
+                Err(error) => Some((Err(error), (file, offset, 0))),
+            }
+        },
+    );
     Body::from_stream(chunks)
 }
