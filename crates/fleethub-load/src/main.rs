@@ -5,6 +5,8 @@
 //! Hub and load generator share the machine, so numbers are for the pair on one box; the report records the
 //! machine's cores and memory next to them.
 
+mod broker;
+mod raw_mqtt;
 mod rollout;
 mod telemetry;
 
@@ -106,6 +108,23 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// The same QoS 1 telemetry (one raw MQTT client, identical bytes) to fleethub over TLS (authenticated,
+    /// durable, one consumer reading the log) and to Eclipse Mosquitto over TLS and plain TCP (one QoS 1
+    /// subscriber on `#`), in one run: messages/s and publish-to-PUBACK latency side by side.
+    TelemetryVsMosquitto {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Messages each connection keeps in flight.
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 256)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The mosquitto binary (default: `mosquitto` on PATH or /usr/sbin/mosquitto).
+        #[arg(long)]
+        mosquitto: Option<PathBuf>,
+    },
     /// Everything BENCHMARKS.md reports for the hub core, with its default parameters.
     All {
         #[arg(long, default_value_t = 10)]
@@ -147,6 +166,9 @@ struct Measurement {
     /// Payload bytes moved per second (artifact downloads).
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes_per_second: Option<f64>,
+    /// Messages a reader of the broker received (the log's consumer, Mosquitto's subscriber).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -222,6 +244,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?,
         ),
+        Scenario::TelemetryVsMosquitto {
+            devices,
+            in_flight,
+            payload_bytes,
+            seconds,
+            mosquitto,
+        } => results.extend(
+            broker::compare(
+                &hub_bin,
+                broker::CompareParameters {
+                    devices,
+                    in_flight,
+                    payload_bytes,
+                    seconds,
+                    mosquitto,
+                },
+            )
+            .await?,
+        ),
         Scenario::All { seconds } => {
             results.extend(methods(&hub_bin, 100, &[1, 100, 1000], seconds).await?);
             results.push(patches(&hub_bin, 1000, seconds).await?);
@@ -245,7 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 struct Hub {
     child: Child,
-    _directory: tempfile::TempDir,
+    directory: tempfile::TempDir,
     ca_pem: String,
     mqtt_port: u16,
     service: ServiceClient,
@@ -298,11 +339,15 @@ impl Hub {
             .context("the hub answers REST")?;
         Ok(Self {
             child,
-            _directory: directory,
+            directory,
             ca_pem,
             mqtt_port,
             service,
         })
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.directory.path().join("data")
     }
 
     /// The hub's peak resident memory so far (`VmHWM`).
@@ -812,6 +857,7 @@ fn measurement(
         bytes_per_connection: None,
         peak_hub_memory_bytes: None,
         bytes_per_second: None,
+        delivered: None,
     }
 }
 
