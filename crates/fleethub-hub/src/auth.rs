@@ -61,6 +61,17 @@ pub mod required {
     pub const READ_EVENTS: Requirement = Requirement(&[ServiceConnect]);
     /// Saving and deleting consumer groups' checkpoints: what an Event Hubs consumer does, with ServiceConnect.
     pub const CHECKPOINT_EVENTS: Requirement = Requirement(&[ServiceConnect]);
+    /// Message routing's configuration (`GET /routing`, route tests, endpoint health): registry-like data, read
+    /// with RegistryRead (it holds webhook headers, so ServiceConnect alone does not read it) and written with
+    /// RegistryWrite (Azure keeps it in the hub's resource, for its owners).
+    pub const ROUTING_READ: Requirement = Requirement(&[RegistryRead]);
+    pub const ROUTING_WRITE: Requirement = Requirement(&[RegistryWrite]);
+    /// Dead letters hold messages: read like the event stream, with ServiceConnect (or RegistryRead, which
+    /// reads the routing configuration they belong to).
+    pub const ROUTING_DEAD_LETTERS: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
+    /// Cloud-to-device messages: sending, purging a device's queue, reading and settling feedback (Azure:
+    /// ServiceConnect).
+    pub const CLOUD_TO_DEVICE: Requirement = Requirement(&[ServiceConnect]);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

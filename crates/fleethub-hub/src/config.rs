@@ -21,6 +21,8 @@ pub struct HubConfig {
     pub twin_limits: TwinLimits,
     /// The event log in `DATA_DIR/events/` (partitions, segments, retention).
     pub events: EventLogOptions,
+    /// Delivery to routing's custom endpoints (retries, file sizes).
+    pub routing: crate::routing::RoutingSettings,
 }
 
 impl HubConfig {
@@ -34,6 +36,7 @@ impl HubConfig {
             limits: HubLimits::default(),
             twin_limits: TwinLimits::default(),
             events: EventLogOptions::default(),
+            routing: crate::routing::RoutingSettings::default(),
         }
     }
 
@@ -93,6 +96,9 @@ pub struct HubLimits {
     /// QoS 1 telemetry publishes of one connection waiting for the event log (each acknowledged once it is
     /// durable); beyond this the connection reads nothing more until the oldest is.
     pub telemetry_in_flight: usize,
+    /// Cloud-to-device messages one connection has published at QoS 1 and the device not yet acknowledged;
+    /// the next are read from the queue as PUBACKs come back.
+    pub c2d_in_flight: usize,
 }
 
 impl Default for HubLimits {
@@ -110,6 +116,7 @@ impl Default for HubLimits {
             job_start_rate_per_second: 1000,
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
             telemetry_in_flight: 64,
+            c2d_in_flight: 16,
         }
     }
 }

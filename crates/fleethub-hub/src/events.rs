@@ -8,8 +8,8 @@
 //! appended exactly once. Job and rollout records (fleethub's own) and identity updates (no Azure event) make
 //! no event; they stay readable on `GET /changes`.
 //!
-//! Seams for routing and C2D: routing will sit where [`telemetry_event`]'s result is appended (evaluate
-//! routes, append to the built-in endpoint and/or other endpoints); C2D feedback records can be appended
+//! Routing (`routing`) decides where each event goes before it is appended: telemetry in `mqtt.rs`, the
+//! pump's events here; an event no route takes is not appended. C2D feedback records can be appended
 //! through the same [`fleethub_eventlog::EventLog`] as another source.
 
 use std::sync::Arc;
@@ -123,16 +123,13 @@ pub async fn run_pump(services: Arc<Services>, shutdown: CancellationToken) {
         let mut events = Vec::with_capacity(records.len());
         for record in &records {
             let twin = lifecycle_twin(&services, record).await;
-            if let Some(notification) = notification_from_change(record, &hub_name, twin) {
-                events.push(NewEvent {
-                    partition_key: notification.device_id.to_string(),
-                    system_properties: notification.system_properties,
-                    application_properties: notification.application_properties,
-                    body: Bytes::from(
-                        serde_json::to_vec(&notification.body).expect("JSON always serialises"),
-                    ),
-                    upstream_sequence: Some(record.sequence),
-                });
+            if let Some(notification) = notification_from_change(record, &hub_name, twin)
+                && let Some(event) = services
+                    .routing
+                    .route_notification(&services, notification, record.sequence)
+                    .await
+            {
+                events.push(event);
             }
         }
         let append = Append {

@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod c2d;
 pub mod config;
 pub mod configurations;
 pub mod events;
@@ -13,6 +14,7 @@ pub mod mqtt;
 pub mod query;
 pub mod rest;
 pub mod rollouts;
+pub mod routing;
 pub mod services;
 pub mod sessions;
 pub mod tls;
@@ -63,6 +65,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot open the event log: {0}")]
     Events(#[from] fleethub_eventlog::OpenError),
+    #[error("cannot load message routing: {0}")]
+    Routing(#[from] routing::LoadRoutingError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsSetupError),
     #[error("cannot set up the firmware artifact store: {0}")]
@@ -203,6 +207,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
 
     let events = open_event_log(&config, &*store).await?;
     let services = Arc::new(Services::new(config, Arc::clone(&store), events, policies));
+    // Before any listener: the first message is routed by the stored configuration.
+    services
+        .routing
+        .load(&*services.store, &*services.events)
+        .await?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limiter = ConnectionLimiter::new(services.config.limits.max_connections);
@@ -242,11 +251,16 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     ));
     tracker.spawn(configurations::run(Arc::clone(&services), shutdown.clone()));
     tracker.spawn(events::run_pump(Arc::clone(&services), shutdown.clone()));
+    tracker.spawn(routing::run_delivery(
+        Arc::clone(&services),
+        shutdown.clone(),
+    ));
     tracker.spawn(events::run_retention(
         Arc::clone(&services),
         shutdown.clone(),
     ));
     tracker.spawn(Arc::clone(&artifacts).run_grant_purger(shutdown.clone()));
+    tracker.spawn(c2d::run_expiry(Arc::clone(&services), shutdown.clone()));
     tracker.spawn(run_activity_flusher(
         Arc::clone(&services),
         shutdown.clone(),

@@ -18,6 +18,9 @@
 //! message over IoT Hub's 256 KB closes the connection, as Azure does over MQTT. A Will message on the
 //! telemetry topic becomes telemetry (`iothub-MessageType: Will`) when the connection ends without
 //! DISCONNECT.
+//!
+//! Cloud-to-device messages are read from the device's queue by the connection's `c2d::Outbox` (woken by
+//! enqueues, subscriptions and PUBACKs), published at QoS 1 and completed at the device's PUBACK.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -26,7 +29,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fleethub_core::identity::IdentityKey;
-use fleethub_eventlog::{Append, AppendReceipt};
+use fleethub_eventlog::AppendReceipt;
 use fleethub_mqtt::{
     ConnAck, ConnectReturnCode, DecodeError, Packet, PacketId, Publish, QoS, SubAck,
     SubscribeReturnCode,
@@ -209,6 +212,13 @@ pub async fn serve_connection<S>(
     else {
         return;
     };
+    let c2d = crate::c2d::Outbox::new(
+        &key,
+        crate::c2d::subscription_qos(&filters, &client_id),
+        services.config.limits.c2d_in_flight,
+        clean_session,
+        &services.c2d,
+    );
     let mut session = Session {
         services: &services,
         key: &key,
@@ -218,6 +228,7 @@ pub async fn serve_connection<S>(
         filters: &mut filters,
         origin: &origin,
         pending_acks: VecDeque::new(),
+        c2d,
     };
     let ending = run(
         &mut connection,
@@ -288,7 +299,11 @@ async fn publish_will(services: &Services, origin: &MessageOrigin, will: Will) {
             return;
         }
     };
-    match services.events.append(Append::events(vec![event])).await {
+    let appended = match crate::routing::enqueue_telemetry(services, event).await {
+        Ok(receipt) => receipt.await,
+        Err(error) => Err(error),
+    };
+    match appended {
         Ok(_) => tracing::debug!(device = %origin.device_id, "Will message delivered as telemetry"),
         Err(error) => tracing::warn!(device = %origin.device_id, %error, "Will message lost"),
     }
@@ -465,6 +480,8 @@ struct Session<'a> {
     origin: &'a MessageOrigin,
     /// QoS 1 telemetry waiting to be durable, in arrival order.
     pending_acks: VecDeque<PendingAck>,
+    /// Delivery of the device's cloud-to-device queue.
+    c2d: crate::c2d::Outbox,
 }
 
 /// Waits for the oldest pending telemetry to be durable and queues its PUBACK.
@@ -520,6 +537,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let token_deadline = token_deadline.unwrap_or(far_future);
     let mut keep_alive_deadline = Instant::now() + keep_alive;
     let mut pushes = Vec::new();
+    pump_cloud_to_device(connection, session).await;
     if let Err(error) = connection.flush().await {
         return Ending::Io(error);
     }
@@ -536,6 +554,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 session.shared.drain(&mut pushes);
                 for push in pushes.drain(..) {
                     connection.queue(&push_packet(push));
+                }
+                if session.shared.take_cloud_to_device_signal() {
+                    session.c2d.wake();
                 }
             }
             read = connection.read_more() => {
@@ -568,8 +589,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             () = tokio::time::sleep_until(keep_alive_deadline) => return Ending::KeepAliveExpired,
             () = tokio::time::sleep_until(token_deadline) => return Ending::TokenExpired,
         }
+        pump_cloud_to_device(connection, session).await;
         if let Err(error) = connection.flush().await {
             return Ending::Io(error);
+        }
+    }
+}
+
+/// Publishes what the device's cloud-to-device queue holds beyond what this connection already published, as
+/// far as the window of unacknowledged messages allows.
+async fn pump_cloud_to_device<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    session: &mut Session<'_>,
+) {
+    while session.c2d.wants_fill() {
+        for packet in session.c2d.fill(session.services).await {
+            connection.queue(&packet);
         }
     }
 }
@@ -628,6 +663,9 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 // QoS 2 is not supported; MQTT lets the server grant less than asked.
                 let granted = requested.min(QoS::AtLeastOnce);
+                if kind == topics::Subscription::CloudToDevice {
+                    session.c2d.subscribed(granted);
+                }
                 set.insert(kind);
                 session.filters.retain(|stored| stored.filter != filter);
                 session.filters.push(StoredSubscription {
@@ -661,6 +699,9 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 )));
             }
             let set = subscription_set(session.filters, session.client_id);
+            if !set.contains(topics::Subscription::CloudToDevice) {
+                session.c2d.unsubscribed();
+            }
             session
                 .services
                 .sessions
@@ -673,8 +714,11 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
             None
         }
         Packet::Disconnect => Some(Ending::PeerDisconnected),
-        // Hub-to-device publishes are QoS 0, so acknowledgements from the device carry nothing to act on.
-        Packet::PubAck(_) => None,
+        // Only cloud-to-device messages go out at QoS 1; everything else the hub publishes is QoS 0.
+        Packet::PubAck(packet_id) => {
+            session.c2d.acknowledged(session.services, packet_id).await;
+            None
+        }
         other => Some(Ending::ProtocolViolation(format!(
             "unexpected packet from a device: {}",
             packet_name(&other)
@@ -819,12 +863,8 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             {
                 return Some(ending);
             }
-            let receipt = match session
-                .services
-                .events
-                .enqueue(Append::events(vec![event]))
-                .await
-            {
+            // Routed before it is appended: the log keeps where it goes (`routing`).
+            let receipt = match crate::routing::enqueue_telemetry(session.services, event).await {
                 Ok(receipt) => receipt,
                 Err(error) => return Some(Ending::EventLog(error.to_string())),
             };

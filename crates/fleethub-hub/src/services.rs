@@ -31,6 +31,10 @@ pub struct Services {
     pub methods: PendingMethods,
     /// Automatic device management's shared state (the engine runs in `configurations::run`).
     pub configurations: crate::configurations::Configurations,
+    /// Cloud-to-device messages published over MQTT and not yet acknowledged, across connections (`c2d.rs`).
+    pub c2d: crate::c2d::Deliveries,
+    /// Message routing: the configuration in force, endpoint cursors and health, dead letters.
+    pub routing: crate::routing::Routing,
     policies: RwLock<Arc<Vec<AccessPolicy>>>,
 }
 
@@ -136,6 +140,7 @@ impl Services {
         policies: Vec<AccessPolicy>,
     ) -> Self {
         let sessions = Arc::new(SessionTable::new(config.limits.outbound_queue_depth));
+        let routing = crate::routing::Routing::new(&config);
         Self {
             config,
             store,
@@ -143,6 +148,8 @@ impl Services {
             sessions,
             methods: PendingMethods::default(),
             configurations: crate::configurations::Configurations::new(),
+            c2d: crate::c2d::Deliveries::default(),
+            routing,
             policies: RwLock::new(Arc::new(policies)),
         }
     }

@@ -11,7 +11,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +106,9 @@ pub struct ConnectionShared {
     wake: Notify,
     subscriptions: AtomicU8,
     close: AtomicU8,
+    /// Set when the device's cloud-to-device queue may hold messages this connection has not read yet; the
+    /// connection reads the queue itself (`c2d.rs`), so a wake-up carries no message and is never lost.
+    cloud_to_device_available: AtomicBool,
     /// Unix milliseconds of the last packet from the device, and of the last value written to the store:
     /// activity is coalesced here and flushed periodically, so it costs no write per packet.
     last_activity_ms: AtomicI64,
@@ -120,6 +123,7 @@ impl ConnectionShared {
             wake: Notify::new(),
             subscriptions: AtomicU8::new(subscriptions.0),
             close: AtomicU8::new(CloseReason::None as u8),
+            cloud_to_device_available: AtomicBool::new(false),
             last_activity_ms: AtomicI64::new(0),
             flushed_activity_ms: AtomicI64::new(0),
         }
@@ -155,7 +159,13 @@ impl ConnectionShared {
         }
     }
 
-    /// Resolves when a push is queued or the connection is asked to close.
+    /// Whether cloud-to-device messages were enqueued since the last call (clears the flag).
+    pub fn take_cloud_to_device_signal(&self) -> bool {
+        self.cloud_to_device_available.swap(false, Ordering::AcqRel)
+    }
+
+    /// Resolves when a push is queued, cloud-to-device messages are enqueued, or the connection is asked
+    /// to close.
     pub async fn woken(&self) {
         self.wake.notified().await;
     }
@@ -192,6 +202,10 @@ pub trait DeviceRouter: Send + Sync + 'static {
         needs: Subscription,
         timeout: Duration,
     ) -> fleethub_store::BoxFuture<'a, bool>;
+    /// Tells the device's connection, if it is subscribed to cloud-to-device messages, that its queue holds
+    /// new ones: the connection reads them from the store after what it has already delivered. Call it after
+    /// the enqueue committed.
+    fn notify_cloud_to_device(&self, device_id: &fleethub_protocol::ids::DeviceId);
     /// Closes the device's connection, if any.
     fn disconnect(&self, key: &IdentityKey, reason: CloseReason);
     /// Number of live device and module connections.
@@ -437,6 +451,21 @@ impl DeviceRouter for SessionTable {
         })
     }
 
+    fn notify_cloud_to_device(&self, device_id: &fleethub_protocol::ids::DeviceId) {
+        let key = IdentityKey::device(device_id.clone());
+        let live = self
+            .shard(&key)
+            .get(&key)
+            .and_then(|slot| slot.live.clone());
+        if let Some(live) = live
+            && live.subscriptions().contains(Subscription::CloudToDevice)
+        {
+            live.cloud_to_device_available
+                .store(true, Ordering::Release);
+            live.wake.notify_one();
+        }
+    }
+
     fn disconnect(&self, key: &IdentityKey, reason: CloseReason) {
         if let Some(live) = self.shard(key).get(key).and_then(|slot| slot.live.clone()) {
             live.request_close(reason);
@@ -494,6 +523,40 @@ mod tests {
         let mut drained = Vec::new();
         shared.drain(&mut drained);
         assert_eq!(drained.len(), 2);
+    }
+
+    #[test]
+    fn cloud_to_device_wake_ups_reach_subscribed_device_connections_only_and_coalesce() {
+        let table = SessionTable::new(2);
+        let device: fleethub_protocol::ids::DeviceId = "a".parse().unwrap();
+        table.notify_cloud_to_device(&device);
+        let shared = table.register(&key("a"), SubscriptionSet::default());
+        table.notify_cloud_to_device(&device);
+        assert!(!shared.take_cloud_to_device_signal(), "not subscribed");
+        let mut set = SubscriptionSet::default();
+        set.insert(Subscription::CloudToDevice);
+        table.update_subscriptions(&key("a"), &shared, set);
+        for _ in 0..10 {
+            table.notify_cloud_to_device(&device);
+        }
+        assert!(shared.take_cloud_to_device_signal());
+        assert!(
+            !shared.take_cloud_to_device_signal(),
+            "ten enqueues are one wake-up"
+        );
+        let module = IdentityKey::module(device.clone(), "m".parse().unwrap());
+        let module_shared = table.register(&module, set);
+        table.notify_cloud_to_device(&device);
+        assert!(
+            !module_shared.take_cloud_to_device_signal(),
+            "modules have no queue"
+        );
+        let mut drained = Vec::new();
+        shared.drain(&mut drained);
+        assert!(
+            drained.is_empty(),
+            "a wake-up takes no room in the push queue"
+        );
     }
 
     #[test]

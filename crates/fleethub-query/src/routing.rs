@@ -306,6 +306,13 @@ fn canonical_property(name: String) -> String {
     name
 }
 
+/// The Event Hubs name of a system property given by its routing keyword (`contentType` is
+/// `content-type`, in any case); any other name as given. For callers that take system properties
+/// by keyword, such as Azure's route test API.
+pub fn system_property_name(keyword: &str) -> &str {
+    wire_name(keyword)
+}
+
 /// The Event Hubs name of a system property written `$<name>` in a condition.
 fn wire_name(name: &str) -> &str {
     SYSTEM_PROPERTY_KEYWORDS

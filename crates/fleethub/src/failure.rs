@@ -40,6 +40,12 @@ pub(crate) enum Kind {
     WatchRollout,
     /// Read the event log (`monitor-events`) or save a consumer group's checkpoints.
     ReadEvents,
+    /// Read message routing's configuration, test routes, read endpoint health or dead letters.
+    ReadRouting,
+    /// Change message routing's configuration.
+    WriteRouting,
+    /// Send a cloud-to-device message, purge a queue, read or settle feedback.
+    CloudToDevice,
 }
 
 /// A direct-method call, for the not-online and timed-out messages.
@@ -339,6 +345,15 @@ fn api_message(
         Some(ErrorCode::MessageTooLarge) => {
             format!("the payload is too large ({with_message}): send a smaller one")
         }
+        Some(ErrorCode::DeviceMaximumQueueDepthExceeded) => format!(
+            "the message queue of device {device} is full ({with_message}): the device must take its messages first (is it connected and subscribed?), or empty the queue with `fleethub c2d purge {device}`"
+        ),
+        Some(ErrorCode::InvalidMessageExpiryTime) => format!(
+            "the hub refused the expiry ({with_message}): give --ttl from 1 to 172800 seconds (two days)"
+        ),
+        Some(ErrorCode::DeviceMessageLockLost) if operation.kind == Kind::CloudToDevice => format!(
+            "the feedback batch's lock ran out before it was marked read ({code_text}): the hub hands it out again; run the command again"
+        ),
         Some(ErrorCode::JobNotFound) => {
             let job = operation.job_text();
             format!(
@@ -442,6 +457,18 @@ fn api_message(
             "the hub refused the upload of firmware {} ({with_message})",
             operation.artifact_text()
         ),
+        _ if status == 412 && operation.kind == Kind::WriteRouting => format!(
+            "the routing configuration changed while it was being updated ({code_text}): run the command again (`fleethub route export` shows the current one)"
+        ),
+        _ if status == 400 && operation.kind == Kind::WriteRouting => format!(
+            "the hub refused the routing configuration ({with_message}); nothing was changed"
+        ),
+        _ if status == 404 && matches!(operation.kind, Kind::ReadRouting | Kind::WriteRouting) => {
+            format!(
+                "{} has no message routing API ({with_message}): `fleethub route` needs a fleethub hub recent enough to serve /routing (Azure IoT Hub configures routing in its Azure resource: use `az iot hub message-route` there)",
+                hub.host()
+            )
+        }
         _ if status == 412 && operation.kind == Kind::WriteConfiguration => {
             let id = operation.configuration_text();
             match operation.etag.as_deref() {
@@ -520,12 +547,17 @@ fn api_message(
                     "registryReadWrite or iothubowner",
                     "registryReadWrite",
                 ),
-                Kind::ReadFirmware => (
+                Kind::ReadFirmware | Kind::ReadRouting => (
                     "RegistryRead",
                     "registryRead, registryReadWrite or iothubowner",
                     "registryRead",
                 ),
-                Kind::GrantFirmware | Kind::ReadEvents => {
+                Kind::WriteRouting => (
+                    "RegistryWrite",
+                    "registryReadWrite or iothubowner",
+                    "registryReadWrite",
+                ),
+                Kind::GrantFirmware | Kind::ReadEvents | Kind::CloudToDevice => {
                     ("ServiceConnect", "service or iothubowner", "service")
                 }
             };
@@ -576,7 +608,8 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
-fn host_without_port(host: &str) -> &str {
+/// `host` without a `:port` (IPv6 literals keep their colons).
+pub(crate) fn host_without_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((name, port))
             if !port.is_empty()

@@ -89,3 +89,16 @@ pub(crate) async fn policy_connection_string(
         policy.key_name, policy.primary_key
     ))
 }
+
+/// The MQTT port the hub of `data_dir` recorded at its last start, which devices dial; `None` when it
+/// recorded none.
+pub(crate) async fn mqtt_port(data_dir: &Path) -> anyhow::Result<Option<u16>> {
+    let database = data_dir.join(fleethub_hub::DATABASE_FILE);
+    let store = SqliteStore::open(&database, SqliteStoreOptions::default())
+        .context("open the hub's store")?;
+    let port = store
+        .get_meta(fleethub_hub::META_MQTT_PORT)
+        .await
+        .context("read the hub's MQTT port")?;
+    Ok(port.and_then(|port| port.parse().ok()))
+}

@@ -5,6 +5,7 @@
 //! Exit status: 0 when the command did what was asked, 1 when it failed (the message on stderr says what was
 //! wrong and what to do), 2 for a usage error (clap's).
 
+mod c2d;
 mod config;
 mod demo;
 mod device;
@@ -19,7 +20,9 @@ mod monitor;
 mod output;
 mod query;
 mod rollout;
+mod route;
 mod serve;
+mod sim;
 mod twin;
 mod watch;
 
@@ -34,7 +37,7 @@ use clap::{Parser, Subcommand};
     name = "fleethub",
     version,
     about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub",
-    after_help = "The device, twin, method, query, job, config, firmware and rollout commands find the hub from --hub, --data-dir, \
+    after_help = "The device, twin, method, c2d, query, job, config, firmware, rollout and route commands find the hub from --hub, --data-dir, \
                   FLEETHUB_CONNECTION_STRING or FLEETHUB_DATA_DIR (see `fleethub device --help`) and print \
                   tables, or JSON with --output json."
 )]
@@ -55,6 +58,8 @@ enum Command {
     Twin(twin::TwinCommand),
     /// Direct methods: invoke one on a connected device or module.
     Method(method::MethodCommand),
+    /// Cloud-to-device messages: send one to a device's queue, purge a queue, read delivery feedback.
+    C2d(c2d::C2dCommand),
     /// Run an IoT Hub query and print every result (follows continuation tokens).
     Query(query::QueryCommand),
     /// Jobs: call a method on, or patch the twins of, many devices; show, list, cancel, watch them run.
@@ -65,11 +70,17 @@ enum Command {
     Firmware(firmware::FirmwareCommand),
     /// Firmware rollouts: send an artifact to many devices in waves; show, pause, resume, approve, abort, watch.
     Rollout(rollout::RolloutCommand),
+    /// Message routing: routes, webhook and file endpoints, enrichments, the fallback route, dead letters
+    /// (like `az iot hub message-route`).
+    Route(route::RouteCommand),
     /// Print device-to-cloud messages and twin, connection and lifecycle events as they arrive (like `az iot
     /// hub monitor-events`).
     MonitorEvents(monitor::MonitorArgs),
     /// Run the reference firmware-update workflow end to end on a hub started just for it.
     Demo(demo::DemoArgs),
+    /// Simulate N devices against a hub: real MQTT/TLS connections that send telemetry, report properties,
+    /// answer direct methods, run firmware updates and churn; registered and removed in bulk.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,11 +111,14 @@ fn main() -> ExitCode {
             Command::Device(command) => device::run(command).await,
             Command::Twin(command) => twin::run(command).await,
             Command::Method(command) => method::run(command).await,
+            Command::C2d(command) => c2d::run(command).await,
             Command::Job(command) => job::run(command).await,
             Command::Config(command) => config::run(command).await,
             Command::Firmware(command) => firmware::run(command).await,
             Command::Rollout(command) => rollout::run(command).await,
+            Command::Route(command) => route::run(command).await,
             Command::MonitorEvents(args) => monitor::run(args).await,
+            Command::Sim(args) => sim::run(args).await,
         }
     });
     match result {

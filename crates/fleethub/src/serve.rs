@@ -104,6 +104,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             retention_bytes: args.event_retention_size,
             ..EventLogOptions::default()
         },
+        routing: Default::default(),
     };
     let hub = fleethub_hub::start(config).await?;
     wait_for_signal().await?;

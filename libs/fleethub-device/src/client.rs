@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::c2d::{CloudToDeviceStream, PendingAck, c2d_channel};
 use crate::connection::{ConnectionState, ConnectionTask, Dialer};
 use crate::credentials::Identity;
 use crate::desired::{DesiredPatchStream, patch_channel};
@@ -20,8 +21,8 @@ use crate::methods::{MethodRequest, MethodResponse, erase_handler};
 use crate::options::DeviceClientOptions;
 use crate::reconnect::Jitter;
 use crate::session::{
-    Command, DesiredPatchesCommand, OnMethodCommand, Request, Session, SubscribeReply,
-    TelemetryCommand, TwinCommand,
+    CloudToDeviceCommand, Command, DesiredPatchesCommand, OnMethodCommand, Request, Session,
+    SubscribeReply, TelemetryCommand, TwinCommand,
 };
 use crate::telemetry::{MAX_MESSAGES_IN_FLIGHT, Message};
 use crate::transport::tls_config;
@@ -39,9 +40,9 @@ const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// A device or module connected to IoT Hub over MQTT.
 ///
 /// Cheap to clone; all clones share one connection and one task. The client stays alive until
-/// [`disconnect`](Self::disconnect) is called on any clone, every clone (and every [`DesiredPatchStream`]) is
-/// dropped (the task still sends DISCONNECT), or reconnecting fails for good. A method handler that captures
-/// a clone keeps the client alive until `disconnect` is called.
+/// [`disconnect`](Self::disconnect) is called on any clone, every clone (and every [`DesiredPatchStream`] and
+/// [`CloudToDeviceStream`]) is dropped (the task still sends DISCONNECT), or reconnecting fails for good. A
+/// method handler that captures a clone keeps the client alive until `disconnect` is called.
 ///
 /// A lost connection is not the end: the client reconnects on its own (see
 /// [`ReconnectPolicy`](crate::ReconnectPolicy)), subscribes again, re-sends what the hub had not
@@ -211,6 +212,52 @@ impl DeviceClient {
         })
         .await?;
         Ok(stream)
+    }
+
+    /// Subscribes to cloud-to-device messages (`devices/{id}/messages/devicebound/#`) and returns them as a
+    /// stream, in the order the hub sends them, with their system and application properties (details on
+    /// [`CloudToDeviceStream`]). Each message is acknowledged to the hub when the application asks for the
+    /// next one, so the hub removes it from the device's queue only then; messages not acknowledged when a
+    /// connection is lost come again on the next. The subscription is renewed after every reconnection.
+    ///
+    /// One stream per client at a time; a second call fails with [`SubscribeError::AlreadyActive`] until the
+    /// first stream is dropped. Messages a persistent session delivers before the stream exists wait for it.
+    ///
+    /// ```no_run
+    /// # async fn example(client: fleethub_device::DeviceClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut messages = client.cloud_to_device_messages().await?;
+    /// while let Some(message) = messages.next().await {
+    ///     println!(
+    ///         "{:?}: {:?} (priority {:?})",
+    ///         message.message_id(),
+    ///         message.body_text(),
+    ///         message.property("priority")
+    ///     );
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cloud_to_device_messages(&self) -> Result<CloudToDeviceStream, SubscribeError> {
+        let (sink, stream) = c2d_channel(self.clone());
+        self.subscribe(|reply| {
+            Request::CloudToDevice(Box::new(CloudToDeviceCommand { sink, reply }))
+        })
+        .await?;
+        Ok(stream)
+    }
+
+    /// Sends the PUBACK of a cloud-to-device message the application took (dropped when the client stopped).
+    pub(crate) async fn acknowledge_cloud_to_device(&self, ack: PendingAck) {
+        let _ = self.send(Request::AcknowledgeCloudToDevice(ack)).await;
+    }
+
+    /// [`acknowledge_cloud_to_device`](Self::acknowledge_cloud_to_device) without waiting (from `Drop`); a full
+    /// command queue leaves the message to be delivered again.
+    pub(crate) fn try_acknowledge_cloud_to_device(&self, ack: PendingAck) {
+        let _ = self
+            .inner
+            .commands
+            .try_send(Command::Request(Request::AcknowledgeCloudToDevice(ack)));
     }
 
     /// Subscribes to direct methods and answers each request with `handler`'s response

@@ -86,7 +86,7 @@ pub enum ConnectionState {
 pub enum DisconnectReason {
     /// [`DeviceClient::disconnect`](crate::DeviceClient::disconnect) was called.
     ClientRequested,
-    /// Every `DeviceClient` and `DesiredPatchStream` of the connection was dropped.
+    /// Every `DeviceClient`, `DesiredPatchStream` and `CloudToDeviceStream` of the connection was dropped.
     ClientDropped,
     /// The hub closed the connection (device disabled or deleted, credentials changed, token expired, another
     /// connection with the same client id, hub shutting down, ...).
@@ -200,6 +200,7 @@ pub(crate) struct Dialer {
     sas_ttl: Duration,
     clean_session: bool,
     connect_timeout: Duration,
+    local_address: Option<std::net::IpAddr>,
 }
 
 impl Dialer {
@@ -213,6 +214,7 @@ impl Dialer {
             sas_ttl: options.sas_ttl,
             clean_session: options.clean_session,
             connect_timeout: options.connect_timeout,
+            local_address: options.local_address,
         }
     }
 
@@ -245,6 +247,7 @@ impl Dialer {
             transport: self.transport,
             tls: Arc::clone(&self.tls),
             max_packet_size: MAX_PACKET_SIZE,
+            local_address: self.local_address,
         };
         let mut stream = dial(target, deadline, timeout).await?;
 

@@ -1,6 +1,6 @@
 //! The fleethub device SDK: connect a device or module to an IoT hub over MQTT 3.1.1 (TLS or secure
-//! WebSocket), send telemetry, read and report twin properties, follow the desired properties, and answer
-//! direct methods; and stay connected doing so, across network outages, hub restarts and SAS token expiry.
+//! WebSocket), send telemetry, receive cloud-to-device messages, read and report twin properties, follow the
+//! desired properties, and answer direct methods; and stay connected doing so, across network outages, hub restarts and SAS token expiry.
 //!
 //! ```no_run
 //! use fleethub_device::{DeviceClient, DeviceClientOptions, MethodRequest, MethodResponse};
@@ -85,10 +85,14 @@
 //! message id and content type, application properties) at QoS 1 and resolves at its PUBACK; calls pipeline,
 //! up to 64 in flight per client, each completing on its own.
 //!
-//! Not yet: cloud-to-device messages (the messaging issue), X.509 authentication (the hardening issue). The
-//! API is shaped so that they arrive without breaking changes: options, errors, states and reasons are
+//! Cloud-to-device messages: [`DeviceClient::cloud_to_device_messages`] subscribes and returns a
+//! [`CloudToDeviceStream`] of [`CloudToDeviceMessage`]s (body, system and application properties); each is
+//! acknowledged to the hub once the application has taken it, and the subscription survives reconnections.
+//!
+//! Not yet: X.509 authentication (the hardening issue). The API is shaped so that they arrive without breaking changes: options, errors, states and reasons are
 //! `#[non_exhaustive]`, and the session re-sends and re-subscribes whatever it tracks.
 
+mod c2d;
 mod client;
 mod connection;
 mod credentials;
@@ -102,6 +106,7 @@ mod telemetry;
 mod transport;
 mod twin;
 
+pub use crate::c2d::{CloudToDeviceMessage, CloudToDeviceStream};
 pub use crate::client::DeviceClient;
 pub use crate::connection::{ConnectionState, DisconnectReason};
 pub use crate::desired::DesiredPatchStream;

@@ -1,6 +1,7 @@
 //! How a [`DeviceClient`](crate::DeviceClient) connects and reconnects: trust anchor, transport, port, timers,
 //! and the [`ReconnectPolicy`].
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// Options for [`DeviceClient::connect`](crate::DeviceClient::connect).
@@ -53,6 +54,11 @@ pub struct DeviceClientOptions {
     /// What to do after the connection is lost. Default: reconnect forever, with exponential backoff from
     /// 100 ms to 30 s and full jitter.
     pub reconnect: ReconnectPolicy,
+    /// Bind the client's TCP socket to this local address (any free port) before connecting; only the hub's
+    /// addresses of the same family are dialled. A simulator spreads many connections over several
+    /// loopback addresses this way, since one source and destination address pair has only ~28k ports.
+    /// Default: the operating system chooses.
+    pub local_address: Option<IpAddr>,
 }
 
 impl Default for DeviceClientOptions {
@@ -67,6 +73,7 @@ impl Default for DeviceClientOptions {
             operation_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
             reconnect: ReconnectPolicy::default(),
+            local_address: None,
         }
     }
 }
@@ -114,6 +121,11 @@ impl DeviceClientOptions {
 
     pub fn with_reconnect(mut self, reconnect: ReconnectPolicy) -> Self {
         self.reconnect = reconnect;
+        self
+    }
+
+    pub fn with_local_address(mut self, local_address: IpAddr) -> Self {
+        self.local_address = Some(local_address);
         self
     }
 

@@ -15,7 +15,9 @@
 //!   reported patch the hub had acknowledged but not answered fails with `Disconnected` at once (it may have
 //!   been applied, and sending it again could apply it after a later patch); a request still waiting for a
 //!   reconnection when its deadline passes fails with `Disconnected`, not `Timeout`;
-//! - the desired-patch stream is told to resynchronise from the twin, and the method handler stays.
+//! - the desired-patch stream is told to resynchronise from the twin, and the method handler stays;
+//! - cloud-to-device messages the application had not taken yet are not acknowledged: the hub delivers them
+//!   again, and an acknowledgement meant for the old connection is dropped (packet ids are per connection).
 //!
 //! Invariants: every request that enters gets exactly one answer on its reply channel (response, error,
 //! timeout, or `Disconnected`); no twin request outlives its deadline; packet ids in flight are unique; while
@@ -35,6 +37,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
+use crate::c2d::{C2D_QUEUE, C2dSink, CloudToDeviceMessage, Delivered, PendingAck};
 use crate::connection::DisconnectReason;
 use crate::desired::{Delivery, DesiredPatchMessage, DesiredSink};
 use crate::error::{DisconnectError, SendError, SubscribeError, TwinError};
@@ -63,6 +66,9 @@ pub(crate) enum Request {
     OnMethod(Box<OnMethodCommand>),
     MethodResponse(Box<MethodResponseMessage>),
     Telemetry(Box<TelemetryCommand>),
+    CloudToDevice(Box<CloudToDeviceCommand>),
+    /// The application has the cloud-to-device message: PUBACK it, if its connection is still the current.
+    AcknowledgeCloudToDevice(PendingAck),
 }
 
 impl std::fmt::Debug for Request {
@@ -73,6 +79,8 @@ impl std::fmt::Debug for Request {
             Request::OnMethod(_) => "OnMethod",
             Request::MethodResponse(_) => "MethodResponse",
             Request::Telemetry(_) => "Telemetry",
+            Request::CloudToDevice(_) => "CloudToDevice",
+            Request::AcknowledgeCloudToDevice(_) => "AcknowledgeCloudToDevice",
         })
     }
 }
@@ -96,6 +104,11 @@ pub(crate) struct TelemetryCommand {
 
 pub(crate) struct DesiredPatchesCommand {
     pub sink: DesiredSink,
+    pub reply: SubscribeReply,
+}
+
+pub(crate) struct CloudToDeviceCommand {
+    pub sink: C2dSink,
     pub reply: SubscribeReply,
 }
 
@@ -177,6 +190,13 @@ pub(crate) struct Session {
     subscriptions: HashMap<Subscription, SubscriptionState>,
     desired: Option<DesiredSink>,
     methods: Option<MethodDispatcher>,
+    /// Where cloud-to-device messages go; `None` while nobody reads them.
+    c2d: Option<C2dSink>,
+    /// Cloud-to-device messages that arrived while nobody read them (a persistent session delivers before
+    /// the application asks), unacknowledged, for the next stream; at most [`C2D_QUEUE`].
+    c2d_backlog: VecDeque<Delivered>,
+    /// Counts connections, so that a PUBACK is only sent on the connection its publish came on.
+    connection_number: u64,
 }
 
 impl Session {
@@ -197,6 +217,9 @@ impl Session {
             subscriptions: HashMap::new(),
             desired: None,
             methods: None,
+            c2d: None,
+            c2d_backlog: VecDeque::new(),
+            connection_number: 0,
         }
     }
 
@@ -347,6 +370,32 @@ impl Session {
                     self.publish_tracked(topic, payload, None, Some(reply));
                 }
             }
+            Request::CloudToDevice(command) => {
+                let CloudToDeviceCommand { sink, reply } = *command;
+                if self
+                    .c2d
+                    .as_ref()
+                    .is_some_and(|current| !current.is_closed())
+                {
+                    let _ = reply.send(Err(SubscribeError::AlreadyActive));
+                    return;
+                }
+                while let Some(delivered) = self.c2d_backlog.pop_front() {
+                    if let Err(delivered) = sink.deliver(delivered) {
+                        self.c2d_backlog.push_front(delivered);
+                        break;
+                    }
+                }
+                self.c2d = Some(sink);
+                self.ensure_subscribed(Subscription::CloudToDevice, SubscribeWaiter::Caller(reply));
+            }
+            Request::AcknowledgeCloudToDevice(ack) => {
+                if self.connected && ack.connection == self.connection_number {
+                    self.outgoing.push_back(Packet::PubAck(ack.packet_id));
+                } else {
+                    tracing::debug!(packet_id = %ack.packet_id, "not acknowledging a message from a lost connection: the hub delivers it again");
+                }
+            }
         }
     }
 
@@ -405,6 +454,8 @@ impl Session {
     pub fn connection_lost(&mut self) {
         self.connected = false;
         self.outgoing.clear();
+        // The hub delivers the unacknowledged ones again on the next connection.
+        self.c2d_backlog.retain(|delivered| delivered.ack.is_none());
         self.ping_sent_at = None;
         let answerless: Vec<u64> = self
             .twin_requests
@@ -426,6 +477,7 @@ impl Session {
     /// were lost, and asks the desired-patch stream to resynchronise.
     pub fn connected(&mut self, now: Instant) {
         self.connected = true;
+        self.connection_number += 1;
         self.outgoing.clear();
         self.last_sent = now;
         self.ping_sent_at = None;
@@ -493,6 +545,8 @@ impl Session {
         self.connected = false;
         self.desired = None;
         self.methods = None;
+        self.c2d = None;
+        self.c2d_backlog.clear();
         self.outgoing.clear();
         for (_, request) in self.twin_requests.drain() {
             let _ = request.reply.send(Err(TwinError::Disconnected));
@@ -751,12 +805,50 @@ impl Session {
                 self.acknowledge(&publish);
                 Ok(self.dispatch_method(method_name, request_id, publish.payload))
             }
-            HubTopic::CloudToDevice { .. } | HubTopic::ModuleInput { .. } => {
+            HubTopic::CloudToDevice { properties } => {
+                let ack = publish.packet_id.map(|packet_id| PendingAck {
+                    connection: self.connection_number,
+                    packet_id,
+                });
+                let delivered = Delivered {
+                    message: CloudToDeviceMessage::new(publish.payload, properties),
+                    ack,
+                };
+                self.deliver_cloud_to_device(delivered);
+                Ok(None)
+            }
+            HubTopic::ModuleInput { .. } => {
                 // Left unacknowledged so that the hub keeps the message for a client that reads them; a
                 // persistent session from an earlier program may deliver them before anything subscribes.
                 tracing::debug!(topic = %publish.topic, "not acknowledging a message this client does not read yet");
                 Ok(None)
             }
+        }
+    }
+
+    /// Hands a message to the stream, or keeps it for the next stream while there is none. Left
+    /// unacknowledged when neither has room: the hub delivers it again on the next connection.
+    fn deliver_cloud_to_device(&mut self, delivered: Delivered) {
+        let delivered = match &self.c2d {
+            Some(sink) => match sink.deliver(delivered) {
+                Ok(()) => return,
+                Err(delivered) if sink.is_closed() => {
+                    self.c2d = None;
+                    delivered
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "dropping a cloud-to-device message: the application is behind; the hub delivers it again after a reconnection"
+                    );
+                    return;
+                }
+            },
+            None => delivered,
+        };
+        if self.c2d_backlog.len() < C2D_QUEUE {
+            self.c2d_backlog.push_back(delivered);
+        } else {
+            tracing::debug!("not keeping a cloud-to-device message: nobody reads them");
         }
     }
 
@@ -1752,6 +1844,102 @@ mod tests {
         assert_eq!(
             drain(&mut session, now),
             vec![Packet::PubAck(PacketId::new(8).expect("non-zero"))]
+        );
+    }
+
+    fn c2d_stream(session: &mut Session, now: Instant) -> tokio::sync::mpsc::Receiver<Delivered> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let (reply, mut subscribe_reply) = oneshot::channel();
+        session.handle_request(Request::CloudToDevice(Box::new(CloudToDeviceCommand {
+            sink: crate::c2d::tests_support::sink(sender),
+            reply,
+        })));
+        let sent = drain(session, now);
+        let subscribe_id = expect_subscribe(&sent[0], "devices/dev1/messages/devicebound/#");
+        session
+            .handle_packet(suback(
+                subscribe_id,
+                SubscribeReturnCode::Success(QoS::AtLeastOnce),
+            ))
+            .expect("valid");
+        assert!(matches!(subscribe_reply.try_recv(), Ok(Ok(()))));
+        receiver
+    }
+
+    #[test]
+    fn cloud_to_device_messages_are_acknowledged_only_when_the_application_took_them() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let mut receiver = c2d_stream(&mut session, now);
+        session
+            .handle_packet(hub_publish(
+                "devices/dev1/messages/devicebound/%24.mid=m1&prop=v",
+                Some(7),
+                "hello",
+            ))
+            .expect("valid");
+        assert!(drain(&mut session, now).is_empty(), "no PUBACK yet");
+        let delivered = receiver.try_recv().expect("handed over");
+        assert_eq!(delivered.message.message_id(), Some("m1"));
+        assert_eq!(delivered.message.property("prop"), Some("v"));
+        assert_eq!(delivered.message.body_text(), Some("hello"));
+        let ack = delivered.ack.expect("QoS 1");
+        session.handle_request(Request::AcknowledgeCloudToDevice(ack));
+        assert_eq!(
+            drain(&mut session, now),
+            vec![Packet::PubAck(PacketId::new(7).expect("non-zero"))]
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_for_a_lost_connection_is_dropped_and_the_subscription_renewed() {
+        let now = Instant::now();
+        let mut session = session(now);
+        let mut receiver = c2d_stream(&mut session, now);
+        session
+            .handle_packet(hub_publish(
+                "devices/dev1/messages/devicebound/%24.mid=m1",
+                Some(3),
+                "x",
+            ))
+            .expect("valid");
+        let ack = receiver
+            .try_recv()
+            .expect("handed over")
+            .ack
+            .expect("QoS 1");
+        session.connection_lost();
+        session.connected(now);
+        let resubscribed = drain(&mut session, now);
+        expect_subscribe(&resubscribed[0], "devices/dev1/messages/devicebound/#");
+        session.handle_request(Request::AcknowledgeCloudToDevice(ack));
+        assert!(
+            drain(&mut session, now).is_empty(),
+            "packet id 3 may name another message on the new connection"
+        );
+    }
+
+    #[test]
+    fn messages_delivered_before_the_stream_exists_wait_for_it() {
+        let now = Instant::now();
+        let mut session = session(now);
+        session
+            .handle_packet(hub_publish(
+                "devices/dev1/messages/devicebound/%24.mid=early",
+                Some(9),
+                "x",
+            ))
+            .expect("valid");
+        assert!(drain(&mut session, now).is_empty());
+        let mut receiver = c2d_stream(&mut session, now);
+        let delivered = receiver.try_recv().expect("from the backlog");
+        assert_eq!(delivered.message.message_id(), Some("early"));
+        session.handle_request(Request::AcknowledgeCloudToDevice(
+            delivered.ack.expect("QoS 1"),
+        ));
+        assert_eq!(
+            drain(&mut session, now),
+            vec![Packet::PubAck(PacketId::new(9).expect("non-zero"))]
         );
     }
 

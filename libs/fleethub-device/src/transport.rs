@@ -3,6 +3,7 @@
 //! byte stream type, [`HubStream`], so the MQTT connection code does not care which transport is underneath.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -15,7 +16,7 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
@@ -50,6 +51,8 @@ pub(crate) struct DialTarget<'a> {
     pub tls: Arc<ClientConfig>,
     /// The largest MQTT packet accepted, which bounds WebSocket messages too.
     pub max_packet_size: usize,
+    /// The local address to bind before connecting (`DeviceClientOptions::local_address`).
+    pub local_address: Option<IpAddr>,
 }
 
 /// Runs DNS, TCP, TLS and (for WebSocket) the upgrade, all before `deadline`.
@@ -75,8 +78,21 @@ pub(crate) async fn dial(
                 source,
             })?
             .collect();
+    // A socket bound to a local address reaches only addresses of its family.
+    let addresses: Vec<_> = addresses
+        .into_iter()
+        .filter(|address| {
+            target
+                .local_address
+                .is_none_or(|local| local.is_ipv4() == address.is_ipv4())
+        })
+        .collect();
     if addresses.is_empty() {
-        let source = io::Error::new(io::ErrorKind::NotFound, "no address found");
+        let reason = match target.local_address {
+            Some(local) => format!("no address of the family of the local address {local}"),
+            None => "no address found".to_owned(),
+        };
+        let source = io::Error::new(io::ErrorKind::NotFound, reason);
         return Err(ConnectError::Resolve {
             host: host.to_owned(),
             source,
@@ -86,7 +102,7 @@ pub(crate) async fn dial(
     let mut last_error = None;
     let mut tcp = None;
     for address in addresses {
-        match tokio::time::timeout_at(deadline, TcpStream::connect(address))
+        match tokio::time::timeout_at(deadline, connect_tcp(address, target.local_address))
             .await
             .map_err(within(ConnectStage::Tcp))?
         {
@@ -137,6 +153,20 @@ pub(crate) async fn dial(
             Ok(HubStream::WebSocket(Box::new(WebSocketBytes::new(socket))))
         }
     }
+}
+
+/// Connects, from `local_address` (any free port) when given.
+async fn connect_tcp(address: SocketAddr, local_address: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(local_address) = local_address else {
+        return TcpStream::connect(address).await;
+    };
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(local_address, 0))?;
+    socket.connect(address).await
 }
 
 /// `wss://{host}:{port}/$iothub/websocket`, with IPv6 addresses in brackets.
@@ -352,6 +382,20 @@ mod tests {
             websocket_uri("::1", 8443).expect("valid").to_string(),
             "wss://[::1]:8443/$iothub/websocket"
         );
+    }
+
+    #[tokio::test]
+    async fn a_local_address_is_the_source_of_the_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("bound");
+        let local: IpAddr = "127.0.0.2".parse().expect("an address");
+        let (connected, accepted) =
+            tokio::join!(connect_tcp(address, Some(local)), listener.accept());
+        let connected = connected.expect("connected from 127.0.0.2");
+        assert_eq!(connected.local_addr().expect("bound").ip(), local);
+        assert_eq!(accepted.expect("accepted").1.ip(), local);
     }
 
     #[test]

@@ -532,6 +532,22 @@ pub struct ValidatedC2dMessage {
 }
 
 impl SendC2dRequest {
+    /// A request carrying `payload`: as `body` when it is UTF-8 text, as `bodyBase64` otherwise.
+    pub fn with_payload(payload: Vec<u8>) -> Self {
+        match String::from_utf8(payload) {
+            Ok(text) => Self {
+                body: Some(text),
+                ..Self::default()
+            },
+            Err(error) => Self {
+                body_base64: Some(
+                    base64::engine::general_purpose::STANDARD.encode(error.into_bytes()),
+                ),
+                ..Self::default()
+            },
+        }
+    }
+
     /// Checks the request against Azure's rules and builds the message. `generated_message_id` is used
     /// when the request has no `messageId` (the hub passes a fresh UUID, as the SDKs do); `default_ttl` is
     /// the hub's (Azure: [`DEFAULT_TTL`]).
@@ -781,6 +797,20 @@ mod tests {
                 body: b"{\"led\":\"on\"}".to_vec(),
             }
         );
+    }
+
+    #[test]
+    fn payloads_go_as_text_when_they_are_utf8_and_as_base64_otherwise() {
+        let text = SendC2dRequest::with_payload(b"{\"led\":\"on\"}".to_vec());
+        assert_eq!(text.body.as_deref(), Some("{\"led\":\"on\"}"));
+        assert_eq!(text.body_base64, None);
+        let binary = SendC2dRequest::with_payload(vec![0, 159, 146, 150]);
+        assert_eq!(binary.body, None);
+        assert_eq!(binary.body_base64.as_deref(), Some("AJ+Slg=="));
+        let validated = binary
+            .validate(NOW, DEFAULT_TTL, "g".into())
+            .expect("valid");
+        assert_eq!(validated.message.body, vec![0, 159, 146, 150]);
     }
 
     #[test]

@@ -419,6 +419,14 @@ fn check_webhook(webhook: &WebhookEndpoint) -> Result<(), RoutingConfigError> {
 }
 
 fn check_sink_path(sink: &FileSinkEndpoint) -> Result<(), RoutingConfigError> {
+    // A file sink's directory is named after it (`DATA_DIR/routes/<name>/`).
+    if sink.name == "." || sink.name == ".." {
+        return Err(RoutingConfigError::InvalidName {
+            kind: "endpoint",
+            name: sink.name.clone(),
+            reason: "cannot name a file sink: its directory is named after it".to_owned(),
+        });
+    }
     let invalid = |reason: &str| RoutingConfigError::InvalidPath {
         name: sink.name.clone(),
         path: sink.path.clone(),
@@ -443,6 +451,217 @@ fn check_sink_path(sink: &FileSinkEndpoint) -> Result<(), RoutingConfigError> {
         return Err(invalid("has an empty, '.' or '..' name"));
     }
     Ok(())
+}
+
+// ---- the REST shapes around the configuration (fleethub's `/routing` API) ----
+
+/// `POST /routing/routes/$testnew`: evaluates one route's condition on a sample message, as Azure's
+/// `TestRouteInput` (`az iot hub message-route test`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestRouteInput {
+    #[serde(default)]
+    pub message: RoutingMessage,
+    pub route: RouteProperties,
+    /// The twin `$twin` refers to: `{"tags": {...}, "properties": {"desired": {...}, "reported": {...}}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<Value>,
+}
+
+/// `POST /routing/routes/$testall`: which routes of a source a sample message takes, as Azure's
+/// `TestAllRoutesInput`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestAllRoutesInput {
+    /// `DeviceMessages` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_source: Option<RoutingSource>,
+    #[serde(default)]
+    pub message: RoutingMessage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<Value>,
+}
+
+/// A sample message (Azure's `RoutingMessage`). System properties are named by their routing keyword
+/// (`contentType`, `contentEncoding`, `messageId`, ...) or their Event Hubs name (`content-type`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingMessage {
+    #[serde(default)]
+    pub body: String,
+    /// Application properties; `null` for a property without value.
+    #[serde(default)]
+    pub app_properties: BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    pub system_properties: BTreeMap<String, String>,
+}
+
+/// What a condition evaluated to (Azure's `TestResultStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestResultStatus {
+    True,
+    False,
+    /// Not a Boolean (undefined, null, a string, ...): the message does not take the route.
+    Undefined,
+}
+
+/// The answer of `$testnew` (Azure's `TestRouteResult`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestRouteResult {
+    pub result: TestResultStatus,
+    #[serde(default)]
+    pub details: TestRouteResultDetails,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestRouteResultDetails {
+    /// Why the condition does not compile; `result` is then `undefined`.
+    #[serde(default)]
+    pub compilation_errors: Vec<RouteCompilationError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCompilationError {
+    pub message: String,
+    /// Always `error`.
+    pub severity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<RouteErrorRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteErrorRange {
+    pub start: RouteErrorPosition,
+    pub end: RouteErrorPosition,
+}
+
+/// 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteErrorPosition {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The answer of `$testall` (Azure's `TestAllRoutesResult`): the enabled routes the message takes, in
+/// configuration order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestAllRoutesResult {
+    #[serde(default)]
+    pub routes: Vec<MatchedRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchedRoute {
+    pub properties: RouteProperties,
+}
+
+/// A custom endpoint's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EndpointType {
+    Webhook,
+    FileSink,
+}
+
+/// A message an endpoint gave up on (`GET /routing/deadLetters`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// Increasing, never reused.
+    pub id: u64,
+    pub endpoint_name: String,
+    pub endpoint_type: EndpointType,
+    #[serde(with = "time::serde::rfc3339")]
+    pub dead_lettered_time: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_attempt_time: time::OffsetDateTime,
+    pub attempts: u32,
+    pub last_error: String,
+    /// The message as the endpoint would have received it (enrichments included).
+    pub message: crate::events::EventMessage,
+}
+
+/// One page of dead letters, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterPage {
+    pub dead_letters: Vec<DeadLetter>,
+    /// Pass as `from` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_id: Option<u64>,
+}
+
+/// Azure's `EndpointHealthStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointHealthStatus {
+    /// Nothing sent yet.
+    Unknown,
+    /// The last attempt succeeded.
+    Healthy,
+    /// The last attempt failed; the message is being retried.
+    Unhealthy,
+    /// The last message was dead-lettered; no success since.
+    Dead,
+}
+
+/// One custom endpoint's health (Azure's `EndpointHealthData`, plus fleethub's counters).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHealthData {
+    pub endpoint_id: String,
+    pub endpoint_type: EndpointType,
+    pub health_status: EndpointHealthStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_known_error: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub last_known_error_time: Option<time::OffsetDateTime>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub last_successful_send_attempt_time: Option<time::OffsetDateTime>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub last_send_attempt_time: Option<time::OffsetDateTime>,
+    /// Messages delivered since the hub started.
+    pub delivered: u64,
+    /// Messages dead-lettered since the hub started.
+    pub dead_lettered: u64,
+    /// Events in the log after the endpoint's cursor (not all of them are routed to it).
+    pub unread_events: u64,
+}
+
+/// How often a route's condition matched since the hub started or the route last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatistics {
+    pub name: String,
+    pub matched: u64,
+    /// Evaluations that gave no Boolean (a missing property, a non-JSON body): no match, counted here.
+    pub not_boolean: u64,
+}
+
+/// `GET /routing/health`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingHealth {
+    pub endpoints: Vec<EndpointHealthData>,
+    pub routes: Vec<RouteStatistics>,
 }
 
 #[cfg(test)]
@@ -610,6 +829,10 @@ mod tests {
             (
                 |c| c["endpoints"]["fileSinks"][0]["path"] = json!("C:\\x"),
                 "must be relative",
+            ),
+            (
+                |c| c["endpoints"]["fileSinks"][0]["name"] = json!(".."),
+                "endpoint name \"..\" cannot name a file sink",
             ),
             (
                 |c| c["endpoints"]["fileSinks"][0]["path"] = json!(""),

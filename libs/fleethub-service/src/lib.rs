@@ -12,7 +12,8 @@
 //!   [`update_device`](ServiceClient::update_device), [`get_device`](ServiceClient::get_device),
 //!   [`list_devices`](ServiceClient::list_devices), [`delete_device`](ServiceClient::delete_device) and the same
 //!   for modules; [`registry_statistics`](ServiceClient::registry_statistics),
-//!   [`service_statistics`](ServiceClient::service_statistics);
+//!   [`service_statistics`](ServiceClient::service_statistics); [`bulk_registry`](ServiceClient::bulk_registry)
+//!   creates, updates and deletes many identities in one request (Azure's `importMode` items);
 //! - twins: [`get_twin`](ServiceClient::get_twin), [`update_twin`](ServiceClient::update_twin) (merge patch),
 //!   [`replace_twin`](ServiceClient::replace_twin), and the module-twin variants;
 //! - direct methods: [`invoke_method`](ServiceClient::invoke_method),
@@ -47,6 +48,15 @@
 //!   lifecycle events and resumes by itself after a dropped connection; consumer groups'
 //!   [`save_checkpoints`](ServiceClient::save_checkpoints) and [`checkpoints`](ServiceClient::checkpoints);
 //!   [`event_partitions`](ServiceClient::event_partitions);
+//! - message routing (a fleethub extension; Azure's `properties.routing` shape):
+//!   [`get_routing`](ServiceClient::get_routing) and [`set_routing`](ServiceClient::set_routing) (with its
+//!   etag), [`test_route`](ServiceClient::test_route), [`test_all_routes`](ServiceClient::test_all_routes),
+//!   [`routing_health`](ServiceClient::routing_health), [`dead_letters`](ServiceClient::dead_letters);
+//! - cloud-to-device messages: [`send_c2d`](ServiceClient::send_c2d) queues one for a device (a fleethub
+//!   extension: Azure's service SDKs send over AMQP), [`purge_c2d`](ServiceClient::purge_c2d) empties a queue;
+//!   their feedback with [`receive_feedback`](ServiceClient::receive_feedback),
+//!   [`complete_feedback`](ServiceClient::complete_feedback), [`abandon_feedback`](ServiceClient::abandon_feedback)
+//!   or, record by record, [`feedback_stream`](ServiceClient::feedback_stream);
 //! - [`raw`](ServiceClient::raw): any signed request, for endpoints not wrapped yet and for tests.
 //!
 //! The JSON types ([`Device`](protocol::rest::Device), [`Twin`](protocol::rest::Twin), ...) and ids
@@ -118,6 +128,8 @@
 //! TLS is rustls with the *ring* provider, passed explicitly: the SDK installs no process-wide crypto provider.
 
 mod auth;
+mod bulk;
+mod c2d;
 mod changes;
 mod client;
 mod configurations;
@@ -129,11 +141,13 @@ mod methods;
 mod query;
 mod registry;
 mod rollouts;
+mod routing;
 mod tls;
 mod twins;
 mod wire;
 
 pub use auth::{RENEW_BEFORE_EXPIRY_SECONDS, TOKEN_LIFETIME_SECONDS};
+pub use c2d::{FeedbackStream, ReceivedFeedback};
 pub use changes::{ChangeStream, WatchOptions};
 pub use client::{RawResponse, ServiceClient, ServiceClientOptions};
 pub use error::{ConfigError, ServiceError};
@@ -142,6 +156,7 @@ pub use firmware::{ArtifactUpload, UploadProgress};
 pub use jobs::{JobPage, JobProgress, JobWatch};
 pub use query::{QueryPage, QueryStream};
 pub use rollouts::{RolloutProgress, RolloutWatch};
+pub use routing::{DeadLetterQuery, RoutingConfiguration};
 pub use wire::API_VERSION;
 
 /// The wire types this client takes and returns (ids, REST JSON shapes, error codes, connection strings).

@@ -10,6 +10,8 @@ flags, so one app covers every Python device case:
   --methods silent     method requests are recorded but never answered
   --desired            desired-property patches are reported as "desired_patch" events
   --report-standby     reports {"firmwareStatus": "standBy", "logTime": ...} before "ready"
+  --c2d                cloud-to-device messages (`on_message_received`) are reported as "c2d" events
+                       with their data and properties
 
 Commands: {"cmd": "get_twin"}, {"cmd": "report", "patch": {...}}, {"cmd": "connected"},
 {"cmd": "send", "data": "...", "message_id": ..., "correlation_id": ..., "content_type": ...,
@@ -79,6 +81,7 @@ def main():
     parser.add_argument("--methods", choices=("none", "firmware", "echo", "silent"), default="none")
     parser.add_argument("--desired", action="store_true")
     parser.add_argument("--report-standby", action="store_true")
+    parser.add_argument("--c2d", action="store_true")
     parser.add_argument("--step-delay", type=float, default=0.3)
     args = parser.parse_args()
 
@@ -150,6 +153,19 @@ def main():
             client.on_method_request_received = on_method
         if args.desired:
             client.on_twin_desired_properties_patch_received = lambda patch: emit("desired_patch", patch=patch)
+        if args.c2d:
+            client.on_message_received = lambda message: emit(
+                "c2d",
+                data=message.data.decode("utf-8", errors="replace"),
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                user_id=message.user_id,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                expiry_time_utc=message.expiry_time_utc,
+                ack=message.ack,
+                custom_properties=message.custom_properties,
+            )
     except Exception as exc:
         emit("fatal", where="start-up", traceback=traceback.format_exc(), **describe(exc))
         hard_exit(client, 4)

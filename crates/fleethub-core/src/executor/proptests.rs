@@ -147,6 +147,16 @@ impl Harness {
     fn poll(&mut self) {
         let before = self.execution.statistics();
         let step = self.execution.poll(self.now);
+        // The runner stops the abandoned attempts before it begins the new ones (module docs, step 3): a
+        // timed-out attempt and its retry (no backoff) come in the same step.
+        for attempt in &step.abandon {
+            let position = self
+                .outstanding
+                .iter()
+                .position(|out| out == attempt)
+                .expect("only outstanding attempts are abandoned");
+            self.abandoned.push(self.outstanding.swap_remove(position));
+        }
         let mut seen = std::collections::HashSet::new();
         for record in &step.records {
             assert!(
@@ -186,14 +196,6 @@ impl Harness {
             assert!(step.abandon.is_empty());
         }
         self.persist(step.records);
-        for attempt in step.abandon {
-            let position = self
-                .outstanding
-                .iter()
-                .position(|out| *out == attempt)
-                .expect("only outstanding attempts are abandoned");
-            self.abandoned.push(self.outstanding.swap_remove(position));
-        }
         self.outstanding.extend(step.start);
         self.check();
     }

@@ -328,6 +328,44 @@ impl From<crate::rollouts::RolloutActionError> for ApiError {
     }
 }
 
+impl From<crate::c2d::SendC2dError> for ApiError {
+    fn from(error: crate::c2d::SendC2dError) -> Self {
+        use fleethub_protocol::c2d::C2dRequestError;
+        let message = error.to_string();
+        match error {
+            crate::c2d::SendC2dError::Invalid(invalid) => match invalid {
+                C2dRequestError::TooLarge { .. } => {
+                    ApiError::new(ErrorCode::MessageTooLarge, message)
+                }
+                C2dRequestError::ExpiryNotInFuture { .. }
+                | C2dRequestError::ExpiryTooFar { .. } => {
+                    ApiError::new(ErrorCode::InvalidMessageExpiryTime, message)
+                }
+                C2dRequestError::BodyTwice
+                | C2dRequestError::InvalidBase64 { .. }
+                | C2dRequestError::InvalidSystemProperty { .. }
+                | C2dRequestError::InvalidPropertyName { .. }
+                | C2dRequestError::InvalidPropertyValue { .. }
+                | C2dRequestError::ExpiryTwice => ApiError::bad_request(message),
+            },
+            crate::c2d::SendC2dError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::c2d::DeviceAccessError> for ApiError {
+    fn from(error: crate::c2d::DeviceAccessError) -> Self {
+        use crate::c2d::DeviceAccessError;
+        let message = error.to_string();
+        match error {
+            DeviceAccessError::Unauthenticated(_) | DeviceAccessError::OtherDevice { .. } => {
+                ApiError::new(ErrorCode::IotHubUnauthorizedAccess, message)
+            }
+            DeviceAccessError::Disabled(_) => ApiError::new(ErrorCode::DeviceDisabled, message),
+        }
+    }
+}
+
 impl From<fleethub_eventlog::ReadError> for ApiError {
     fn from(error: fleethub_eventlog::ReadError) -> Self {
         use fleethub_eventlog::ReadError;
@@ -350,6 +388,20 @@ impl From<fleethub_eventlog::CheckpointError> for ApiError {
                 ApiError::bad_request(message)
             }
             CheckpointError::Io(_) => ApiError::new(ErrorCode::ServerError, message),
+        }
+    }
+}
+
+impl From<crate::routing::UpdateRoutingError> for ApiError {
+    fn from(error: crate::routing::UpdateRoutingError) -> Self {
+        use crate::routing::UpdateRoutingError;
+        let message = error.to_string();
+        match error {
+            UpdateRoutingError::Invalid(_) => ApiError::bad_request(message),
+            UpdateRoutingError::PreconditionFailed { .. } => {
+                ApiError::new(ErrorCode::PreconditionFailed, message)
+            }
+            UpdateRoutingError::Store(store) => ApiError::from(store),
         }
     }
 }

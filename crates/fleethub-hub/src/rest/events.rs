@@ -15,7 +15,9 @@
 //! `event:` its `iothub-message-source` (`Telemetry`, `twinChangeEvents`, ...), `data:` the
 //! [`EventMessage`] JSON. The `x-fleethub-stream-position` header says where the stream starts. A comment
 //! line goes out every 15 s. Partitions are read in turn, a page at a time, so one busy partition does not
-//! starve the others; order holds within a partition (and so per device), not across partitions.
+//! starve the others; order holds within a partition (and so per device), not across partitions. The stream
+//! is the built-in `events` routing endpoint: it shows only the messages routed there (`routing`), so
+//! sequence numbers may skip those routed elsewhere only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -260,13 +262,18 @@ async fn next_event(mut cursor: EventCursor) -> Option<(Result<Event, Infallible
             }
             partition.read_next = batch.next_offset;
             let device = cursor.device.as_deref();
-            cursor
-                .pending
-                .extend(batch.events.into_iter().filter(|event| {
-                    device.is_none_or(|device| {
-                        event.system_property(names::CONNECTION_DEVICE_ID) == Some(device)
+            // The built-in `events` endpoint: only what routing sent there (`routing::visible_on_events`).
+            cursor.pending.extend(
+                batch
+                    .events
+                    .into_iter()
+                    .filter(|event| {
+                        device.is_none_or(|device| {
+                            event.system_property(names::CONNECTION_DEVICE_ID) == Some(device)
+                        })
                     })
-                }));
+                    .filter_map(crate::routing::visible_on_events),
+            );
             cursor.turn = (index + 1) % count;
             read_any = true;
             break;

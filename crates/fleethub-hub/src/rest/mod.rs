@@ -6,6 +6,7 @@
 //! [`error`] alone.
 
 mod bulk;
+mod c2d;
 mod changes;
 mod configurations;
 mod convert;
@@ -16,6 +17,7 @@ mod jobs;
 mod query;
 pub mod range;
 mod rollouts;
+mod routing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,7 +30,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use fleethub_core::identity::IdentityKey;
@@ -86,6 +88,46 @@ pub fn router(
                 .post(query::post_devices),
         )
         .route("/devices/{device_id}/modules", get(list_modules))
+        // Cloud-to-device messages: the service sends (POST, fleethub's JSON envelope) and the device
+        // receives over HTTPS (GET and settle, with its SAS token) on the same path, as in Azure; SDKs spell
+        // it `deviceBound` or `devicebound`.
+        .route(
+            "/devices/{device_id}/messages/deviceBound",
+            post(c2d::send).get(c2d::device_receive),
+        )
+        .route(
+            "/devices/{device_id}/messages/devicebound",
+            post(c2d::send).get(c2d::device_receive),
+        )
+        .route(
+            "/devices/{device_id}/messages/deviceBound/{lock_token}",
+            delete(c2d::device_settle),
+        )
+        .route(
+            "/devices/{device_id}/messages/devicebound/{lock_token}",
+            delete(c2d::device_settle),
+        )
+        .route(
+            "/devices/{device_id}/messages/deviceBound/{lock_token}/abandon",
+            post(c2d::device_abandon),
+        )
+        .route(
+            "/devices/{device_id}/messages/devicebound/{lock_token}/abandon",
+            post(c2d::device_abandon),
+        )
+        .route("/devices/{device_id}/commands", delete(c2d::purge))
+        .route(
+            "/messages/serviceBound/feedback",
+            get(c2d::receive_feedback),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{lock_token}",
+            delete(c2d::complete_feedback),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{lock_token}/abandon",
+            post(c2d::abandon_feedback),
+        )
         .route(
             "/devices/{device_id}/modules/{module_id}",
             put(put_module).get(get_module).delete(delete_module),
@@ -131,6 +173,15 @@ pub fn router(
             "/events/consumerGroups/{group}/checkpoints",
             put(events::put_checkpoints),
         )
+        // Message routing (fleethub extension; Azure's `properties.routing` shape and route tests).
+        .route(
+            "/routing",
+            get(routing::get_routing).put(routing::put_routing),
+        )
+        .route("/routing/routes/$testnew", post(routing::test_new_route))
+        .route("/routing/routes/$testall", post(routing::test_all_routes))
+        .route("/routing/health", get(routing::routing_health))
+        .route("/routing/deadLetters", get(routing::dead_letters))
         // Jobs v2; the handlers find the `JobService` in a request extension (`lib.rs` adds it).
         .route("/jobs/v2/query", get(jobs::query_jobs))
         .route("/jobs/v2/{job_id}", put(jobs::put_job).get(jobs::get_job))
