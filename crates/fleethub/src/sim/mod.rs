@@ -215,8 +215,13 @@ pub(crate) async fn run(args: SimArgs) -> anyhow::Result<()> {
         },
     )
     .await;
-    interrupts.abort();
-    let (mut summary, connect_failure) = outcome?;
+    let (mut summary, connect_failure) = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            interrupts.abort();
+            return Err(error);
+        }
+    };
     if interrupted.load(Ordering::Relaxed) {
         summary.stopped_by = "interrupted";
     }
@@ -232,6 +237,8 @@ pub(crate) async fn run(args: SimArgs) -> anyhow::Result<()> {
             summary.deleted = count;
         }
     }
+    // Until here a second Ctrl-C still exits at once.
+    interrupts.abort();
     print_summary(&summary, args.hub.output)?;
     deleted.map_err(|error| {
         error.context(format!(
@@ -493,6 +500,9 @@ async fn follow_interrupts(stop: watch::Sender<bool>, interrupted: Arc<AtomicBoo
     }
     interrupted.store(true, Ordering::Relaxed);
     stop.send_replace(true);
+    eprintln!(
+        "stopping: the simulated devices disconnect and are deleted unless --keep (Ctrl-C again to quit at once)"
+    );
     if tokio::signal::ctrl_c().await.is_ok() {
         eprintln!(
             "error: interrupted twice: the simulated devices stay registered; a later `fleethub sim` with the same --prefix reuses and deletes them"
