@@ -1,0 +1,171 @@
+//! Every benchmark kind runs end to end at a small size against a real hub (the debug `fleethub` binary next
+//! to the load tool) and writes well-formed results. Numbers are never asserted: only that each scenario
+//! completes, measured something, and reported it in the JSON the runner collects.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn load_tool() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fleethub-load"))
+}
+
+/// Runs one scenario with `--json` and returns the report.
+fn run(arguments: &[&str]) -> Value {
+    let hub = load_tool().with_file_name("fleethub");
+    assert!(
+        hub.exists(),
+        "no hub binary at {} (build it: cargo build -p fleethub)",
+        hub.display()
+    );
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let json = directory.path().join("results.json");
+    let output = Command::new(load_tool())
+        .arg("--json")
+        .arg(&json)
+        .args(arguments)
+        .output()
+        .expect("run fleethub-load");
+    assert!(
+        output.status.success(),
+        "fleethub-load {arguments:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("| scenario |"),
+        "a Markdown table on stdout: {stdout}"
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).expect("the JSON report"))
+        .expect("valid JSON");
+    let machine = &report["machine"];
+    assert!(
+        machine["cores"].as_u64().is_some_and(|cores| cores > 0),
+        "{machine}"
+    );
+    assert!(
+        machine["memory_gib"].as_f64().is_some_and(|gib| gib > 0.0),
+        "{machine}"
+    );
+    let results = report["results"].as_array().expect("results");
+    assert!(!results.is_empty(), "{report}");
+    for result in results {
+        assert!(
+            result["scenario"]
+                .as_str()
+                .is_some_and(|name| !name.is_empty()),
+            "{result}"
+        );
+        assert!(
+            result["operations"].as_u64().is_some_and(|count| count > 0),
+            "nothing measured: {result}"
+        );
+        assert!(
+            result["seconds"]
+                .as_f64()
+                .is_some_and(|seconds| seconds > 0.0),
+            "{result}"
+        );
+        assert!(
+            result["per_second"].as_f64().is_some_and(|rate| rate > 0.0),
+            "{result}"
+        );
+        assert_eq!(result["errors"], Value::from(0), "{result}");
+    }
+    report
+}
+
+#[test]
+fn methods_patches_and_idle_connections() {
+    let report = run(&[
+        "methods",
+        "--devices",
+        "20",
+        "--in-flight",
+        "1,10",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(report["results"].as_array().map(Vec::len), Some(2));
+    for result in report["results"].as_array().expect("results") {
+        assert!(result["p99_ms"].as_f64().is_some(), "latencies: {result}");
+    }
+    run(&["patches", "--devices", "50", "--seconds", "1"]);
+    let idle = run(&["idle", "--devices", "50", "--settle-seconds", "1"]);
+    assert!(
+        idle["results"][0]["bytes_per_connection"]
+            .as_f64()
+            .is_some(),
+        "{idle}"
+    );
+}
+
+#[test]
+fn telemetry_into_the_durable_log() {
+    let report = run(&[
+        "telemetry",
+        "--devices",
+        "50",
+        "--in-flight",
+        "2",
+        "--seconds",
+        "1",
+    ]);
+    assert!(
+        report["results"][0]["p99_ms"].as_f64().is_some(),
+        "{report}"
+    );
+}
+
+#[test]
+fn queries_over_a_small_fleet() {
+    // 1000 twins: every one of the 1000 buildings the selective filter asks for has a twin.
+    run(&["query", "--twins", "1000", "--seconds", "1"]);
+}
+
+#[test]
+fn a_rollout_to_50_devices() {
+    let report = run(&[
+        "rollout",
+        "--devices",
+        "50",
+        "--image-kib",
+        "64",
+        "--max-concurrency",
+        "10",
+    ]);
+    let end = &report["results"][0];
+    assert_eq!(end["operations"], Value::from(50), "{end}");
+    assert!(end["peak_hub_memory_bytes"].as_u64().is_some(), "{end}");
+    assert!(
+        report["results"][2]["bytes_per_second"].as_f64().is_some(),
+        "{report}"
+    );
+}
+
+/// Needs Mosquitto (`apt-get install mosquitto`; scripts/test installs it).
+#[test]
+fn telemetry_side_by_side_with_mosquitto() {
+    let report = run(&[
+        "telemetry-vs-mosquitto",
+        "--devices",
+        "50",
+        "--seconds",
+        "1",
+    ]);
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(
+        results.len(),
+        3,
+        "fleethub TLS, Mosquitto TLS, Mosquitto plain: {report}"
+    );
+    for result in results {
+        assert_eq!(
+            result["delivered"].as_u64(),
+            result["operations"].as_u64(),
+            "every acknowledged message reached the reader: {result}"
+        );
+    }
+}
