@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the numbers in BENCHMARKS.md: builds release binaries, raises the open-file limit, installs
 # Mosquitto for the side-by-side run, runs the load generator (which starts its own hub, and Mosquitto, on
-# loopback ports) and writes bench/results*.json plus Markdown tables on stdout.
+# loopback ports) and writes bench/results.json (with the machine's facts) and bench/results.md.
 # Usage: bench/run.sh [seconds per measurement, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +15,6 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq mosquitto
 fi
-echo "rustc: $(rustc --version)"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
-echo "mosquitto: $( (/usr/sbin/mosquitto -h 2>/dev/null || mosquitto -h 2>/dev/null || true) | head -1)"
-target/release/fleethub-load --json bench/results.json all --seconds "$seconds"
-target/release/fleethub-load --json bench/results-telemetry.json telemetry-vs-mosquitto --devices 1000 --in-flight 1 --seconds "$seconds"
-target/release/fleethub-load --json bench/results-telemetry-8.json telemetry-vs-mosquitto --devices 1000 --in-flight 8 --seconds "$seconds"
+# One command, every kind: methods, patches, idle connections, telemetry QoS 1 (1 and 8 in flight) and QoS 0
+# side by side with Mosquitto, twin queries at 100k twins, a rollout to 10,000 devices.
+target/release/fleethub-load --json bench/results.json --markdown bench/results.md all --seconds "$seconds"

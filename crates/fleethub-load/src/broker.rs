@@ -33,6 +33,8 @@ pub(crate) struct CompareParameters {
     pub(crate) payload_bytes: usize,
     pub(crate) seconds: u64,
     pub(crate) mosquitto: Option<PathBuf>,
+    /// 1: every message timed to its PUBACK. 0: as fast as TCP takes them; the rate is what the reader got.
+    pub(crate) qos: u8,
 }
 
 /// One device's connection and where it publishes.
@@ -54,10 +56,19 @@ pub(crate) async fn compare(
             .map(|index| b'a' + (index % 26) as u8)
             .collect::<Vec<u8>>(),
     );
-    let described = format!(
-        "{} connections x {} in flight, {}-byte payloads, QoS 1",
-        parameters.devices, parameters.in_flight, parameters.payload_bytes
-    );
+    anyhow::ensure!(parameters.qos <= 1, "--qos is 0 or 1");
+    let described = if parameters.qos == 1 {
+        format!(
+            "{} connections x {} in flight, {}-byte payloads, QoS 1",
+            parameters.devices, parameters.in_flight, parameters.payload_bytes
+        )
+    } else {
+        format!(
+            "{} connections, {}-byte payloads, QoS 0 as fast as TCP takes them (rate and count at the reader)",
+            parameters.devices, parameters.payload_bytes
+        )
+    };
+    let qos = parameters.qos;
     let mut results = Vec::new();
 
     // fleethub: TLS, SAS-authenticated devices, durable log, one consumer reading it.
@@ -104,11 +115,11 @@ pub(crate) async fn compare(
         })
     };
     let run = publish(&hub_endpoint, &publishers, &payload, &parameters).await?;
-    let delivered = wait_for(&consumed, run.latencies.len() as u64).await;
+    let delivered = wait_for(&consumed, run.expected()).await;
     stop.store(true, Ordering::Release);
     consumer.await??;
     results.push(run.into_measurement(
-        "telemetry QoS 1: fleethub over TLS (SAS auth, fsynced log, 1 consumer)",
+        &format!("telemetry QoS {qos}: fleethub over TLS (SAS auth, fsynced log, 1 consumer)"),
         &described,
         delivered,
     ));
@@ -118,14 +129,18 @@ pub(crate) async fn compare(
     let broker = Mosquitto::start(&mosquitto, certificates.path())?;
     for (name, endpoint) in [
         (
-            "telemetry QoS 1: Mosquitto over TLS (anonymous, in memory, 1 subscriber on #)",
+            format!(
+                "telemetry QoS {qos}: Mosquitto over TLS (anonymous, in memory, 1 subscriber on #)"
+            ),
             Endpoint::tls(
                 broker.tls,
                 &std::fs::read_to_string(certificates.path().join("ca.pem"))?,
             )?,
         ),
         (
-            "telemetry QoS 1: Mosquitto over plain TCP (anonymous, in memory, 1 subscriber on #)",
+            format!(
+                "telemetry QoS {qos}: Mosquitto over plain TCP (anonymous, in memory, 1 subscriber on #)"
+            ),
             Endpoint::plain(broker.plain),
         ),
     ] {
@@ -149,10 +164,10 @@ pub(crate) async fn compare(
         // Give the SUBACK time to arrive before the first publish.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let run = publish(&endpoint, &publishers, &payload, &parameters).await?;
-        let delivered = wait_for(&received, run.latencies.len() as u64).await;
+        let delivered = wait_for(&received, run.expected()).await;
         stop.store(true, Ordering::Release);
         subscription.await??;
-        results.push(run.into_measurement(name, &described, delivered));
+        results.push(run.into_measurement(&name, &described, delivered));
     }
     drop(broker);
     Ok(results)
@@ -190,24 +205,70 @@ fn sas_publisher(connection_string: &str) -> anyhow::Result<Publisher> {
 }
 
 struct Run {
+    /// QoS 1: publish-to-PUBACK per acknowledged message, in µs. QoS 0: empty.
     latencies: Vec<u32>,
     unacknowledged: u64,
+    /// QoS 0: messages written to the sockets.
+    sent: u64,
+    started: Instant,
     elapsed: Duration,
 }
 
+/// What a reader got, and when its count last grew.
+struct Delivered {
+    count: u64,
+    last_at: Option<Instant>,
+}
+
 impl Run {
-    fn into_measurement(self, scenario: &str, described: &str, delivered: u64) -> Measurement {
-        let acknowledged = self.latencies.len() as u64;
+    /// What the reader should see: every acknowledged message (QoS 1) or every one sent (QoS 0).
+    fn expected(&self) -> u64 {
+        if self.sent > 0 {
+            self.sent
+        } else {
+            self.latencies.len() as u64
+        }
+    }
+
+    fn into_measurement(
+        self,
+        scenario: &str,
+        described: &str,
+        delivered: Delivered,
+    ) -> Measurement {
+        if self.sent == 0 {
+            let acknowledged = self.latencies.len() as u64;
+            let mut measured = measurement(
+                scenario,
+                format!(
+                    "{described}; {} of {acknowledged} acknowledged messages reached the reader",
+                    delivered.count
+                ),
+                self.latencies,
+                self.unacknowledged,
+                self.elapsed,
+            );
+            measured.delivered = Some(delivered.count);
+            return measured;
+        }
+        // QoS 0: nothing is acknowledged, so the rate is the reader's: the messages it got over the time
+        // from the first publish to the last message it got. Messages sent and never read count as errors.
+        let window = delivered.last_at.map_or(self.elapsed, |last| {
+            last.saturating_duration_since(self.started)
+        });
         let mut measured = measurement(
             scenario,
             format!(
-                "{described}; {delivered} of {acknowledged} acknowledged messages reached the reader"
+                "{described}; {} of {} sent messages reached the reader",
+                delivered.count, self.sent
             ),
-            self.latencies,
-            self.unacknowledged,
-            self.elapsed,
+            Vec::new(),
+            self.sent.saturating_sub(delivered.count),
+            window,
         );
-        measured.delivered = Some(delivered);
+        measured.operations = delivered.count;
+        measured.per_second = delivered.count as f64 / window.as_secs_f64().max(f64::MIN_POSITIVE);
+        measured.delivered = Some(delivered.count);
         measured
     }
 }
@@ -254,34 +315,61 @@ async fn publish(
         let topic = publishers[index].topic.clone();
         let payload = payload.clone();
         let in_flight = parameters.in_flight;
+        let qos = parameters.qos;
         running.spawn(async move {
-            connection
-                .publish_until(&topic, payload, in_flight, deadline)
-                .await
+            if qos == 0 {
+                let sent = connection
+                    .publish_qos0_until(&topic, payload, deadline)
+                    .await?;
+                anyhow::Ok((Vec::new(), 0, sent))
+            } else {
+                let (latencies, lost) = connection
+                    .publish_until(&topic, payload, in_flight, deadline)
+                    .await?;
+                anyhow::Ok((latencies, lost, 0))
+            }
         });
     }
     let mut latencies = Vec::new();
     let mut unacknowledged = 0;
+    let mut sent = 0;
     while let Some(joined) = running.join_next().await {
-        let (mine, lost) = joined??;
+        let (mine, lost, written) = joined??;
         latencies.extend(mine);
         unacknowledged += lost;
+        sent += written;
     }
     let elapsed = started.elapsed();
     Ok(Run {
         latencies,
         unacknowledged,
+        sent,
+        started,
         elapsed,
     })
 }
 
-/// Waits (up to 30 s) until the reader has seen `expected` messages; returns what it saw.
-async fn wait_for(counter: &AtomicU64, expected: u64) -> u64 {
+/// Waits until the reader has seen `expected` messages, or its count has not grown for 5 s (30 s at most);
+/// returns what it saw and when its count last grew.
+async fn wait_for(counter: &AtomicU64, expected: u64) -> Delivered {
     let give_up = Instant::now() + Duration::from_secs(30);
-    while counter.load(Ordering::Relaxed) < expected && Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut count = counter.load(Ordering::Relaxed);
+    let mut last_at = None;
+    let mut changed = Instant::now();
+    while count < expected && Instant::now() < give_up && changed.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = counter.load(Ordering::Relaxed);
+        if now != count {
+            count = now;
+            changed = Instant::now();
+            last_at = Some(changed);
+        }
     }
-    counter.load(Ordering::Relaxed)
+    if last_at.is_none() {
+        last_at = Some(Instant::now());
+    }
+    Delivered { count, last_at }
 }
 
 fn find_mosquitto() -> anyhow::Result<PathBuf> {

@@ -40,6 +40,9 @@ struct Cli {
     /// Also write the results as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
+    /// Also write the Markdown table (with the machine's facts) to this file.
+    #[arg(long, global = true)]
+    markdown: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -124,11 +127,35 @@ enum Scenario {
         /// The mosquitto binary (default: `mosquitto` on PATH or /usr/sbin/mosquitto).
         #[arg(long)]
         mosquitto: Option<PathBuf>,
+        /// 1: each message timed to its PUBACK; 0: as fast as TCP takes them, counted at the reader.
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
     },
-    /// Everything BENCHMARKS.md reports for the hub core, with its default parameters.
+    /// Every kind of benchmark BENCHMARKS.md reports, one after the other, each on a fresh hub: method round
+    /// trips, durable reported patches, idle connections, telemetry QoS 1 and 0 side by side with Mosquitto,
+    /// twin queries, a firmware rollout. The sizes default to BENCHMARKS.md's; smaller ones make a quick run.
     All {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        method_devices: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        method_in_flight: Vec<usize>,
+        #[arg(long, default_value_t = 1000)]
+        patch_devices: usize,
+        #[arg(long, default_value_t = 10_000)]
+        idle_devices: usize,
+        #[arg(long, default_value_t = 1000)]
+        telemetry_devices: usize,
+        #[arg(long, default_value_t = 100_000)]
+        query_twins: usize,
+        #[arg(long, default_value_t = 10_000)]
+        rollout_devices: usize,
+        #[arg(long, default_value_t = 1000)]
+        rollout_concurrency: u64,
+        /// The mosquitto binary (default: `mosquitto` on PATH or /usr/sbin/mosquitto).
+        #[arg(long)]
+        mosquitto: Option<PathBuf>,
     },
 }
 
@@ -141,8 +168,15 @@ struct Report {
 #[derive(Serialize)]
 struct Machine {
     cores: usize,
+    cpu: String,
     memory_gib: f64,
     kernel: String,
+    /// `fleethub --version` of the hub binary measured.
+    hub: String,
+    /// `rustc --version` on this machine, when rustc is on the PATH.
+    rustc: Option<String>,
+    /// `mosquitto -h`'s first line, when Mosquitto is installed.
+    mosquitto: Option<String>,
     note: &'static str,
 }
 
@@ -250,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             payload_bytes,
             seconds,
             mosquitto,
+            qos,
         } => results.extend(
             broker::compare(
                 &hub_bin,
@@ -259,21 +294,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     payload_bytes,
                     seconds,
                     mosquitto,
+                    qos,
                 },
             )
             .await?,
         ),
-        Scenario::All { seconds } => {
-            results.extend(methods(&hub_bin, 100, &[1, 100, 1000], seconds).await?);
-            results.push(patches(&hub_bin, 1000, seconds).await?);
-            results.push(idle(&hub_bin, 10_000, 3).await?);
+        Scenario::All {
+            seconds,
+            method_devices,
+            method_in_flight,
+            patch_devices,
+            idle_devices,
+            telemetry_devices,
+            query_twins,
+            rollout_devices,
+            rollout_concurrency,
+            mosquitto,
+        } => {
+            results.extend(methods(&hub_bin, method_devices, &method_in_flight, seconds).await?);
+            results.push(patches(&hub_bin, patch_devices, seconds).await?);
+            results.push(idle(&hub_bin, idle_devices, 3).await?);
+            for (qos, in_flight) in [(1, 1), (1, 8), (0, 1)] {
+                results.extend(
+                    broker::compare(
+                        &hub_bin,
+                        broker::CompareParameters {
+                            devices: telemetry_devices,
+                            in_flight,
+                            payload_bytes: 256,
+                            seconds,
+                            mosquitto: mosquitto.clone(),
+                            qos,
+                        },
+                    )
+                    .await?,
+                );
+            }
+            results.extend(queries(&hub_bin, query_twins, seconds).await?);
+            results.extend(
+                rollout::rollout(
+                    &hub_bin,
+                    rollout::RolloutParameters {
+                        devices: rollout_devices,
+                        image_bytes: 1024 * 1024,
+                        max_concurrency: rollout_concurrency,
+                        waves: "100%".to_owned(),
+                    },
+                )
+                .await?,
+            );
         }
     }
     let report = Report {
-        machine: machine(),
+        machine: machine(&hub_bin),
         results,
     };
-    print_table(&report);
+    let table = markdown(&report);
+    print!("{table}");
+    if let Some(path) = cli.markdown {
+        std::fs::write(&path, &table).with_context(|| format!("write {}", path.display()))?;
+    }
     if let Some(path) = cli.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("write {}", path.display()))?;
@@ -861,7 +941,7 @@ fn measurement(
     }
 }
 
-fn machine() -> Machine {
+fn machine(hub_bin: &Path) -> Machine {
     let memory_kib: f64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -870,34 +950,75 @@ fn machine() -> Machine {
                 .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0.0);
+    let first_line = |program: &Path, argument: &str| -> Option<String> {
+        let output = Command::new(program).arg(argument).output().ok()?;
+        // `mosquitto -h` prints its usage on stdout and exits 3; the version is on its first line.
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines()
+            .next()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+    };
+    let mosquitto = ["/usr/sbin/mosquitto", "mosquitto"]
+        .iter()
+        .find_map(|program| first_line(Path::new(program), "-h"));
     Machine {
         cores: std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1),
+        cpu: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("model name"))
+                    .and_then(|rest| rest.split_once(':'))
+                    .map(|(_, name)| name.trim().to_owned())
+            })
+            .unwrap_or_default(),
         memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
             .to_owned(),
+        hub: first_line(hub_bin, "--version").unwrap_or_default(),
+        rustc: first_line(Path::new("rustc"), "--version"),
+        mosquitto,
         note: "hub and load generator on the same machine, over loopback",
     }
 }
 
-fn print_table(report: &Report) {
+/// The machine's facts and one table row per measurement, in Markdown.
+fn markdown(report: &Report) -> String {
+    use std::fmt::Write as _;
     let machine = &report.machine;
-    println!(
-        "machine: {} cores, {} GiB, Linux {} ({})",
-        machine.cores, machine.memory_gib, machine.kernel, machine.note
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "machine: {} cores ({}), {} GiB, Linux {}; hub {}; {}; {} ({})",
+        machine.cores,
+        machine.cpu,
+        machine.memory_gib,
+        machine.kernel,
+        machine.hub,
+        machine.rustc.as_deref().unwrap_or("rustc unknown"),
+        machine.mosquitto.as_deref().unwrap_or("no mosquitto"),
+        machine.note
     );
-    println!();
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "| scenario | parameters | ops | ops/s | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | bytes/conn |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     let show =
         |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}"));
     for result in &report.results {
-        println!(
+        let _ = writeln!(
+            out,
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
             result.scenario,
             result.parameters,
@@ -913,4 +1034,5 @@ fn print_table(report: &Report) {
                 .map_or_else(|| "-".to_owned(), |bytes| format!("{bytes:.0}")),
         );
     }
+    out
 }

@@ -225,6 +225,41 @@ impl Connection {
         Ok((latencies, unacknowledged))
     }
 
+    /// Publishes `payload` on `topic` at QoS 0 as fast as the connection takes it until `deadline` (TCP's
+    /// flow control is the only brake), in writes of `BATCH` packets. Returns how many were sent.
+    pub(crate) async fn publish_qos0_until(
+        mut self,
+        topic: &str,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> anyhow::Result<u64> {
+        const BATCH: usize = 16;
+        let mut out = BytesMut::new();
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            for _ in 0..BATCH {
+                fleethub_mqtt::encode(
+                    &Packet::Publish(Publish {
+                        dup: false,
+                        qos: QoS::AtMostOnce,
+                        retain: false,
+                        topic: topic.to_owned(),
+                        packet_id: None,
+                        payload: payload.clone(),
+                    }),
+                    &mut out,
+                )?;
+            }
+            self.io.write_all(&out).await?;
+            out.clear();
+            sent += BATCH as u64;
+        }
+        fleethub_mqtt::encode(&Packet::Disconnect, &mut out)?;
+        let _ = self.io.write_all(&out).await;
+        let _ = self.io.flush().await;
+        Ok(sent)
+    }
+
     /// Subscribes to `filter` at QoS 1 and acknowledges and counts every message until `stop` is set.
     pub(crate) async fn subscribe_and_count(
         mut self,

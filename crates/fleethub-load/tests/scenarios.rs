@@ -72,7 +72,14 @@ fn run(arguments: &[&str]) -> Value {
             result["per_second"].as_f64().is_some_and(|rate| rate > 0.0),
             "{result}"
         );
-        assert_eq!(result["errors"], Value::from(0), "{result}");
+        // QoS 0 has no acknowledgements: its "errors" are messages sent but not yet read when the reader
+        // stopped waiting (a debug-build consumer falls behind a full-speed publisher), not failures.
+        if !result["scenario"]
+            .as_str()
+            .is_some_and(|name| name.contains("QoS 0"))
+        {
+            assert_eq!(result["errors"], Value::from(0), "{result}");
+        }
     }
     report
 }
@@ -168,4 +175,83 @@ fn telemetry_side_by_side_with_mosquitto() {
             "every acknowledged message reached the reader: {result}"
         );
     }
+}
+
+/// The runner behind `bench/run.sh`: every kind in one command, at a small size, with the machine's facts
+/// in the JSON and a Markdown table in a file.
+#[test]
+fn the_runner_runs_every_kind_and_writes_json_and_markdown() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let markdown = directory.path().join("results.md");
+    let markdown_arg = markdown.to_str().expect("utf-8 path").to_owned();
+    let report = run(&[
+        "--markdown",
+        &markdown_arg,
+        "all",
+        "--seconds",
+        "1",
+        "--method-devices",
+        "10",
+        "--method-in-flight",
+        "1,10",
+        "--patch-devices",
+        "20",
+        "--idle-devices",
+        "50",
+        "--telemetry-devices",
+        "20",
+        "--query-twins",
+        "1000",
+        "--rollout-devices",
+        "20",
+        "--rollout-concurrency",
+        "10",
+    ]);
+    let scenarios: Vec<&str> = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|result| result["scenario"].as_str())
+        .collect();
+    for kind in [
+        "method",
+        "patches",
+        "idle",
+        "telemetry QoS 1: fleethub",
+        "telemetry QoS 1: Mosquitto over TLS",
+        "telemetry QoS 0: fleethub",
+        "telemetry QoS 0: Mosquitto over plain TCP",
+        "query",
+        "rollout",
+    ] {
+        assert!(
+            scenarios.iter().any(|scenario| scenario.contains(kind)),
+            "no {kind:?} in {scenarios:?}"
+        );
+    }
+    let machine = &report["machine"];
+    assert!(
+        machine["hub"]
+            .as_str()
+            .is_some_and(|hub| hub.contains("fleethub")),
+        "{machine}"
+    );
+    assert!(
+        machine["mosquitto"]
+            .as_str()
+            .is_some_and(|text| text.contains("mosquitto")),
+        "{machine}"
+    );
+    let table = std::fs::read_to_string(&markdown).expect("the Markdown file");
+    assert!(table.starts_with("machine: "), "{table}");
+    assert_eq!(
+        table
+            .lines()
+            .filter(|line| line.starts_with("| ")
+                && !line.starts_with("| scenario")
+                && !line.starts_with("| ---"))
+            .count(),
+        scenarios.len(),
+        "a row per measurement: {table}"
+    );
 }
