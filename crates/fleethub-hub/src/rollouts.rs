@@ -32,7 +32,8 @@
 //! **Progress is pushed**: the store appends a `deviceRolloutUpdated` change record for each durable status
 //! change of a device and a `rolloutUpdated` record when the rollout's status, current wave, a wave's status
 //! or its end changes (`GET /changes?rolloutId=`, the SDK's `watch_rollout`, `fleethub rollout watch`).
-//! `GET /firmware/rollouts/{id}` shows a running rollout's live counts.
+//! `GET /firmware/rollouts/{id}` shows a running rollout's live counts on its stored row: the status, waves
+//! and times are always the row's, so `GET` never says less than the change record a reader was woken by.
 //!
 //! # Restarts
 //!
@@ -64,7 +65,7 @@ use tokio_util::task::TaskTracker;
 use crate::artifacts::ArtifactService;
 use crate::services::Services;
 pub use attempt::{FIRMWARE_UPDATE_METHOD, error_codes};
-use runner::{RolloutCommand, RolloutTask};
+use runner::{LiveCounts, RolloutCommand, RolloutTask};
 
 /// What a command asks of a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,8 +120,8 @@ pub enum RolloutActionError {
 /// A rollout running in this process.
 struct LiveRollout {
     commands: mpsc::Sender<RolloutCommand>,
-    /// The rollout with its live counts.
-    view: watch::Receiver<Rollout>,
+    /// Its machine's counts, ahead of the stored ones by at most a write-ahead batch.
+    counts: watch::Receiver<LiveCounts>,
 }
 
 /// Runs rollouts; see the module docs.
@@ -209,17 +210,16 @@ impl RolloutService {
         Ok(rollout)
     }
 
-    /// `GET /firmware/rollouts/{id}`, with the live counts of a running rollout.
+    /// `GET /firmware/rollouts/{id}`: the stored rollout, with the live counts of a running one.
     pub async fn get(&self, rollout_id: &RolloutId) -> Result<Rollout, StoreError> {
-        if let Some(view) = self.live_view(rollout_id) {
-            return Ok(view);
-        }
-        self.services
+        let rollout = self
+            .services
             .store
             .get_rollout(rollout_id)
             .await?
-            .map(|record| record.rollout)
-            .ok_or_else(|| StoreError::RolloutNotFound(rollout_id.clone()))
+            .ok_or_else(|| StoreError::RolloutNotFound(rollout_id.clone()))?
+            .rollout;
+        Ok(self.with_live_counts(rollout))
     }
 
     /// `GET /firmware/rollouts[?status=]`: every rollout (in a status), by id.
@@ -238,10 +238,10 @@ impl RolloutService {
                 .await?;
             let exhausted = page.len() < 500;
             after = page.last().map(|record| record.rollout.rollout_id.clone());
-            rollouts.extend(page.into_iter().map(|record| {
-                self.live_view(&record.rollout.rollout_id)
-                    .unwrap_or(record.rollout)
-            }));
+            rollouts.extend(
+                page.into_iter()
+                    .map(|record| self.with_live_counts(record.rollout)),
+            );
             if exhausted {
                 return Ok(rollouts);
             }
@@ -297,12 +297,19 @@ impl RolloutService {
         })
     }
 
-    fn live_view(&self, rollout_id: &RolloutId) -> Option<Rollout> {
-        self.live
+    /// A stored rollout with its task's counts, if it runs here. Only the counts: the status, waves and
+    /// times stay the row's, which a reader woken by the row's change record must see (the change feed
+    /// announces a write before the task even learns that it is durable).
+    fn with_live_counts(&self, mut rollout: Rollout) -> Rollout {
+        if let Some(live) = self
+            .live
             .lock()
             .expect("live rollouts lock poisoned")
-            .get(rollout_id)
-            .map(|live| live.view.borrow().clone())
+            .get(&rollout.rollout_id)
+        {
+            live.counts.borrow().apply_to(&mut rollout);
+        }
+        rollout
     }
 
     async fn resume(self: &Arc<Self>) -> Result<(), StoreError> {
@@ -328,7 +335,7 @@ impl RolloutService {
 
     fn launch(self: &Arc<Self>, record: RolloutRecord, spec: RolloutSpec) {
         let (commands, command_receiver) = mpsc::channel(16);
-        let (view, view_receiver) = watch::channel(record.rollout.clone());
+        let (counts, counts_receiver) = watch::channel(LiveCounts::of_rollout(&record.rollout));
         self.live
             .lock()
             .expect("live rollouts lock poisoned")
@@ -336,10 +343,10 @@ impl RolloutService {
                 record.rollout.rollout_id.clone(),
                 LiveRollout {
                     commands,
-                    view: view_receiver,
+                    counts: counts_receiver,
                 },
             );
-        let task = RolloutTask::new(Arc::clone(self), record, spec, command_receiver, view);
+        let task = RolloutTask::new(Arc::clone(self), record, spec, command_receiver, counts);
         self.tasks.spawn(task.run());
     }
 

@@ -1,6 +1,8 @@
 //! The rollout REST API over real HTTPS: what a bad request is told, 404 and 409 answers, the rights each
 //! endpoint needs, listing by status, and the change feed filtered to one rollout.
 
+use std::time::Duration;
+
 use fleethub_protocol::errors::ErrorCode;
 use fleethub_service::{ArtifactUpload, ServiceClient, ServiceClientOptions};
 use fleethub_testkit::{ServiceApi, TestHub};
@@ -8,6 +10,37 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const MODEL: &str = "thermostat-x";
+/// How long a rollout without devices may take to reach a status, however loaded the machine.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (up to [`WAIT`]) until the change feed holds a `rolloutUpdated` record of `rollout` in `status`.
+async fn wait_for_rollout_record(hub: &TestHub, rollout: &str, status: &str) -> Value {
+    let store = &hub.hub.services.store;
+    let mut notifier = store.change_notifier();
+    let found = async {
+        loop {
+            notifier.borrow_and_update();
+            let records = store
+                .read_changes(
+                    0,
+                    1000,
+                    fleethub_store::ChangeFilter::rollout(rollout.parse().expect("valid")),
+                )
+                .await
+                .expect("read the change feed");
+            if let Some(record) = records
+                .into_iter()
+                .find(|record| record.body["status"] == json!(status))
+            {
+                return record.body;
+            }
+            notifier.changed().await.expect("the store runs");
+        }
+    };
+    tokio::time::timeout(WAIT, found)
+        .await
+        .unwrap_or_else(|_| panic!("no {status} record of rollout {rollout} within {WAIT:?}"))
+}
 
 async fn upload(hub: &TestHub, version: &str) {
     let owner = hub.policy("iothubowner");
@@ -146,17 +179,26 @@ async fn rollouts_are_read_listed_and_refused_once_over() {
 
     // No device matches: the rollout completes at once; its feed says so.
     let mut events = hub.hub.services.store.change_notifier();
-    let completed = loop {
-        events.borrow_and_update();
-        let reply = api
-            .send(Method::GET, "/firmware/rollouts/empty", &[], None)
-            .await;
-        assert_eq!(reply.status, StatusCode::OK);
-        if reply.body["status"] == json!("completed") {
-            break reply.body;
+    let mut last = Value::Null;
+    let completion = async {
+        loop {
+            events.borrow_and_update();
+            let reply = api
+                .send(Method::GET, "/firmware/rollouts/empty", &[], None)
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+            if reply.body["status"] == json!("completed") {
+                return reply.body;
+            }
+            last = reply.body;
+            events.changed().await.expect("the store runs");
         }
-        events.changed().await.expect("the store runs");
     };
+    let completed = tokio::time::timeout(WAIT, completion)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the rollout did not complete within {WAIT:?}; GET said {last}")
+        });
     assert_eq!(completed["statistics"]["deviceCount"], json!(0));
     assert!(completed["endTime"].is_string());
     let records = hub
@@ -236,6 +278,56 @@ async fn rollouts_are_read_listed_and_refused_once_over() {
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.body.to_string().contains("not a rollout status"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_reads_as_its_latest_change_record_says() {
+    // No device matches and the first wave needs approval: the rollout waits for it at once, and nothing
+    // happens in it until someone approves. GET and the list must say so as soon as the feed does.
+    let hub = TestHub::start().await;
+    upload(&hub, "2.0.0").await;
+    let api = ServiceApi::for_hub(&hub, "iothubowner");
+    let mut body = rollout_body("2.0.0");
+    body["waves"] = json!([{"size": "10%", "approval": true}, "100%"]);
+    let created = put(&api, "gated", body).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+
+    let waiting = wait_for_rollout_record(&hub, "gated", "waitingForApproval").await;
+    let reply = api
+        .send(Method::GET, "/firmware/rollouts/gated", &[], None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        (&reply.body["status"], &reply.body["waves"][0]["status"]),
+        (&waiting["status"], &waiting["waves"][0]["status"]),
+        "GET: {}\nthe change record: {waiting}",
+        reply.body
+    );
+    let listed = api
+        .send(
+            Method::GET,
+            "/firmware/rollouts?status=waitingForApproval",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(
+        listed.body[0]["status"],
+        json!("waitingForApproval"),
+        "{}",
+        listed.body
+    );
+
+    let approved = api
+        .send(Method::POST, "/firmware/rollouts/gated/approve", &[], None)
+        .await;
+    assert_eq!(approved.status, StatusCode::OK, "{}", approved.body);
+    wait_for_rollout_record(&hub, "gated", "completed").await;
+    let reply = api
+        .send(Method::GET, "/firmware/rollouts/gated", &[], None)
+        .await;
+    assert_eq!(reply.body["status"], json!("completed"), "{}", reply.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,14 +26,20 @@ fn path_text(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8 here")
 }
 
+/// How long a command may take; `--watch` and `rollout watch` last until their rollout ends.
+const COMMAND_WAIT: Duration = Duration::from_secs(120);
+
 /// Runs `fleethub ARGS --data-dir DATA` without blocking the runtime the agents run on.
 async fn cli(hub: &Hub, args: &[&str]) -> Output {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--data-dir", hub.data_dir_text()]);
-    tokio::process::Command::from(command_in(hub.directory.path(), &all))
+    let output = tokio::process::Command::from(command_in(hub.directory.path(), &all))
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(COMMAND_WAIT, output)
         .await
+        .unwrap_or_else(|_| panic!("fleethub {args:?} did not end within {COMMAND_WAIT:?}"))
         .expect("run fleethub")
 }
 

@@ -106,6 +106,46 @@ fn render(
     }
 }
 
+/// A running rollout's counts as its machine has them (ahead of the stored ones by at most a write-ahead
+/// batch), for `GET` to show on the stored row.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct LiveCounts {
+    statistics: RolloutStatistics,
+    waves: Vec<RolloutStatistics>,
+    rollback_statistics: Option<RolloutStatistics>,
+}
+
+impl LiveCounts {
+    pub(super) fn of_rollout(rollout: &Rollout) -> Self {
+        Self {
+            statistics: rollout.statistics,
+            waves: rollout.waves.iter().map(|wave| wave.statistics).collect(),
+            rollback_statistics: rollout.rollback_statistics,
+        }
+    }
+
+    fn of_execution(execution: &RolloutExecution) -> Self {
+        Self {
+            statistics: wire_statistics(execution.statistics()),
+            waves: execution
+                .wave_progress()
+                .into_iter()
+                .map(|wave| wave.statistics)
+                .collect(),
+            rollback_statistics: execution.rollback_statistics().map(wire_statistics),
+        }
+    }
+
+    /// Puts these counts on `rollout`; its status, waves' statuses and times stay as they are.
+    pub(super) fn apply_to(&self, rollout: &mut Rollout) {
+        rollout.statistics = self.statistics;
+        for (wave, statistics) in rollout.waves.iter_mut().zip(&self.waves) {
+            wave.statistics = *statistics;
+        }
+        rollout.rollback_statistics = self.rollback_statistics;
+    }
+}
+
 /// What a row write must show: when it changes, the row is written.
 #[derive(Clone, Debug, PartialEq)]
 struct Summary {
@@ -133,7 +173,7 @@ pub(super) struct RolloutTask {
     record: RolloutRecord,
     spec: RolloutSpec,
     commands: mpsc::Receiver<RolloutCommand>,
-    view: watch::Sender<Rollout>,
+    counts: watch::Sender<LiveCounts>,
 }
 
 /// An attempt whose device accepted the update: its reports after `after` end it.
@@ -284,14 +324,14 @@ impl RolloutTask {
         record: RolloutRecord,
         spec: RolloutSpec,
         commands: mpsc::Receiver<RolloutCommand>,
-        view: watch::Sender<Rollout>,
+        counts: watch::Sender<LiveCounts>,
     ) -> Self {
         Self {
             service,
             record,
             spec,
             commands,
-            view,
+            counts,
         }
     }
 
@@ -475,21 +515,6 @@ impl RolloutTask {
         )
     }
 
-    /// What `GET` shows while the rollout runs: the live counts, with the status, waves and times of the
-    /// last durable write (a reader never sees a decision that a crash could still undo).
-    fn live_view(&self, execution: &RolloutExecution, started: Option<OffsetDateTime>) -> Rollout {
-        let mut view = self.render(execution, started, None);
-        let written = &self.record.rollout;
-        view.status = written.status;
-        view.status_message = written.status_message.clone();
-        view.current_wave = written.current_wave;
-        view.end_time = written.end_time;
-        for (wave, written) in view.waves.iter_mut().zip(&written.waves) {
-            wave.status = written.status;
-        }
-        view
-    }
-
     /// The machine's loop with write-ahead batches. Returns true when it stopped because the hub stops,
     /// false when the rollout ended (or cannot go on).
     async fn drive(
@@ -550,7 +575,10 @@ impl RolloutTask {
             }
             let durable = sources.saving.is_none() && state.unsaved.is_empty();
             let finished = execution.is_finished();
-            self.view.send_replace(self.live_view(&execution, started));
+            // Only the counts: `GET` takes the status, waves and times from the stored row, so a reader
+            // never sees a decision that a crash could still undo, nor one older than the row it was told of.
+            self.counts
+                .send_replace(LiveCounts::of_execution(&execution));
 
             if durable {
                 if finished {
@@ -905,7 +933,6 @@ impl RolloutTask {
         if !self.write_record().await {
             return;
         }
-        self.view.send_replace(self.record.rollout.clone());
         for reply in state.replies.drain(..) {
             let _ = reply.send(Ok(self.record.rollout.clone()));
         }
