@@ -15,6 +15,7 @@
 //! network waits; verification and apply always run to completion once started, so a stop never leaves
 //! them half-done (and a crash is covered by the state machine in [`state`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use fleethub_protocol::DeviceConnectionString;
 use fleethub_protocol::firmware;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +48,9 @@ const REPORT_QUEUE: usize = 64;
 /// How long stopping waits for the tasks: a download stops at once, but an apply that started runs to the
 /// end (copying an image), and an outcome report waits up to the shutdown grace for its acknowledgement.
 const TASKS_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an update request waits for the previous update to finish reporting an outcome that is already
+/// decided and durable (its report is on the way), instead of being refused as busy.
+const FINISHING_WAIT: Duration = Duration::from_secs(10);
 /// Reconnection backoff bounds while the hub is unreachable.
 const CONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(30));
 
@@ -108,6 +112,8 @@ impl Agent {
             firmware,
             reports,
             activity: Mutex::new(None),
+            finishing: AtomicBool::new(false),
+            released: Notify::new(),
             boot_lock: tokio::sync::Mutex::new(()),
             reboot: CancellationToken::new(),
             stop: stop.clone(),
@@ -214,6 +220,11 @@ struct Shared {
     reports: mpsc::Sender<Outgoing>,
     /// What the agent is busy with (an update, a trial), refusing another update meanwhile.
     activity: Mutex<Option<String>>,
+    /// Set once the running trial's outcome is decided and durable, while only its report is still going
+    /// out: a new update then waits for [`Shared::release`] instead of being refused.
+    finishing: AtomicBool,
+    /// Woken by [`Shared::release`].
+    released: Notify,
     /// Serialises read-modify-writes of `boot.json`.
     boot_lock: tokio::sync::Mutex<()>,
     reboot: CancellationToken,
@@ -251,6 +262,26 @@ impl Shared {
             .activity
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = None;
+        self.finishing.store(false, Ordering::Release);
+        self.released.notify_waiters();
+    }
+
+    /// [`Shared::claim`], but when the agent is only finishing the report of a decided outcome, waits (up
+    /// to [`FINISHING_WAIT`]) for that to end first: the service saw the outcome on the twin and may well
+    /// send the next update before the agent has noted that the report went out.
+    async fn claim_after_finishing(&self, activity: String) -> Result<(), String> {
+        let waited = tokio::time::timeout(FINISHING_WAIT, async {
+            loop {
+                // Registered before the check, so a release in between is not missed.
+                let released = self.released.notified();
+                if !self.finishing.load(Ordering::Acquire) {
+                    return;
+                }
+                released.await;
+            }
+        });
+        let _ = waited.await;
+        self.claim(activity)
     }
 
     fn set_state(&self, change: impl FnOnce(&mut FirmwareState)) {
@@ -577,7 +608,10 @@ async fn handle_method(shared: Arc<Shared>, request: MethodRequest) -> MethodRes
         .target_version()
         .map(str::to_owned)
         .unwrap_or_else(|| redact(update.url.as_str()));
-    if let Err(busy) = shared.claim(format!("a firmware update to {target} is already running")) {
+    if let Err(busy) = shared
+        .claim_after_finishing(format!("a firmware update to {target} is already running"))
+        .await
+    {
         return response(409, busy);
     }
     let record = DownloadRecord::new(
@@ -768,6 +802,8 @@ async fn trial_task(shared: Arc<Shared>, trial: Trial) {
             return;
         }
     };
+    // Decided and durable: what is left is reporting it.
+    shared.finishing.store(true, Ordering::Release);
     let now = OffsetDateTime::now_utc();
     let mut timestamps = Vec::new();
     match &failure {
