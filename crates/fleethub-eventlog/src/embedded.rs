@@ -1115,6 +1115,24 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+impl EmbeddedEventLog {
+    /// Runs `operation` on the checkpoint store on a blocking thread; its I/O error, or its panic, is
+    /// [`CheckpointError::Io`].
+    fn on_checkpoints<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&CheckpointStore) -> std::io::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, CheckpointError>> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(blocking(
+            move || {
+                operation(&shared.checkpoints)
+                    .map_err(|error| CheckpointError::Io(error.to_string()))
+            },
+            |panic| Err(CheckpointError::Io(panic)),
+        ))
+    }
+}
+
 impl EventLog for EmbeddedEventLog {
     fn partition_count(&self) -> u32 {
         self.shared.partitions.len() as u32
@@ -1231,17 +1249,8 @@ impl EventLog for EmbeddedEventLog {
         &'a self,
         group: &'a ConsumerGroup,
     ) -> BoxFuture<'a, Result<BTreeMap<u32, u64>, CheckpointError>> {
-        let shared = Arc::clone(&self.shared);
         let group = group.clone();
-        Box::pin(blocking(
-            move || {
-                shared
-                    .checkpoints
-                    .load(&group)
-                    .map_err(|error| CheckpointError::Io(error.to_string()))
-            },
-            |panic| Err(CheckpointError::Io(panic)),
-        ))
+        self.on_checkpoints(move |store| store.load(&group))
     }
 
     fn save_checkpoints<'a>(
@@ -1267,47 +1276,20 @@ impl EventLog for EmbeddedEventLog {
                 return Box::pin(async move { Err(error) });
             }
         }
-        let shared = Arc::clone(&self.shared);
         let group = group.clone();
-        Box::pin(blocking(
-            move || {
-                shared
-                    .checkpoints
-                    .save(&group, &checkpoints)
-                    .map_err(|error| CheckpointError::Io(error.to_string()))
-            },
-            |panic| Err(CheckpointError::Io(panic)),
-        ))
+        self.on_checkpoints(move |store| store.save(&group, &checkpoints))
     }
 
     fn consumer_groups(&self) -> BoxFuture<'_, Result<Vec<ConsumerGroup>, CheckpointError>> {
-        let shared = Arc::clone(&self.shared);
-        Box::pin(blocking(
-            move || {
-                shared
-                    .checkpoints
-                    .groups()
-                    .map_err(|error| CheckpointError::Io(error.to_string()))
-            },
-            |panic| Err(CheckpointError::Io(panic)),
-        ))
+        self.on_checkpoints(CheckpointStore::groups)
     }
 
     fn delete_consumer_group<'a>(
         &'a self,
         group: &'a ConsumerGroup,
     ) -> BoxFuture<'a, Result<bool, CheckpointError>> {
-        let shared = Arc::clone(&self.shared);
         let group = group.clone();
-        Box::pin(blocking(
-            move || {
-                shared
-                    .checkpoints
-                    .delete(&group)
-                    .map_err(|error| CheckpointError::Io(error.to_string()))
-            },
-            |panic| Err(CheckpointError::Io(panic)),
-        ))
+        self.on_checkpoints(move |store| store.delete(&group))
     }
 
     fn enforce_retention(&self) -> BoxFuture<'_, Result<RetentionReport, AppendError>> {

@@ -72,6 +72,12 @@ pub mod required {
     /// Cloud-to-device messages: sending, purging a device's queue, reading and settling feedback (Azure:
     /// ServiceConnect).
     pub const CLOUD_TO_DEVICE: Requirement = Requirement(&[ServiceConnect]);
+    /// The audit log (`GET /audit`, a fleethub extension): who changed what in the registry and beyond, read
+    /// with RegistryRead like the registry itself (ServiceConnect alone, a device-facing right, does not).
+    pub const AUDIT_READ: Requirement = Requirement(&[RegistryRead]);
+    /// Prometheus metrics (`GET /metrics`, a fleethub extension): counts and latencies, no device data; the
+    /// `service` and `registryRead` policies both scrape.
+    pub const METRICS_READ: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -455,6 +455,7 @@ impl Outbox {
         for sequence in completed {
             complete(services, &device_id, sequence).await;
         }
+        services.metrics.c2d_published(packets.len());
         packets
     }
 
@@ -500,7 +501,10 @@ impl Outbox {
             Some(sequence)
         });
         match sequence {
-            Some(sequence) => complete(services, &device_id, sequence).await,
+            Some(sequence) => {
+                services.metrics.c2d_acknowledged();
+                complete(services, &device_id, sequence).await
+            }
             None => {
                 tracing::debug!(device = %device_id, %packet_id, "ignoring a PUBACK for nothing in flight")
             }

@@ -23,6 +23,8 @@ pub struct HubConfig {
     pub events: EventLogOptions,
     /// Delivery to routing's custom endpoints (retries, file sizes).
     pub routing: crate::routing::RoutingSettings,
+    /// Retention of the audit log.
+    pub audit: crate::audit::AuditSettings,
 }
 
 impl HubConfig {
@@ -37,6 +39,7 @@ impl HubConfig {
             twin_limits: TwinLimits::default(),
             events: EventLogOptions::default(),
             routing: crate::routing::RoutingSettings::default(),
+            audit: crate::audit::AuditSettings::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! them until shutdown. `start` is what `fleethub serve` and the integration tests call.
 
 pub mod artifacts;
+pub mod audit;
 pub mod auth;
 pub mod c2d;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod events;
 pub mod jobs;
 pub mod listeners;
 pub mod methods;
+pub mod metrics;
 pub mod mqtt;
 pub mod query;
 pub mod rest;
@@ -136,10 +138,12 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     })?;
     let lock = lock_data_dir(&data_dir)?;
 
+    let metrics = Arc::new(metrics::Metrics::default());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
         &data_dir.join(DATABASE_FILE),
         SqliteStoreOptions {
             twin_limits: config.twin_limits,
+            commit_observer: Some(metrics.commit_observer()),
             ..SqliteStoreOptions::default()
         },
     )?);
@@ -206,7 +210,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         .await?;
 
     let events = open_event_log(&config, &*store).await?;
-    let services = Arc::new(Services::new(config, Arc::clone(&store), events, policies));
+    let mut services = Services::new(config, Arc::clone(&store), events, policies);
+    services.metrics = metrics;
+    let services = Arc::new(services);
     // Before any listener: the first message is routed by the stored configuration.
     services
         .routing
@@ -261,6 +267,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     ));
     tracker.spawn(Arc::clone(&artifacts).run_grant_purger(shutdown.clone()));
     tracker.spawn(c2d::run_expiry(Arc::clone(&services), shutdown.clone()));
+    tracker.spawn(audit::run_retention(
+        Arc::clone(&services),
+        shutdown.clone(),
+    ));
     tracker.spawn(run_activity_flusher(
         Arc::clone(&services),
         shutdown.clone(),

@@ -868,6 +868,10 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(receipt) => receipt,
                 Err(error) => return Some(Ending::EventLog(error.to_string())),
             };
+            session
+                .services
+                .metrics
+                .telemetry_received(publish.packet_id.is_some());
             match publish.packet_id {
                 Some(packet_id) => session
                     .pending_acks

@@ -35,6 +35,8 @@ pub struct Services {
     pub c2d: crate::c2d::Deliveries,
     /// Message routing: the configuration in force, endpoint cursors and health, dead letters.
     pub routing: crate::routing::Routing,
+    /// Operational figures for `GET /metrics` (`metrics.rs`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     policies: RwLock<Arc<Vec<AccessPolicy>>>,
 }
 
@@ -150,6 +152,7 @@ impl Services {
             configurations: crate::configurations::Configurations::new(),
             c2d: crate::c2d::Deliveries::default(),
             routing,
+            metrics: Arc::default(),
             policies: RwLock::new(Arc::new(policies)),
         }
     }
@@ -272,6 +275,7 @@ impl Services {
         change: TwinChange,
         if_match: IfMatch,
     ) -> Result<TwinUpdated, StoreError> {
+        let by_device = matches!(change, TwinChange::ReportedPatch(_));
         let sessions = Arc::clone(&self.sessions);
         let target = key.clone();
         let push: TwinCommitHook = Box::new(move |updated: &TwinUpdated| {
@@ -293,6 +297,7 @@ impl Services {
                 on_commit: Some(push),
             })
             .await
+            .inspect(|_| self.metrics.twin_written(by_device))
     }
 
     /// Many registry writes in one durable transaction (`POST /devices`). Each item succeeds or fails on its
@@ -410,7 +415,19 @@ impl Services {
 
     // ---- methods ----
 
+    /// Calls a direct method on a connected device and waits for its answer (timed for `GET /metrics`).
     pub async fn invoke_method(
+        &self,
+        key: &IdentityKey,
+        invocation: MethodInvocation,
+    ) -> Result<MethodResult, InvokeMethodError> {
+        let started = std::time::Instant::now();
+        let result = self.call_method(key, invocation).await;
+        self.metrics.method_call(started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn call_method(
         &self,
         key: &IdentityKey,
         invocation: MethodInvocation,

@@ -30,17 +30,20 @@ pub fn check_query(text: &str) {
 
 fn check_result(result: Result<Query, crate::QueryError>, text: &str) {
     match result {
-        Err(error) => {
-            let message = error.to_string();
-            assert!(!message.is_empty());
-            if let Some(position) = error.position() {
-                assert!(
-                    position <= text.chars().count(),
-                    "error position {position} beyond the text: {message}"
-                );
-            }
-        }
+        Err(error) => check_error(&error, text),
         Ok(query) => check_parsed_query(&query),
+    }
+}
+
+/// A parse error says something and points inside the text.
+fn check_error(error: &crate::QueryError, text: &str) {
+    let message = error.to_string();
+    assert!(!message.is_empty());
+    if let Some(position) = error.position() {
+        assert!(
+            position <= text.chars().count(),
+            "error position {position} beyond the text: {message}"
+        );
     }
 }
 
@@ -101,16 +104,7 @@ pub fn check_parsed_query(query: &Query) {
 ///   not use `$body` the same with another body.
 pub fn check_route_condition(text: &str) {
     match RouteCondition::parse(text) {
-        Err(error) => {
-            let message = error.to_string();
-            assert!(!message.is_empty());
-            if let Some(position) = error.position() {
-                assert!(
-                    position <= text.chars().count(),
-                    "error position {position} beyond the text: {message}"
-                );
-            }
-        }
+        Err(error) => check_error(&error, text),
         Ok(condition) => check_parsed_route_condition(&condition),
     }
 }

@@ -3,6 +3,7 @@
 //! across reopening is checked too).
 
 mod artifacts;
+mod audit;
 mod c2d;
 mod configurations;
 mod jobs;
@@ -52,6 +53,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     artifacts::run_all(factory).await;
     rollouts::run_all(factory).await;
     c2d::run_all(factory).await;
+    audit::run_all(factory).await;
 }
 
 fn device(id: &str) -> IdentityKey {

@@ -18,10 +18,12 @@
 //!   of a message (completed, rejected, dead-lettered, expired, purged) writes the feedback record its
 //!   `iothub-ack` asks for in the same transaction, and a feedback batch is handed out under one lock at a
 //!   time;
+//! - every appended audit record is durable when its future resolves and keeps its sequence order;
 //! - domain rules (twin merge, versions, limits, identity rules) come from `fleethub-core`, so every backend
 //!   behaves alike; a backend only decides how to keep bytes.
 
 mod artifacts;
+mod audit;
 mod c2d;
 mod configurations;
 pub mod conformance;
@@ -32,6 +34,7 @@ mod rollouts;
 mod sqlite;
 
 pub use artifacts::{ArtifactRecord, FirmwareGrant};
+pub use audit::{AUDIT_TRIM_CHUNK, AuditFilter, AuditRecord, NewAuditRecord};
 pub use c2d::{
     C2D_EXPIRY_CHUNK, C2dAbandoned, C2dExpired, C2dLock, C2dReceipt, LockedFeedback, NewC2dMessage,
     QueuedC2dMessage, ReceiveFeedback,
@@ -40,7 +43,7 @@ pub use index::IndexedPaths;
 pub use jobs::{AZURE_JOB_RETENTION, JOB_TARGET_CHUNK, JobFilter, JobRecord};
 pub use records::*;
 pub use rollouts::{ROLLOUT_TARGET_CHUNK, RolloutFilter, RolloutRecord, device_rollout};
-pub use sqlite::{SqliteStore, SqliteStoreOptions};
+pub use sqlite::{CommitObserver, CommitStats, SqliteStore, SqliteStoreOptions};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -429,6 +432,22 @@ pub trait Store: Send + Sync + 'static {
         lock_token: &LockToken,
         now: OffsetDateTime,
     ) -> BoxFuture<'_, StoreResult<()>>;
+
+    // ---- the audit log ----
+    /// Appends a record durably (group-committed with other writes); returns its sequence number, which is
+    /// strictly increasing and never reused.
+    fn append_audit(&self, record: NewAuditRecord) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Records matching the filter, newest (highest sequence) first, strictly before `filter.before`, at
+    /// most `filter.limit`.
+    fn list_audit(&self, filter: AuditFilter) -> BoxFuture<'_, StoreResult<Vec<AuditRecord>>>;
+    /// Deletes the records older than `older_than` and all but (about) the newest `keep_newest`, oldest
+    /// first, in writes of [`AUDIT_TRIM_CHUNK`] rows; returns how many. Checks with a read first, so calling
+    /// it often costs an idle hub no write.
+    fn trim_audit(
+        &self,
+        older_than: OffsetDateTime,
+        keep_newest: u64,
+    ) -> BoxFuture<'_, StoreResult<u64>>;
 }
 
 /// Which records [`Store::read_changes`] returns; several set means all must hold.

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::AssignConfigurations;
 use crate::artifacts::{self, ArtifactRecord, FirmwareGrant};
+use crate::audit::{self, AUDIT_TRIM_CHUNK, AuditFilter, AuditRecord, NewAuditRecord};
 use crate::c2d::{
     self, C2D_EXPIRY_CHUNK, C2dAbandoned, C2dExpired, C2dReceipt, LockedFeedback, NewC2dMessage,
     QueuedC2dMessage, ReceiveFeedback,
@@ -116,6 +117,8 @@ const MIGRATIONS: &[&str] = &[
     crate::rollouts::MIGRATION,
     // 9: cloud-to-device queues and their feedback records (see c2d.rs).
     crate::c2d::MIGRATION,
+    // 10: the audit log of service operations (see audit.rs).
+    crate::audit::MIGRATION,
 ];
 
 #[derive(Clone, Debug)]
@@ -129,6 +132,31 @@ pub struct SqliteStoreOptions {
     pub readers: usize,
     /// Twin paths the query engine can filter through the index (see `index.rs`).
     pub indexed_paths: IndexedPaths,
+    /// Told about every batch the writer commits (the hub's metrics); runs on the writer thread, so it
+    /// must be quick.
+    pub commit_observer: Option<CommitObserver>,
+}
+
+/// What the writer reports after each batch ([`SqliteStoreOptions::commit_observer`]).
+#[derive(Clone, Copy, Debug)]
+pub struct CommitStats {
+    /// From BEGIN to the end of COMMIT (its fsync included).
+    pub duration: std::time::Duration,
+    /// Writes in the batch.
+    pub writes: usize,
+    /// Writes waiting in the queue once the batch was committed.
+    pub queued: usize,
+    pub committed: bool,
+}
+
+/// A callback for [`CommitStats`].
+#[derive(Clone)]
+pub struct CommitObserver(pub Arc<dyn Fn(CommitStats) + Send + Sync>);
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 impl Default for SqliteStoreOptions {
@@ -139,6 +167,7 @@ impl Default for SqliteStoreOptions {
             max_batch: 2048,
             readers: 4,
             indexed_paths: IndexedPaths::default(),
+            commit_observer: None,
         }
     }
 }
@@ -471,7 +500,17 @@ fn run_writer(
             }
         }
         context.last_sequence = None;
+        let started = std::time::Instant::now();
+        let writes = batch.len();
         let commit = run_batch(&connection, &mut batch, &mut finishers, &mut context);
+        if let Some(CommitObserver(observe)) = &context.options.commit_observer {
+            observe(CommitStats {
+                duration: started.elapsed(),
+                writes,
+                queued: jobs.len(),
+                committed: commit.is_ok(),
+            });
+        }
         if commit.is_ok()
             && let Some(sequence) = context.last_sequence
         {
@@ -1804,16 +1843,7 @@ impl Store for SqliteStore {
         receipt: C2dReceipt,
         now: OffsetDateTime,
     ) -> BoxFuture<'_, StoreResult<()>> {
-        let device_id = device_id.clone();
-        self.write(move |connection, _| {
-            c2d::settle(
-                connection,
-                &device_id,
-                &receipt,
-                FeedbackStatusCode::Success,
-                now,
-            )
-        })
+        self.settle_c2d(device_id, receipt, FeedbackStatusCode::Success, now)
     }
 
     fn reject_c2d(
@@ -1822,16 +1852,7 @@ impl Store for SqliteStore {
         receipt: C2dReceipt,
         now: OffsetDateTime,
     ) -> BoxFuture<'_, StoreResult<()>> {
-        let device_id = device_id.clone();
-        self.write(move |connection, _| {
-            c2d::settle(
-                connection,
-                &device_id,
-                &receipt,
-                FeedbackStatusCode::Rejected,
-                now,
-            )
-        })
+        self.settle_c2d(device_id, receipt, FeedbackStatusCode::Rejected, now)
     }
 
     fn abandon_c2d(
@@ -1860,29 +1881,16 @@ impl Store for SqliteStore {
             {
                 return Ok(expired);
             }
-            // One write per chunk, as for jobs: live writes wait for one chunk at most.
-            loop {
-                let removed = self
-                    .write(move |connection, _| {
-                        c2d::expire_messages_chunk(connection, now, C2D_EXPIRY_CHUNK)
-                    })
-                    .await?;
-                expired.messages += removed as u64;
-                if removed < C2D_EXPIRY_CHUNK {
-                    break;
-                }
-            }
-            loop {
-                let removed = self
-                    .write(move |connection, _| {
-                        c2d::expire_feedback_chunk(connection, now, feedback_ttl, C2D_EXPIRY_CHUNK)
-                    })
-                    .await?;
-                expired.feedback_records += removed as u64;
-                if removed < C2D_EXPIRY_CHUNK {
-                    break;
-                }
-            }
+            expired.messages = self
+                .delete_in_chunks(C2D_EXPIRY_CHUNK, move |connection, chunk| {
+                    c2d::expire_messages_chunk(connection, now, chunk)
+                })
+                .await?;
+            expired.feedback_records = self
+                .delete_in_chunks(C2D_EXPIRY_CHUNK, move |connection, chunk| {
+                    c2d::expire_feedback_chunk(connection, now, feedback_ttl, chunk)
+                })
+                .await?;
             Ok(expired)
         })
     }
@@ -1920,24 +1928,85 @@ impl Store for SqliteStore {
         let lock_token = lock_token.clone();
         self.write(move |connection, _| c2d::abandon_feedback(connection, &lock_token, now))
     }
+
+    fn append_audit(&self, record: NewAuditRecord) -> BoxFuture<'_, StoreResult<u64>> {
+        self.write(move |connection, _| audit::append(connection, &record))
+    }
+
+    fn list_audit(&self, filter: AuditFilter) -> BoxFuture<'_, StoreResult<Vec<AuditRecord>>> {
+        self.read(move |connection| audit::list(connection, &filter))
+    }
+
+    fn trim_audit(
+        &self,
+        older_than: OffsetDateTime,
+        keep_newest: u64,
+    ) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let nothing_to_trim = self
+                .read(move |connection| audit::nothing_to_trim(connection, older_than, keep_newest))
+                .await?;
+            if nothing_to_trim {
+                return Ok(0);
+            }
+            let mut deleted = 0;
+            loop {
+                let deleted_now = self
+                    .write(move |connection, _| {
+                        audit::trim_chunk(connection, older_than, keep_newest, AUDIT_TRIM_CHUNK)
+                    })
+                    .await?;
+                deleted += deleted_now as u64;
+                if deleted_now < AUDIT_TRIM_CHUNK {
+                    return Ok(deleted);
+                }
+            }
+        })
+    }
 }
 
 impl SqliteStore {
     /// Deletes a job's target rows, one write per [`JOB_TARGET_CHUNK`] rows.
     fn delete_job_targets(&self, job_id: JobId) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            loop {
-                let chunk_job_id = job_id.clone();
-                let deleted = self
-                    .write(move |connection, _| {
-                        jobs::delete_target_chunk(connection, &chunk_job_id, JOB_TARGET_CHUNK)
-                    })
-                    .await?;
-                if deleted < JOB_TARGET_CHUNK {
-                    return Ok(());
-                }
-            }
+            self.delete_in_chunks(JOB_TARGET_CHUNK, move |connection, chunk| {
+                jobs::delete_target_chunk(connection, &job_id, chunk)
+            })
+            .await?;
+            Ok(())
         })
+    }
+
+    /// Runs `delete_chunk` (which deletes at most `chunk` rows and says how many) in one write each until
+    /// a chunk comes back short, so that live writes wait for one chunk at most; returns how many it deleted.
+    async fn delete_in_chunks(
+        &self,
+        chunk: usize,
+        delete_chunk: impl Fn(&Connection, usize) -> StoreResult<usize> + Clone + Send + 'static,
+    ) -> StoreResult<u64> {
+        let mut deleted = 0;
+        loop {
+            let delete_chunk = delete_chunk.clone();
+            let deleted_now = self
+                .write(move |connection, _| delete_chunk(connection, chunk))
+                .await?;
+            deleted += deleted_now as u64;
+            if deleted_now < chunk {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Completes or rejects a locked cloud-to-device message: gone from the queue, `status` as its feedback.
+    fn settle_c2d(
+        &self,
+        device_id: &DeviceId,
+        receipt: C2dReceipt,
+        status: FeedbackStatusCode,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let device_id = device_id.clone();
+        self.write(move |connection, _| c2d::settle(connection, &device_id, &receipt, status, now))
     }
 }
 

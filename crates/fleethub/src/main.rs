@@ -5,6 +5,7 @@
 //! Exit status: 0 when the command did what was asked, 1 when it failed (the message on stderr says what was
 //! wrong and what to do), 2 for a usage error (clap's).
 
+mod audit;
 mod c2d;
 mod config;
 mod demo;
@@ -37,7 +38,7 @@ use clap::{Parser, Subcommand};
     name = "fleethub",
     version,
     about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub",
-    after_help = "The device, twin, method, c2d, query, job, config, firmware, rollout and route commands find the hub from --hub, --data-dir, \
+    after_help = "The device, twin, method, c2d, query, job, config, firmware, rollout, route and audit commands find the hub from --hub, --data-dir, \
                   FLEETHUB_CONNECTION_STRING or FLEETHUB_DATA_DIR (see `fleethub device --help`) and print \
                   tables, or JSON with --output json."
 )]
@@ -78,6 +79,8 @@ enum Command {
     MonitorEvents(monitor::MonitorArgs),
     /// Run the reference firmware-update workflow end to end on a hub started just for it.
     Demo(demo::DemoArgs),
+    /// The audit log: which policy changed what, when, from where, with what result (newest first).
+    Audit(audit::AuditCommand),
     /// Simulate N devices against a hub: real MQTT/TLS connections that send telemetry, report properties,
     /// answer direct methods, run firmware updates and churn; registered and removed in bulk.
     Sim(sim::SimArgs),
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
             Command::Route(command) => route::run(command).await,
             Command::MonitorEvents(args) => monitor::run(args).await,
             Command::Sim(args) => sim::run(args).await,
+            Command::Audit(command) => audit::run(command).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fleethub_eventlog::EventLogOptions;
+use fleethub_hub::audit::AuditSettings;
 use fleethub_hub::{HubConfig, HubLimits};
 
 #[derive(clap::Args)]
@@ -51,6 +52,12 @@ pub(crate) struct ServeArgs {
     /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     shutdown_grace: u64,
+    /// Days audit records (state-changing service operations) are kept.
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    audit_retention_days: u64,
+    /// Audit records kept at most (the oldest are deleted beyond it).
+    #[arg(long, default_value_t = AuditSettings::default().max_records, value_name = "N")]
+    audit_max_records: u64,
 }
 
 /// Logs to stderr, as text or (`FLEETHUB_LOG_FORMAT=json`) JSON lines, filtered by `RUST_LOG` (default: info).
@@ -105,6 +112,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..EventLogOptions::default()
         },
         routing: Default::default(),
+        audit: AuditSettings {
+            retention: Duration::from_secs(args.audit_retention_days.saturating_mul(24 * 3600)),
+            max_records: args.audit_max_records,
+        },
     };
     let hub = fleethub_hub::start(config).await?;
     wait_for_signal().await?;

@@ -151,8 +151,8 @@ impl ConnectionString {
 impl FromStr for ConnectionString {
     type Err = ConnectionStringError;
 
-    /// Surrounding whitespace is ignored and empty parts are skipped (Node tolerates a trailing `;`,
-    /// which copy-pasted strings often have); everything else is strict.
+    /// Whitespace around the string and around each value is ignored and empty parts are skipped (Node
+    /// tolerates a trailing `;`, which copy-pasted strings often have); everything else is strict.
     fn from_str(text: &str) -> Result<Self, ConnectionStringError> {
         let mut entries: Vec<(ConnectionStringKey, String)> = Vec::new();
         for part in text.trim().split(';').filter(|part| !part.is_empty()) {
@@ -169,6 +169,9 @@ impl FromStr for ConnectionString {
             if entries.iter().any(|(existing, _)| *existing == key) {
                 return Err(ConnectionStringError::DuplicateKey { key });
             }
+            // Spaces around a value mean nothing, as around the whole string: kept, they would vanish once
+            // the value is printed last (found by fuzzing).
+            let value = value.trim();
             if value.is_empty() {
                 return Err(ConnectionStringError::EmptyValue { key });
             }
@@ -439,6 +442,12 @@ mod tests {
             (
                 "HostName=",
                 Err(ConnectionStringError::EmptyValue { key: Key::HostName }),
+            ),
+            (
+                "SharedAccessSignature= ;HostName=h",
+                Err(ConnectionStringError::EmptyValue {
+                    key: Key::SharedAccessSignature,
+                }),
             ),
         ];
         for (input, expected) in cases {

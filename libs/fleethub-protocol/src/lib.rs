@@ -6,6 +6,7 @@
 //! Facts are taken from the official SDKs' source and Azure's docs; each module names its sources.
 
 pub mod artifacts;
+pub mod audit;
 pub mod bulk;
 pub mod c2d;
 pub mod changes;
@@ -14,6 +15,8 @@ pub mod connection_string;
 pub mod errors;
 pub mod events;
 pub mod firmware;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod ids;
 pub mod jobs;
 pub mod percent;

@@ -12,7 +12,7 @@ use fleethub_protocol::rest::PurgeMessageQueueResult;
 use reqwest::{Method, StatusCode, header};
 
 use crate::client::{Call, ServiceClient};
-use crate::error::{ServiceError, body_excerpt};
+use crate::error::ServiceError;
 use crate::wire;
 
 const FEEDBACK_PATH: &str = "/messages/serviceBound/feedback";
@@ -71,17 +71,8 @@ impl ServiceClient {
         if response.status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let records: Vec<FeedbackRecord> =
-            serde_json::from_slice(&response.body).map_err(|source| ServiceError::Decode {
-                what: "a batch of feedback records",
-                body: body_excerpt(&response.body),
-                source,
-            })?;
-        let etag = response
-            .headers
-            .get(header::ETAG)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
+        let records: Vec<FeedbackRecord> = response.decode("a batch of feedback records")?;
+        let etag = response.header(header::ETAG).unwrap_or_default();
         let lock_token =
             LockToken::from_etag(etag).map_err(|error| ServiceError::InvalidRequest {
                 reason: format!(

@@ -5,19 +5,20 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use fleethub_protocol::changes::ChangeRecord;
 use fleethub_protocol::ids::{DeviceId, JobId, RolloutId};
 use futures_util::{Stream, StreamExt};
-use reqwest::Method;
 
+use crate::sse::{self, Body, SseParser};
 use crate::{ServiceClient, ServiceError};
+
+/// The name this module's unit test knows the shared parser by.
+#[cfg(test)]
+use crate::sse::SseParser as EventParser;
 
 /// Response header the hub sends with the sequence number the stream starts after.
 const START_HEADER: &str = "x-fleethub-after-sequence";
-/// A watch is open-ended; this only bounds a stream that stopped sending even keep-alives.
-const STREAM_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What to watch.
 #[derive(Debug, Clone, Default)]
@@ -57,15 +58,13 @@ impl Stream for ChangeStream {
     }
 }
 
-type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
-
 struct Watch {
     client: ServiceClient,
     options: WatchOptions,
     /// Sequence number of the last change delivered (or where the stream started).
     last: Option<u64>,
     body: Option<Body>,
-    parser: EventParser,
+    parser: SseParser,
     pending: VecDeque<ChangeRecord>,
     /// Consecutive failed connection attempts, for the backoff.
     failures: u32,
@@ -96,7 +95,7 @@ impl ServiceClient {
             last: options.after.or(start),
             options,
             body: Some(body),
-            parser: EventParser::default(),
+            parser: SseParser::default(),
             pending: VecDeque::new(),
             failures: 0,
             finished: false,
@@ -121,24 +120,17 @@ async fn next_change(mut watch: Watch) -> Option<(Result<ChangeRecord, ServiceEr
             return None;
         }
         let Some(body) = watch.body.as_mut() else {
-            if watch.failures > 0 {
-                // 0.25 s, 0.5 s, 1 s, ... up to 10 s between attempts.
-                let delay = Duration::from_millis(250 << watch.failures.min(6))
-                    .min(Duration::from_secs(10));
-                tokio::time::sleep(delay).await;
-            }
+            sse::wait_before_reconnecting(watch.failures).await;
             match open(&watch.client, &watch.options, watch.last).await {
                 Ok((body, start)) => {
                     watch.last = watch.last.or(start);
                     watch.body = Some(body);
-                    watch.parser = EventParser::default();
+                    watch.parser = SseParser::default();
                     watch.failures = 0;
                 }
                 Err(error) => {
                     watch.failures += 1;
-                    let permanent = !error.is_connectivity()
-                        && error.status().is_some_and(|status| status < 500);
-                    if permanent || watch.options.no_reconnect {
+                    if sse::is_permanent(&error) || watch.options.no_reconnect {
                         watch.finished = true;
                     }
                     return Some((Err(error), watch));
@@ -148,18 +140,14 @@ async fn next_change(mut watch: Watch) -> Option<(Result<ChangeRecord, ServiceEr
         };
         match body.next().await {
             Some(Ok(chunk)) => {
-                for data in watch.parser.push(&chunk) {
-                    match serde_json::from_str::<ChangeRecord>(&data) {
-                        Ok(record) => watch.pending.push_back(record),
-                        Err(source) => {
-                            let error = ServiceError::Decode {
-                                what: "a change record",
-                                body: data,
-                                source,
-                            };
-                            return Some((Err(error), watch));
-                        }
-                    }
+                let decoded = sse::decode_events(
+                    &mut watch.parser,
+                    &chunk,
+                    "a change record",
+                    &mut watch.pending,
+                );
+                if let Err(error) = decoded {
+                    return Some((Err(error), watch));
                 }
             }
             // The connection ended or broke: resume after the last delivered change.
@@ -201,58 +189,8 @@ async fn open(
             fleethub_protocol::percent::quote(rollout.as_str())
         ));
     }
-    let response = client
-        .send_streaming(Method::GET, &query, STREAM_TIMEOUT)
-        .await?;
-    let start = response
-        .headers()
-        .get(START_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok());
-    Ok((Box::pin(response.bytes_stream()), start))
-}
-
-/// Incremental Server-Sent Events parser: feed it bytes, get the `data` of each complete event.
-#[derive(Default)]
-struct EventParser {
-    buffer: Vec<u8>,
-}
-
-impl EventParser {
-    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.buffer.extend_from_slice(chunk);
-        let mut events = Vec::new();
-        while let Some(end) = find_event_end(&self.buffer) {
-            let block: Vec<u8> = self.buffer.drain(..end.0).collect();
-            self.buffer.drain(..end.1);
-            let text = String::from_utf8_lossy(&block);
-            let mut data = Vec::new();
-            for line in text.lines() {
-                // Comments (":" lines, the hub's keep-alives), ids and event names carry nothing the record
-                // does not already say.
-                if let Some(value) = line.strip_prefix("data:") {
-                    data.push(value.strip_prefix(' ').unwrap_or(value).to_owned());
-                }
-            }
-            if !data.is_empty() {
-                events.push(data.join("\n"));
-            }
-        }
-        events
-    }
-}
-
-/// The end of the first complete event: (length of the block, length of the blank-line separator).
-fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    for index in 0..buffer.len() {
-        if buffer[index..].starts_with(b"\r\n\r\n") {
-            return Some((index, 4));
-        }
-        if buffer[index..].starts_with(b"\n\n") {
-            return Some((index, 2));
-        }
-    }
-    None
+    let (body, start) = sse::open(client, &query, START_HEADER).await?;
+    Ok((body, start.and_then(|text| text.parse::<u64>().ok())))
 }
 
 #[cfg(test)]

@@ -87,11 +87,24 @@ impl RawResponse {
 
     /// The body parsed as JSON into `T`, whatever the status.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
+        self.decode(std::any::type_name::<T>())
+    }
+
+    /// The body parsed as JSON into `T`; `what` names it in [`ServiceError::Decode`] ("a page of jobs").
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+    ) -> Result<T, ServiceError> {
         serde_json::from_slice(&self.body).map_err(|source| ServiceError::Decode {
-            what: std::any::type_name::<T>(),
+            what,
             body: body_excerpt(&self.body),
             source,
         })
+    }
+
+    /// The value of header `name`, if it is there and is text.
+    pub(crate) fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
     }
 
     /// `self` for a 2xx answer, otherwise the [`ServiceError::Api`] the typed calls would have returned (code read
@@ -358,12 +371,7 @@ impl ServiceClient {
         call: Call,
     ) -> Result<T, ServiceError> {
         let what = call.what;
-        let response = self.call(call).await?;
-        serde_json::from_slice(&response.body).map_err(|source| ServiceError::Decode {
-            what,
-            body: body_excerpt(&response.body),
-            source,
-        })
+        self.call(call).await?.decode(what)
     }
 
     /// A call whose success answer carries nothing we need (204 on delete).

@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use fleethub_protocol::events::{
     Checkpoint, Checkpoints, EventMessage, EventPartitions, STREAM_START_HEADER, StreamPosition,
@@ -22,10 +21,8 @@ use time::OffsetDateTime;
 
 use crate::client::{Call, ServiceClient};
 use crate::error::ServiceError;
+use crate::sse::{self, Body, SseParser};
 use crate::wire;
-
-/// A stream is open-ended; this only bounds one that stopped sending even keep-alives.
-const STREAM_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Where each partition starts when neither a checkpoint nor a resume position says otherwise.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,8 +73,6 @@ impl Stream for EventStream {
         self.inner.as_mut().poll_next(context)
     }
 }
-
-type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
 
 struct Reader {
     client: ServiceClient,
@@ -205,12 +200,7 @@ async fn next_event(mut reader: Reader) -> Option<(Result<EventMessage, ServiceE
             return None;
         }
         let Some(body) = reader.body.as_mut() else {
-            if reader.failures > 0 {
-                // 0.25 s, 0.5 s, 1 s, ... up to 10 s between attempts.
-                let delay = Duration::from_millis(250 << reader.failures.min(6))
-                    .min(Duration::from_secs(10));
-                tokio::time::sleep(delay).await;
-            }
+            sse::wait_before_reconnecting(reader.failures).await;
             let resume = (!reader.position.0.is_empty()).then(|| reader.position.clone());
             match open(&reader.client, &reader.options, resume.as_ref()).await {
                 Ok((body, _)) => {
@@ -220,9 +210,7 @@ async fn next_event(mut reader: Reader) -> Option<(Result<EventMessage, ServiceE
                 }
                 Err(error) => {
                     reader.failures += 1;
-                    let permanent = !error.is_connectivity()
-                        && error.status().is_some_and(|status| status < 500);
-                    if permanent || reader.options.no_reconnect {
+                    if sse::is_permanent(&error) || reader.options.no_reconnect {
                         reader.finished = true;
                     }
                     return Some((Err(error), reader));
@@ -232,18 +220,10 @@ async fn next_event(mut reader: Reader) -> Option<(Result<EventMessage, ServiceE
         };
         match body.next().await {
             Some(Ok(chunk)) => {
-                for data in reader.parser.push(&chunk) {
-                    match serde_json::from_str::<EventMessage>(&data) {
-                        Ok(event) => reader.pending.push_back(event),
-                        Err(source) => {
-                            let error = ServiceError::Decode {
-                                what: "an event",
-                                body: data,
-                                source,
-                            };
-                            return Some((Err(error), reader));
-                        }
-                    }
+                let decoded =
+                    sse::decode_events(&mut reader.parser, &chunk, "an event", &mut reader.pending);
+                if let Err(error) = decoded {
+                    return Some((Err(error), reader));
                 }
             }
             Some(Err(_)) | None => {
@@ -291,55 +271,11 @@ async fn open(
         .map(|(name, value)| (*name, value.as_str()))
         .collect();
     let path_and_query = wire::with_query("/events", &borrowed);
-    let response = client
-        .send_streaming(Method::GET, &path_and_query, STREAM_TIMEOUT)
-        .await?;
-    let start = response
-        .headers()
-        .get(STREAM_START_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<StreamPosition>().ok());
-    Ok((Box::pin(response.bytes_stream()), start))
-}
-
-/// Incremental Server-Sent Events parser: feed it bytes, get the `data` of each complete event (the `id:` is
-/// also in the data, as each event's partition and sequence number).
-#[derive(Default)]
-struct SseParser {
-    buffer: Vec<u8>,
-}
-
-impl SseParser {
-    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.buffer.extend_from_slice(chunk);
-        let mut events = Vec::new();
-        while let Some((block_end, separator)) = event_end(&self.buffer) {
-            let block: Vec<u8> = self.buffer.drain(..block_end).collect();
-            self.buffer.drain(..separator);
-            let text = String::from_utf8_lossy(&block);
-            let data: Vec<&str> = text
-                .lines()
-                .filter_map(|line| line.strip_prefix("data:"))
-                .map(|value| value.strip_prefix(' ').unwrap_or(value))
-                .collect();
-            if !data.is_empty() {
-                events.push(data.join("\n"));
-            }
-        }
-        events
-    }
-}
-
-fn event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    (0..buffer.len()).find_map(|index| {
-        if buffer[index..].starts_with(b"\r\n\r\n") {
-            Some((index, 4))
-        } else if buffer[index..].starts_with(b"\n\n") {
-            Some((index, 2))
-        } else {
-            None
-        }
-    })
+    let (body, start) = sse::open(client, &path_and_query, STREAM_START_HEADER).await?;
+    Ok((
+        body,
+        start.and_then(|text| text.parse::<StreamPosition>().ok()),
+    ))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use reqwest::Method;
 
 use crate::changes::ChangeStream;
 use crate::client::{Call, ServiceClient};
-use crate::error::{ServiceError, body_excerpt};
+use crate::error::ServiceError;
 use crate::{WatchOptions, wire};
 
 /// One page of [`ServiceClient::query_jobs_page`].
@@ -92,18 +92,11 @@ impl ServiceClient {
             .raw(Method::GET, &path, &headers, None)
             .await?
             .error_for_status()?;
-        let mut page: JobPage =
-            serde_json::from_slice(&response.body).map_err(|source| ServiceError::Decode {
-                what: "a page of jobs",
-                body: body_excerpt(&response.body),
-                source,
-            })?;
+        let mut page: JobPage = response.decode("a page of jobs")?;
         // Azure sends the token in the body and the header; either will do.
         if page.continuation_token.as_deref().is_none_or(str::is_empty) {
             page.continuation_token = response
-                .headers
-                .get("x-ms-continuation")
-                .and_then(|value| value.to_str().ok())
+                .header("x-ms-continuation")
                 .filter(|token| !token.is_empty())
                 .map(str::to_owned);
         }

@@ -127,6 +127,7 @@
 //!
 //! TLS is rustls with the *ring* provider, passed explicitly: the SDK installs no process-wide crypto provider.
 
+mod audit;
 mod auth;
 mod bulk;
 mod c2d;
@@ -142,10 +143,12 @@ mod query;
 mod registry;
 mod rollouts;
 mod routing;
+mod sse;
 mod tls;
 mod twins;
 mod wire;
 
+pub use audit::AuditQuery;
 pub use auth::{RENEW_BEFORE_EXPIRY_SECONDS, TOKEN_LIFETIME_SECONDS};
 pub use c2d::{FeedbackStream, ReceivedFeedback};
 pub use changes::{ChangeStream, WatchOptions};

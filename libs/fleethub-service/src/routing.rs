@@ -11,7 +11,7 @@ use reqwest::Method;
 use reqwest::header::{self, HeaderMap};
 
 use crate::client::{Call, RawResponse, ServiceClient};
-use crate::error::{ServiceError, body_excerpt};
+use crate::error::ServiceError;
 use crate::wire;
 
 const ROUTING_PATH: &str = "/routing";
@@ -141,16 +141,9 @@ impl ServiceClient {
 }
 
 fn routing_configuration(response: &RawResponse) -> Result<RoutingConfiguration, ServiceError> {
-    let routing: RoutingProperties =
-        serde_json::from_slice(&response.body).map_err(|source| ServiceError::Decode {
-            what: "a routing configuration",
-            body: body_excerpt(&response.body),
-            source,
-        })?;
+    let routing: RoutingProperties = response.decode("a routing configuration")?;
     let etag = response
-        .headers
-        .get(header::ETAG)
-        .and_then(|value| value.to_str().ok())
+        .header(header::ETAG)
         .map(ETag::parse_if_match)
         .and_then(|if_match| match if_match {
             fleethub_protocol::ids::IfMatch::Tag(etag) => Some(etag),

@@ -31,6 +31,8 @@
 //! it is applied.
 
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod limits;
 mod merge;
 mod metadata;

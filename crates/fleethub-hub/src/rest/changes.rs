@@ -27,7 +27,7 @@ use futures_util::stream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiResult, ApiState, authorize};
+use super::{ApiResult, ApiState, authorize, query_id};
 use crate::auth::required;
 use crate::rest::ApiError;
 
@@ -69,27 +69,9 @@ pub(super) async fn stream_changes(
         (None, None, Some(last)) => number("Last-Event-ID", last)?,
         (None, None, None) => *notifier.borrow(),
     };
-    let device = query
-        .get("deviceId")
-        .map(|id| {
-            id.parse::<DeviceId>()
-                .map_err(|error| ApiError::bad_request(format!("deviceId {id:?}: {error}")))
-        })
-        .transpose()?;
-    let job = query
-        .get("jobId")
-        .map(|id| {
-            id.parse::<JobId>()
-                .map_err(|error| ApiError::bad_request(format!("jobId {id:?}: {error}")))
-        })
-        .transpose()?;
-    let rollout = query
-        .get("rolloutId")
-        .map(|id| {
-            id.parse::<RolloutId>()
-                .map_err(|error| ApiError::bad_request(format!("rolloutId {id:?}: {error}")))
-        })
-        .transpose()?;
+    let device: Option<DeviceId> = query_id(&query, "deviceId")?;
+    let job: Option<JobId> = query_id(&query, "jobId")?;
+    let rollout: Option<RolloutId> = query_id(&query, "rolloutId")?;
     let cursor = Cursor {
         store,
         notifier,

@@ -44,7 +44,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiResult, ApiState, authorize, json_body};
+use super::{ApiResult, ApiState, authorize, json_body, query_id};
 use crate::auth::required;
 use crate::rest::ApiError;
 
@@ -126,13 +126,7 @@ pub(super) async fn stream_events(
     };
     partitions.sort_unstable();
     partitions.dedup();
-    let device = query
-        .get("deviceId")
-        .map(|id| {
-            id.parse::<DeviceId>()
-                .map_err(|error| ApiError::bad_request(format!("deviceId {id:?}: {error}")))
-        })
-        .transpose()?;
+    let device: Option<DeviceId> = query_id(&query, "deviceId")?;
     if let Some(device) = &device {
         let home = events.partition_of(device.as_str());
         if !partitions.contains(&home) {

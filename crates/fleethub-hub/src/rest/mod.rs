@@ -5,6 +5,7 @@
 //! Handlers parse and authorise, call a service, and render; the mapping from failures to HTTP lives in
 //! [`error`] alone.
 
+mod audit;
 mod bulk;
 mod c2d;
 mod changes;
@@ -14,6 +15,7 @@ pub mod error;
 mod events;
 mod firmware;
 mod jobs;
+mod metrics;
 mod query;
 pub mod range;
 mod rollouts;
@@ -216,6 +218,14 @@ pub fn router(
             post(rollouts::act_on_rollout),
         )
         .route("/$iothub/websocket", get(mqtt_over_websocket))
+        // The audit log (fleethub extension); the middleware records the state-changing routes above.
+        .route("/audit", get(audit::list_audit))
+        // Prometheus metrics (fleethub extension), with a SAS token or the same token as a bearer token.
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -234,8 +244,18 @@ fn authorize(
         .get("authorization")
         .and_then(|value| value.to_str().ok());
     let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-    authorize_service(&state.services, authorization, uri.path(), requirement, now)?;
-    Ok(())
+    match authorize_service(&state.services, authorization, uri.path(), requirement, now) {
+        Ok(caller) => {
+            audit::note_caller(&caller.policy);
+            Ok(())
+        }
+        Err(error) => {
+            if let crate::auth::ServiceAuthError::Forbidden { policy, .. } = &error {
+                audit::note_caller(policy);
+            }
+            Err(error.into())
+        }
+    }
 }
 
 fn device_key(device_id: &str) -> ApiResult<IdentityKey> {
@@ -287,6 +307,21 @@ fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>
             "the request body is not valid JSON for this operation: {error}"
         ))
     })
+}
+
+/// The id in query parameter `name`, if there is one; 400 when it is not a valid id.
+fn query_id<T>(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    query
+        .get(name)
+        .map(|id| {
+            id.parse::<T>()
+                .map_err(|error| ApiError::bad_request(format!("{name} {id:?}: {error}")))
+        })
+        .transpose()
 }
 
 fn query_top(query: &HashMap<String, String>) -> ApiResult<usize> {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use fleethub_protocol::routing::{DeadLetter, DeadLetterPage};
 
-use super::file_sink::whole_lines_length;
+use super::file_sink::{WholeLines, open_whole_lines};
 
 const CURRENT: &str = "deadletters.jsonl";
 const PREVIOUS: &str = "deadletters.1.jsonl";
@@ -133,16 +133,11 @@ fn open(directory: &Path) -> io::Result<State> {
     fs::create_dir_all(directory)?;
     let mut last_id = last_id(&directory.join(PREVIOUS))?;
     let path = directory.join(CURRENT);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(&path)?;
-    let whole = whole_lines_length(&mut file)?;
-    if whole != file.metadata()?.len() {
-        file.set_len(whole)?;
-        file.sync_data()?;
-    }
+    let WholeLines {
+        mut file,
+        length: whole,
+        ..
+    } = open_whole_lines(&path)?;
     if let Some(id) = last_id_in(File::open(&path)?)? {
         last_id = Some(last_id.map_or(id, |previous| previous.max(id)));
     }

@@ -43,16 +43,13 @@ impl FileSinkWriter {
             .expect("a sink path has a parent: the endpoint's directory")
             .to_owned();
         fs::create_dir_all(&directory)?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
-        let whole = whole_lines_length(&mut file)?;
-        if whole != file.metadata()?.len() {
+        let WholeLines {
+            file,
+            length: whole,
+            cut_torn_line,
+        } = open_whole_lines(&path)?;
+        if cut_torn_line {
             tracing::warn!(path = %path.display(), "cutting a torn last line off a file sink");
-            file.set_len(whole)?;
-            file.sync_data()?;
         }
         let file_name = path
             .file_name()
@@ -122,8 +119,37 @@ impl FileSinkWriter {
     }
 }
 
+/// A file of JSON lines opened for appending by [`open_whole_lines`].
+pub(super) struct WholeLines {
+    pub file: File,
+    /// The file's length: whole lines only.
+    pub length: u64,
+    /// Whether a torn last line (a crash mid-write) was cut off.
+    pub cut_torn_line: bool,
+}
+
+/// Opens `path` for appending, creating it if missing, and cuts a torn last line off it, durably.
+pub(super) fn open_whole_lines(path: &Path) -> io::Result<WholeLines> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let length = whole_lines_length(&mut file)?;
+    let cut_torn_line = length != file.metadata()?.len();
+    if cut_torn_line {
+        file.set_len(length)?;
+        file.sync_data()?;
+    }
+    Ok(WholeLines {
+        file,
+        length,
+        cut_torn_line,
+    })
+}
+
 /// The length of the file up to and including its last newline.
-pub(super) fn whole_lines_length(file: &mut File) -> io::Result<u64> {
+fn whole_lines_length(file: &mut File) -> io::Result<u64> {
     file.seek(SeekFrom::Start(0))?;
     let mut reader = BufReader::new(&mut *file);
     let mut length = 0u64;
