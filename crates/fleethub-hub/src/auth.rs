@@ -78,6 +78,10 @@ pub mod required {
     /// Prometheus metrics (`GET /metrics`, a fleethub extension): counts and latencies, no device data; the
     /// `service` and `registryRead` policies both scrape.
     pub const METRICS_READ: Requirement = Requirement(&[ServiceConnect, RegistryRead]);
+    /// Regenerating a policy's key (`POST /policies/{name}/regenerateKey`, a fleethub extension) starts
+    /// with RegistryWrite; the handler then asks for every right (`iothubowner`), as Azure keeps keys in
+    /// the hub's resource, for its owners.
+    pub const POLICY_KEYS_WRITE: Requirement = Requirement(&[RegistryWrite]);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,7 +174,21 @@ fn path_within(path: &str, scope: &str) -> bool {
     path == scope || path.starts_with(&format!("{scope}/"))
 }
 
-fn signed_by_policy(token: &SasToken, policy: &AccessPolicy) -> bool {
+/// Whether a connection of `record` that authenticated with `token` may stay after the identity's keys
+/// changed: a policy token does not depend on them; a device or module token must still verify with one of
+/// the identity's current keys. A connection with no recorded token is not kept.
+pub fn identity_token_still_valid(token: Option<&SasToken>, record: &DeviceRecord) -> bool {
+    token.is_some_and(|token| {
+        token.key_name.is_some()
+            || record
+                .identity
+                .symmetric_keys()
+                .filter_map(|key| decode_key(key).ok())
+                .any(|key| token.signature_matches(&key))
+    })
+}
+
+pub(crate) fn signed_by_policy(token: &SasToken, policy: &AccessPolicy) -> bool {
     [&policy.primary_key, &policy.secondary_key]
         .into_iter()
         .filter_map(|key| decode_key(key).ok())

@@ -364,11 +364,14 @@ async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
         .as_deref()
         .and_then(|password| std::str::from_utf8(password).ok())
         .and_then(|password| password.parse::<fleethub_protocol::sas::SasToken>().ok());
+    // Closed when the token expires (Azure disconnects then; the SDKs renew before it): a token is valid up to
+    // and including its `se` second (`SasToken::is_expired`), so at the end of that second, to the
+    // millisecond, when a reconnect with it would be refused.
     let token_deadline = token.as_ref().map(|token| {
-        let remaining = token
-            .expiry
-            .saturating_sub(now.unix_timestamp().max(0) as u64);
-        Instant::now() + Duration::from_secs(remaining)
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+        let expires_ms = token.expiry.saturating_add(1).saturating_mul(1000);
+        let remaining_ms = expires_ms.saturating_sub(now_ms);
+        Instant::now() + Duration::from_millis(remaining_ms)
     });
     let auth_scope = match token.as_ref().and_then(|token| token.key_name.as_ref()) {
         Some(_) => AuthScope::Hub,
@@ -417,9 +420,11 @@ async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    let shared = services
-        .sessions
-        .register(&key, subscription_set(&filters, &client_id));
+    let shared = services.sessions.register_authenticated(
+        &key,
+        subscription_set(&filters, &client_id),
+        token.clone(),
+    );
     record_connection_state(services, &key, ConnectionState::Connected).await;
     connection.queue(&Packet::ConnAck(ConnAck {
         session_present,

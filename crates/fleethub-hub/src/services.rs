@@ -38,6 +38,38 @@ pub struct Services {
     /// Operational figures for `GET /metrics` (`metrics.rs`).
     pub metrics: Arc<crate::metrics::Metrics>,
     policies: RwLock<Arc<Vec<AccessPolicy>>>,
+    /// Serialises policy key changes (`regenerate_policy_key`).
+    policy_writes: tokio::sync::Mutex<()>,
+}
+
+/// Which key to regenerate: `primary`, `secondary`, or `swap` the two (as `az iot hub device-identity
+/// renew-key --key-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegenerateKey {
+    Primary,
+    Secondary,
+    Swap,
+}
+
+impl std::str::FromStr for RegenerateKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().as_str() {
+            "primary" => Ok(Self::Primary),
+            "secondary" => Ok(Self::Secondary),
+            "swap" => Ok(Self::Swap),
+            _ => Err(format!("key {text:?}: expected primary, secondary or swap")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegeneratePolicyKeyError {
+    #[error("shared access policy {0:?} does not exist")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// One item of [`Services::bulk_registry`], already validated by the REST edge.
@@ -154,6 +186,7 @@ impl Services {
             routing,
             metrics: Arc::default(),
             policies: RwLock::new(Arc::new(policies)),
+            policy_writes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -222,13 +255,67 @@ impl Services {
                         self.sessions.disconnect(&key, CloseReason::Disabled);
                     }
                 } else if credentials_changed {
-                    // Tokens signed with a replaced key must stop working at once, connected or not.
-                    self.sessions
-                        .disconnect(&key, CloseReason::CredentialsChanged);
+                    // Tokens signed with a replaced key must stop working at once, connected or not; a
+                    // connection on a key that is still primary or secondary stays.
+                    self.close_revoked_connections(&key, &record);
                 }
                 Ok(record)
             }
         }
+    }
+
+    /// Closes the identity's live connection if its token no longer verifies with the identity's keys.
+    fn close_revoked_connections(&self, key: &IdentityKey, record: &DeviceRecord) {
+        let closed = self.sessions.disconnect_revoked(Some(key), |_, token| {
+            crate::auth::identity_token_still_valid(token, record)
+        });
+        if closed > 0 {
+            tracing::info!(device = %key, "closed a connection whose key was replaced");
+        }
+    }
+
+    /// Replaces one key of a shared access policy (or swaps the two), stores it, and from then on tokens
+    /// signed with the replaced key are refused: REST calls get 401 and devices connected with such a
+    /// policy token are disconnected. A fleethub extension (docs/compat.md).
+    pub async fn regenerate_policy_key(
+        &self,
+        policy_name: &str,
+        which: RegenerateKey,
+    ) -> Result<AccessPolicy, RegeneratePolicyKeyError> {
+        // One regeneration at a time, so two cannot each store a policy the other did not see.
+        let _writing = self.policy_writes.lock().await;
+        let mut policy = self
+            .policies()
+            .iter()
+            .find(|policy| policy.key_name == policy_name)
+            .cloned()
+            .ok_or_else(|| RegeneratePolicyKeyError::NotFound(policy_name.to_owned()))?;
+        match which {
+            RegenerateKey::Primary => policy.primary_key = random_key(),
+            RegenerateKey::Secondary => policy.secondary_key = random_key(),
+            RegenerateKey::Swap => {
+                std::mem::swap(&mut policy.primary_key, &mut policy.secondary_key);
+            }
+        }
+        self.store.put_policy(policy.clone()).await?;
+        {
+            let mut policies = self.policies.write().expect("policies lock poisoned");
+            let mut updated = Vec::clone(&policies);
+            for existing in &mut updated {
+                if existing.key_name == policy.key_name {
+                    *existing = policy.clone();
+                }
+            }
+            *policies = Arc::new(updated);
+        }
+        let closed = self.sessions.disconnect_revoked(None, |_, token| {
+            token.is_none_or(|token| {
+                token.key_name.as_deref() != Some(policy.key_name.as_str())
+                    || crate::auth::signed_by_policy(token, &policy)
+            })
+        });
+        tracing::info!(policy = %policy.key_name, closed, "regenerated a policy key");
+        Ok(policy)
     }
 
     pub async fn delete_identity(
@@ -382,6 +469,8 @@ impl Services {
                         &applied.key.device_id,
                         CloseReason::Disabled,
                     );
+                } else if let Some(record) = &applied.record {
+                    self.close_revoked_connections(&applied.key, record);
                 }
                 if let (Some(patch), Some(record)) =
                     (&applied.desired_patch_for_device, &applied.record)

@@ -113,10 +113,17 @@ pub struct ConnectionShared {
     /// activity is coalesced here and flushed periodically, so it costs no write per packet.
     last_activity_ms: AtomicI64,
     flushed_activity_ms: AtomicI64,
+    /// The SAS token the connection authenticated with: when an identity's or a policy's keys change, the
+    /// connections whose token no longer verifies are closed and the others stay (`Services`).
+    credential: Option<fleethub_protocol::sas::SasToken>,
 }
 
 impl ConnectionShared {
-    fn new(generation: u64, subscriptions: SubscriptionSet) -> Self {
+    fn new(
+        generation: u64,
+        subscriptions: SubscriptionSet,
+        credential: Option<fleethub_protocol::sas::SasToken>,
+    ) -> Self {
         Self {
             generation,
             queue: Mutex::new(VecDeque::new()),
@@ -126,6 +133,7 @@ impl ConnectionShared {
             cloud_to_device_available: AtomicBool::new(false),
             last_activity_ms: AtomicI64::new(0),
             flushed_activity_ms: AtomicI64::new(0),
+            credential,
         }
     }
 
@@ -257,8 +265,19 @@ impl SessionTable {
         key: &IdentityKey,
         subscriptions: SubscriptionSet,
     ) -> Arc<ConnectionShared> {
+        self.register_authenticated(key, subscriptions, None)
+    }
+
+    /// [`Self::register`] for a connection that authenticated with `credential`, so that
+    /// [`Self::disconnect_revoked`] can tell whether a key change revokes it.
+    pub fn register_authenticated(
+        &self,
+        key: &IdentityKey,
+        subscriptions: SubscriptionSet,
+        credential: Option<fleethub_protocol::sas::SasToken>,
+    ) -> Arc<ConnectionShared> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(ConnectionShared::new(generation, subscriptions));
+        let shared = Arc::new(ConnectionShared::new(generation, subscriptions, credential));
         let mut shard = self.shard(key);
         let slot = shard.entry(key.clone()).or_default();
         match slot.live.replace(Arc::clone(&shared)) {
@@ -348,6 +367,39 @@ impl SessionTable {
                 }
             }
         }
+    }
+
+    /// Closes the live connections, of `only` or of every identity, whose credential (the SAS token, if
+    /// one was recorded) `still_valid` rejects because keys changed. Returns how many were closed.
+    pub fn disconnect_revoked(
+        &self,
+        only: Option<&IdentityKey>,
+        still_valid: impl Fn(&IdentityKey, Option<&fleethub_protocol::sas::SasToken>) -> bool,
+    ) -> usize {
+        let mut closed = 0;
+        let mut check = |key: &IdentityKey, slot: &Slot| {
+            if let Some(live) = &slot.live
+                && !still_valid(key, live.credential.as_ref())
+            {
+                live.request_close(CloseReason::CredentialsChanged);
+                closed += 1;
+            }
+        };
+        match only {
+            Some(key) => {
+                if let Some(slot) = self.shard(key).get(key) {
+                    check(key, slot);
+                }
+            }
+            None => {
+                for shard in self.shards.iter() {
+                    for (key, slot) in shard.lock().expect("session shard lock poisoned").iter() {
+                        check(key, slot);
+                    }
+                }
+            }
+        }
+        closed
     }
 
     /// Closes the connections of a device and all of its modules (device disabled or deleted).

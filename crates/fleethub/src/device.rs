@@ -1,6 +1,7 @@
 //! `fleethub device`: the identity registry (devices and their modules) and device connection strings.
 
 use anyhow::anyhow;
+use fleethub_service::KeyToRenew;
 use fleethub_service::protocol::connection_string::DeviceConnectionString;
 use fleethub_service::protocol::ids::{DeviceId, ETag, ModuleId};
 use fleethub_service::protocol::rest::{
@@ -73,6 +74,18 @@ enum DeviceAction {
         /// Delete only if the identity's etag is still this one (from `device show`)
         #[arg(long, value_name = "ETAG")]
         etag: Option<String>,
+    },
+    /// Renew a device's or module's primary or secondary key, or swap the two (like `az iot hub
+    /// device-identity renew-key`); connections that authenticated with a replaced key are closed at once
+    RenewKey {
+        /// The device's id
+        device_id: DeviceId,
+        /// Act on this module of the device instead of the device itself
+        #[arg(long, value_name = "MODULE_ID")]
+        module: Option<ModuleId>,
+        /// Which key: primary, secondary, or swap the two
+        #[arg(long, value_name = "primary|secondary|swap", default_value = "primary")]
+        key: KeyToRenew,
     },
     /// Print the connection string a device app uses: HostName=...;DeviceId=...;SharedAccessKey=...
     ///
@@ -148,6 +161,41 @@ pub(crate) async fn run(command: DeviceCommand) -> anyhow::Result<()> {
                         .or_explain(&hub, &operation)
                         .await?;
                     print_device(format, &palette, &created)
+                }
+            }
+        }
+        DeviceAction::RenewKey {
+            device_id,
+            module,
+            key,
+        } => {
+            let subject = match &module {
+                Some(module_id) => format!("module {module_id} of device {device_id}"),
+                None => format!("device {device_id}"),
+            };
+            let operation = Operation::new(
+                Kind::WriteIdentity,
+                format!("renew the {} key of {subject}", key.as_str()),
+            )
+            .on(&device_id, module.as_ref());
+            match module {
+                Some(module_id) => {
+                    let renewed = hub
+                        .client
+                        .renew_module_key(&device_id, &module_id, key)
+                        .await
+                        .or_explain(&hub, &operation)
+                        .await?;
+                    print_module(format, &palette, &renewed)
+                }
+                None => {
+                    let renewed = hub
+                        .client
+                        .renew_device_key(&device_id, key)
+                        .await
+                        .or_explain(&hub, &operation)
+                        .await?;
+                    print_device(format, &palette, &renewed)
                 }
             }
         }

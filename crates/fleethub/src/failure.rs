@@ -46,6 +46,8 @@ pub(crate) enum Kind {
     WriteRouting,
     /// Send a cloud-to-device message, purge a queue, read or settle feedback.
     CloudToDevice,
+    /// Regenerate a shared access policy's key (a fleethub extension).
+    WritePolicy,
 }
 
 /// A direct-method call, for the not-online and timed-out messages.
@@ -560,6 +562,7 @@ fn api_message(
                 Kind::GrantFirmware | Kind::ReadEvents | Kind::CloudToDevice => {
                     ("ServiceConnect", "service or iothubowner", "service")
                 }
+                Kind::WritePolicy => ("every right", "iothubowner", "iothubowner"),
             };
             format!(
                 "policy {} may not {} ({with_message}): use the connection string of a policy with {right} ({policies}), e.g. `fleethub connection-string --policy {suggestion}` for a local hub",

@@ -6,6 +6,7 @@
 //! wrong and what to do), 2 for a usage error (clap's).
 
 mod audit;
+mod backup;
 mod c2d;
 mod config;
 mod demo;
@@ -19,6 +20,7 @@ mod local_hub;
 mod method;
 mod monitor;
 mod output;
+mod policy;
 mod query;
 mod rollout;
 mod route;
@@ -38,7 +40,7 @@ use clap::{Parser, Subcommand};
     name = "fleethub",
     version,
     about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub",
-    after_help = "The device, twin, method, c2d, query, job, config, firmware, rollout, route and audit commands find the hub from --hub, --data-dir, \
+    after_help = "The device, twin, method, c2d, query, job, config, firmware, rollout, route, audit and policy commands find the hub from --hub, --data-dir, \
                   FLEETHUB_CONNECTION_STRING or FLEETHUB_DATA_DIR (see `fleethub device --help`) and print \
                   tables, or JSON with --output json."
 )]
@@ -81,9 +83,15 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The audit log: which policy changed what, when, from where, with what result (newest first).
     Audit(audit::AuditCommand),
+    /// Shared access policies: regenerate a key (a fleethub extension).
+    Policy(policy::PolicyCommand),
     /// Simulate N devices against a hub: real MQTT/TLS connections that send telemetry, report properties,
     /// answer direct methods, run firmware updates and churn; registered and removed in bulk.
     Sim(sim::SimArgs),
+    /// Copy a hub's data directory, consistently, while the hub serves it (files listed with SHA-256).
+    Backup(backup::BackupArgs),
+    /// Lay a backup out as a new data directory, after checking every file against its manifest.
+    Restore(backup::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -123,6 +131,9 @@ fn main() -> ExitCode {
             Command::MonitorEvents(args) => monitor::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Audit(command) => audit::run(command).await,
+            Command::Policy(command) => policy::run(command).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
         }
     });
     match result {

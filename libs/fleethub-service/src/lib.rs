@@ -57,6 +57,9 @@
 //!   their feedback with [`receive_feedback`](ServiceClient::receive_feedback),
 //!   [`complete_feedback`](ServiceClient::complete_feedback), [`abandon_feedback`](ServiceClient::abandon_feedback)
 //!   or, record by record, [`feedback_stream`](ServiceClient::feedback_stream);
+//! - keys: [`renew_device_key`](ServiceClient::renew_device_key) and
+//!   [`renew_module_key`](ServiceClient::renew_module_key) (as `az iot hub device-identity renew-key`),
+//!   [`regenerate_policy_key`](ServiceClient::regenerate_policy_key) (a fleethub extension);
 //! - [`raw`](ServiceClient::raw): any signed request, for endpoints not wrapped yet and for tests.
 //!
 //! The JSON types ([`Device`](protocol::rest::Device), [`Twin`](protocol::rest::Twin), ...) and ids
@@ -138,6 +141,7 @@ mod error;
 mod events;
 mod firmware;
 mod jobs;
+mod keys;
 mod methods;
 mod query;
 mod registry;
@@ -157,6 +161,7 @@ pub use error::{ConfigError, ServiceError};
 pub use events::{EventReadOptions, EventStart, EventStream};
 pub use firmware::{ArtifactUpload, UploadProgress};
 pub use jobs::{JobPage, JobProgress, JobWatch};
+pub use keys::{KeyToRenew, SharedAccessPolicy};
 pub use query::{QueryPage, QueryStream};
 pub use rollouts::{RolloutProgress, RolloutWatch};
 pub use routing::{DeadLetterQuery, RoutingConfiguration};

@@ -81,6 +81,7 @@ fn audited(method: &Method, path: &str) -> Option<Audited> {
         ("PUT", ["jobs", "v2", job]) => ("job.create", &[job]),
         ("POST", ["jobs", "v2", job, "cancel"]) => ("job.cancel", &[job]),
         ("PUT", ["routing"]) => ("routing.put", &[]),
+        ("POST", ["policies", policy, "regenerateKey"]) => ("policy.regenerateKey", &[policy]),
         ("PUT", ["events", "consumerGroups", group, "checkpoints"]) => ("checkpoint.put", &[group]),
         ("DELETE", ["events", "consumerGroups", group]) => ("consumerGroup.delete", &[group]),
         ("PUT", ["firmware", "artifacts", model, version]) => {
@@ -312,6 +313,10 @@ mod tests {
             Some(("firmware.grant", Some("cam/1.0".into())))
         );
         assert_eq!(named(Method::PUT, "/routing"), Some(("routing.put", None)));
+        assert_eq!(
+            named(Method::POST, "/policies/service/regenerateKey"),
+            Some(("policy.regenerateKey", Some("service".into())))
+        );
     }
 
     #[test]

@@ -208,6 +208,18 @@ impl From<ServiceAuthError> for ApiError {
     }
 }
 
+impl From<crate::services::RegeneratePolicyKeyError> for ApiError {
+    fn from(error: crate::services::RegeneratePolicyKeyError) -> Self {
+        use crate::services::RegeneratePolicyKeyError;
+        match error {
+            RegeneratePolicyKeyError::NotFound(_) => {
+                ApiError::new(ErrorCode::GenericNotFound, error.to_string())
+            }
+            RegeneratePolicyKeyError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<InvokeMethodError> for ApiError {
     fn from(error: InvokeMethodError) -> Self {
         let message = error.to_string();

@@ -218,6 +218,11 @@ pub fn router(
             post(rollouts::act_on_rollout),
         )
         .route("/$iothub/websocket", get(mqtt_over_websocket))
+        // Replacing a shared access policy's key (fleethub extension, docs/compat.md).
+        .route(
+            "/policies/{policy_name}/regenerateKey",
+            post(regenerate_policy_key),
+        )
         // The audit log (fleethub extension); the middleware records the state-changing routes above.
         .route("/audit", get(audit::list_audit))
         // Prometheus metrics (fleethub extension), with a SAS token or the same token as a bearer token.
@@ -504,6 +509,51 @@ async fn service_statistics(
     authorize(&state, &headers, &uri, required::SERVICE_STATISTICS)?;
     let connected = state.services.router().connected_count();
     Ok(Json(json!({ "connectedDeviceCount": connected })).into_response())
+}
+
+/// `POST /policies/{name}/regenerateKey?key=primary|secondary|swap` (fleethub extension): only a policy
+/// holding every right (`iothubowner`) may change keys, since a new key grants the policy's rights.
+async fn regenerate_policy_key(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(policy_name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    let caller = authorize_service(
+        &state.services,
+        authorization,
+        uri.path(),
+        required::POLICY_KEYS_WRITE,
+        now,
+    )?;
+    audit::note_caller(&caller.policy);
+    if !fleethub_core::access::AccessRight::ALL
+        .iter()
+        .all(|right| caller.rights.contains(*right))
+    {
+        return Err(crate::auth::ServiceAuthError::Forbidden {
+            policy: caller.policy,
+            needed: "all of RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect".into(),
+        }
+        .into());
+    }
+    let which: crate::services::RegenerateKey = query
+        .get("key")
+        .ok_or_else(|| {
+            ApiError::bad_request("the key query parameter is missing: primary, secondary or swap")
+        })?
+        .parse()
+        .map_err(ApiError::bad_request)?;
+    let policy = state
+        .services
+        .regenerate_policy_key(&policy_name, which)
+        .await?;
+    Ok(Json(policy).into_response())
 }
 
 // ---- twins ----
