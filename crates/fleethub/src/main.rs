@@ -40,7 +40,7 @@ use clap::{Parser, Subcommand};
     name = "fleethub",
     version,
     about = "A self-hosted IoT hub, wire-compatible with Azure IoT Hub",
-    after_help = "The device, twin, method, c2d, query, job, config, firmware, rollout, route, audit and policy commands find the hub from --hub, --data-dir, \
+    after_help = "The device, twin, method, c2d, query, job, config, firmware, rollout, route, audit, policy and sim commands find the hub from --hub, --data-dir, \
                   FLEETHUB_CONNECTION_STRING or FLEETHUB_DATA_DIR (see `fleethub device --help`) and print \
                   tables, or JSON with --output json."
 )]

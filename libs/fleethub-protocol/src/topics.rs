@@ -17,7 +17,9 @@
 //! Request ids (`$rid`) are treated as opaque and echoed **verbatim**: every SDK correlates by comparing
 //! the echoed string with the one it sent (Python after `unquote`, Node after `querystring.parse`, the C
 //! SDKs raw), so decoding and re-encoding could break one of them. Only characters that cannot appear in
-//! that position (`&`, `#`, `+`, control characters) are escaped by the builders.
+//! that position (`&`, `#`, `+`, control characters) and non-ASCII bytes (the `percent_encoding` crate
+//! always escapes those) are escaped by the builders; so a non-ASCII `$rid` does not come back byte for
+//! byte. Every SDK sends UUIDs or decimal integers.
 
 use crate::ids::{ClientId, DeviceId, ModuleId};
 use crate::percent::{REQUEST_ID_ESCAPES, TOPIC_SEGMENT_ESCAPES, encode_with, unquote_strict};
