@@ -25,6 +25,16 @@ pub struct HubConfig {
     pub routing: crate::routing::RoutingSettings,
     /// Retention of the audit log.
     pub audit: crate::audit::AuditSettings,
+    /// The operator's own server certificate chain and key (`--tls-cert`, `--tls-key`); `None`: the hub
+    /// issues its own from its CA in the data directory.
+    pub server_certificate: Option<ServerCertificateFiles>,
+}
+
+/// A PEM certificate chain (leaf first) and its PEM private key; reloaded when they change.
+#[derive(Clone, Debug)]
+pub struct ServerCertificateFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
 }
 
 impl HubConfig {
@@ -40,6 +50,7 @@ impl HubConfig {
             events: EventLogOptions::default(),
             routing: crate::routing::RoutingSettings::default(),
             audit: crate::audit::AuditSettings::default(),
+            server_certificate: None,
         }
     }
 

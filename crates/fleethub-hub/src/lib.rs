@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{HubConfig, HubLimits};
+pub use config::{HubConfig, HubLimits, ServerCertificateFiles};
 pub use services::Services;
 
 use crate::listeners::ConnectionLimiter;
@@ -71,6 +71,8 @@ pub enum StartError {
     Routing(#[from] routing::LoadRoutingError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] tls::TlsSetupError),
+    #[error("cannot serve the certificate of --tls-cert with the key of --tls-key: {0}")]
+    ProvidedCertificate(tls::TlsSetupError),
     #[error("cannot set up the firmware artifact store: {0}")]
     Artifacts(#[from] artifacts::ArtifactSetupError),
     #[error("cannot listen on {address} for {what}: {source}; choose another address with {flag}")]
@@ -91,6 +93,9 @@ pub struct RunningHub {
     pub jobs: Arc<jobs::JobService>,
     pub artifacts: Arc<artifacts::ArtifactService>,
     pub rollouts: Arc<rollouts::RolloutService>,
+    /// The server certificate new TLS connections get (reloaded from its files when they change).
+    pub server_certificate: Arc<tls::ServerCertificate>,
+    reload_certificate: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     _lock: fs::File,
@@ -117,6 +122,11 @@ impl RunningHub {
         flush_activity(&self.services).await;
         // Appends already queued (the last connections' messages and Will messages) are written first.
         self.services.events.close().await;
+    }
+
+    /// Looks at the server certificate files now rather than at the next poll (SIGHUP in `fleethub serve`).
+    pub fn reload_server_certificate(&self) {
+        self.reload_certificate.notify_one();
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -158,7 +168,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         );
     }
 
-    let certificates = tls::load_or_create(&data_dir, &config.certificate_names())?;
+    let certificates = match &config.server_certificate {
+        Some(files) => tls::load_provided(files).map_err(StartError::ProvidedCertificate)?,
+        None => tls::load_or_create(&data_dir, &config.certificate_names())?,
+    };
     if let Some(what) = certificates.issued {
         tracing::info!(data_dir = %data_dir.display(), "{what}");
     }
@@ -255,6 +268,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         tracker.clone(),
         shutdown.clone(),
     ));
+    let reload_certificate = Arc::new(tokio::sync::Notify::new());
+    tracker.spawn(tls::run_reloader(
+        Arc::clone(&certificates.server_certificate),
+        certificates.files.clone(),
+        Arc::clone(&reload_certificate),
+        shutdown.clone(),
+    ));
     tracker.spawn(configurations::run(Arc::clone(&services), shutdown.clone()));
     tracker.spawn(events::run_pump(Arc::clone(&services), shutdown.clone()));
     tracker.spawn(routing::run_delivery(
@@ -286,6 +306,8 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         jobs,
         artifacts,
         rollouts,
+        server_certificate: certificates.server_certificate,
+        reload_certificate,
         shutdown,
         tracker,
         _lock: lock,

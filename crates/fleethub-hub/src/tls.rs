@@ -5,13 +5,19 @@
 //! (the names and expiry the server certificate was issued for). The CA is made once; the server
 //! certificate is reissued from it whenever the set of names changes or expiry is near, so clients that
 //! trust `ca.pem` keep working.
+//!
+//! Or the operator's own certificate chain and key (`fleethub serve --tls-cert --tls-key`): then no CA is
+//! made and clients trust whatever CA issued that certificate. Either way the listeners ask
+//! [`ServerCertificate`] for the pair at each handshake, and [`run_reloader`] swaps in a changed pair from
+//! the files without a restart (a pair that does not load is refused and the old one stays).
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -20,9 +26,15 @@ use rcgen::{
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerCertificateFiles;
 
 pub const CA_CERTIFICATE_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
@@ -49,6 +61,8 @@ pub enum TlsSetupError {
         what: &'static str,
         detail: String,
     },
+    #[error("the private key in {key} does not belong to the certificate in {certificate}")]
+    KeyMismatch { certificate: PathBuf, key: PathBuf },
     #[error("cannot make a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("cannot build the TLS configuration: {0}")]
@@ -57,10 +71,195 @@ pub enum TlsSetupError {
 
 /// What the listeners need: the TLS server configuration and the CA certificate clients must trust.
 pub struct HubCertificates {
+    /// The hub's `ca.pem`; with the operator's own certificate, the last certificate of their chain.
     pub ca_pem: String,
     pub server_config: Arc<ServerConfig>,
+    /// The pair the server configuration presents, and the files it is reloaded from.
+    pub server_certificate: Arc<ServerCertificate>,
+    pub files: ServerCertificateFiles,
     /// Whether this start created the CA or reissued the server certificate (for the log).
     pub issued: Option<&'static str>,
+}
+
+/// The certificate chain and key presented to new TLS connections; swapped whole when the files change.
+/// A connection keeps the pair it shook hands with.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The bytes `current` was loaded from, or the last bytes refused, so each change is tried once.
+    last_seen: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+    reloads: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl ServerCertificate {
+    fn new(key: Arc<CertifiedKey>, certificate_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        Self {
+            current: RwLock::new(key),
+            last_seen: std::sync::Mutex::new((certificate_pem, key_pem)),
+            reloads: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// The pair new connections get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .expect("the lock is never poisoned: no code panics holding it"),
+        )
+    }
+
+    /// Pairs swapped in since start.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Changed pairs refused (unparsable, key not matching) since start.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Reads the files and swaps in their pair if they changed since last looked at. A pair that does not
+    /// load is refused with an error log, and the one in service stays.
+    pub async fn reload_if_changed(&self, files: &ServerCertificateFiles) {
+        let (certificate_pem, key_pem) = match tokio::join!(
+            tokio::fs::read(&files.certificate),
+            tokio::fs::read(&files.key)
+        ) {
+            (Ok(certificate), Ok(key)) => (certificate, key),
+            (Err(error), _) | (_, Err(error)) => {
+                // A file being replaced by a non-atomic writer may be briefly missing: try again next time.
+                return tracing::debug!(%error, "cannot read the server certificate files");
+            }
+        };
+        {
+            let mut last_seen = self
+                .last_seen
+                .lock()
+                .expect("never poisoned: no code panics holding it");
+            if last_seen.0 == certificate_pem && last_seen.1 == key_pem {
+                return;
+            }
+            *last_seen = (certificate_pem.clone(), key_pem.clone());
+        }
+        match certified_key(&certificate_pem, &key_pem, files) {
+            Ok(key) => {
+                *self
+                    .current
+                    .write()
+                    .expect("never poisoned: no code panics holding it") = key;
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    certificate = %files.certificate.display(),
+                    "loaded the changed server certificate; new connections get it"
+                );
+            }
+            Err(error) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    %error,
+                    "refused the changed server certificate; still serving the previous one"
+                );
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// How often [`run_reloader`] looks at the files: reading two small files is cheap.
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the server certificate from `files` every [`RELOAD_INTERVAL`] and whenever `now` is notified
+/// (SIGHUP in `fleethub serve`), until `shutdown`.
+pub async fn run_reloader(
+    certificate: Arc<ServerCertificate>,
+    files: ServerCertificateFiles,
+    now: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(RELOAD_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+            _ = now.notified() => {}
+        }
+        certificate.reload_if_changed(&files).await;
+    }
+}
+
+/// Loads the operator's certificate chain and key (`--tls-cert`, `--tls-key`), checking that they belong
+/// together. Nothing is written to the data directory.
+pub fn load_provided(files: &ServerCertificateFiles) -> Result<HubCertificates, TlsSetupError> {
+    let certificate_pem = read(&files.certificate)?.into_bytes();
+    let key_pem = read(&files.key)?.into_bytes();
+    let key = certified_key(&certificate_pem, &key_pem, files)?;
+    let text = String::from_utf8_lossy(&certificate_pem);
+    let ca_pem = match text.rfind("-----BEGIN CERTIFICATE-----") {
+        Some(start) => text[start..].trim_end().to_owned() + "\n",
+        None => text.into_owned(),
+    };
+    let server_certificate = Arc::new(ServerCertificate::new(key, certificate_pem, key_pem));
+    Ok(HubCertificates {
+        ca_pem,
+        server_config: server_config(Arc::clone(&server_certificate))?,
+        server_certificate,
+        files: files.clone(),
+        issued: None,
+    })
+}
+
+/// Parses a PEM chain (leaf first) and its PEM private key, and checks that the key is the leaf's.
+fn certified_key(
+    certificate_pem: &[u8],
+    key_pem: &[u8],
+    files: &ServerCertificateFiles,
+) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+    let invalid = |path: &Path, what, detail: String| TlsSetupError::Invalid {
+        path: path.to_owned(),
+        what,
+        detail,
+    };
+    let chain = CertificateDer::pem_slice_iter(certificate_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(&files.certificate, "certificate chain", error.to_string()))?;
+    if chain.is_empty() {
+        return Err(invalid(
+            &files.certificate,
+            "certificate chain",
+            "it holds no PEM certificate".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|error| invalid(&files.key, "private key", error.to_string()))?;
+    let key = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|error| invalid(&files.key, "private key", error.to_string()))?;
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        Ok(()) => Ok(Arc::new(certified)),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(TlsSetupError::KeyMismatch {
+                certificate: files.certificate.clone(),
+                key: files.key.clone(),
+            })
+        }
+        Err(error) => Err(invalid(
+            &files.certificate,
+            "certificate",
+            error.to_string(),
+        )),
+    }
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -126,37 +325,30 @@ pub fn load_or_create(
         issued.get_or_insert("reissued the server certificate for the current names");
     }
 
-    let chain = CertificateDer::pem_file_iter(&server_path)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|error| TlsSetupError::Invalid {
-            path: server_path.clone(),
-            what: "certificate",
-            detail: error.to_string(),
-        })?;
-    let key =
-        PrivateKeyDer::from_pem_file(&server_key_path).map_err(|error| TlsSetupError::Invalid {
-            path: server_key_path.clone(),
-            what: "private key",
-            detail: error.to_string(),
-        })?;
-    let server_config = server_config(chain, key)?;
+    let files = ServerCertificateFiles {
+        certificate: server_path,
+        key: server_key_path,
+    };
+    let certificate_pem = read(&files.certificate)?.into_bytes();
+    let key_pem = read(&files.key)?.into_bytes();
+    let key = certified_key(&certificate_pem, &key_pem, &files)?;
+    let server_certificate = Arc::new(ServerCertificate::new(key, certificate_pem, key_pem));
     Ok(HubCertificates {
         ca_pem,
-        server_config,
+        server_config: server_config(Arc::clone(&server_certificate))?,
+        server_certificate,
+        files,
         issued,
     })
 }
 
 /// TLS 1.3 and 1.2 (the Python device SDK insists on 1.2), ring as the crypto provider.
-fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<Arc<ServerConfig>, TlsSetupError> {
+fn server_config(certificate: Arc<ServerCertificate>) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Offer ALPN but never insist: MQTT clients send none, and rustls then proceeds without it.
     config.ignore_client_order = false;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use fleethub_eventlog::EventLogOptions;
 use fleethub_hub::audit::AuditSettings;
-use fleethub_hub::{HubConfig, HubLimits};
+use fleethub_hub::{HubConfig, HubLimits, RunningHub, ServerCertificateFiles};
 
 #[derive(clap::Args)]
 pub(crate) struct ServeArgs {
@@ -58,6 +58,13 @@ pub(crate) struct ServeArgs {
     /// Audit records kept at most (the oldest are deleted beyond it).
     #[arg(long, default_value_t = AuditSettings::default().max_records, value_name = "N")]
     audit_max_records: u64,
+    /// Serve this PEM certificate chain (leaf first) instead of one issued by the hub's own CA; clients then
+    /// trust the CA that issued it. Reloaded when the file changes, and on SIGHUP. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Logs to stderr, as text or (`FLEETHUB_LOG_FORMAT=json`) JSON lines, filtered by `RUST_LOG` (default: info).
@@ -116,20 +123,30 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             retention: Duration::from_secs(args.audit_retention_days.saturating_mul(24 * 3600)),
             max_records: args.audit_max_records,
         },
+        server_certificate: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(certificate, key)| ServerCertificateFiles { certificate, key }),
     };
     let hub = fleethub_hub::start(config).await?;
-    wait_for_signal().await?;
+    wait_for_signal(&hub).await?;
     tracing::info!("shutting down");
     hub.shutdown(Duration::from_secs(args.shutdown_grace)).await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; a SIGHUP meanwhile reloads the server certificate files.
+async fn wait_for_signal(hub: &RunningHub) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("wait for SIGINT")?,
-        _ = terminate.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    loop {
+        tokio::select! {
+            result = &mut interrupt => return result.context("wait for SIGINT"),
+            _ = terminate.recv() => return Ok(()),
+            _ = hangup.recv() => hub.reload_server_certificate(),
+        }
     }
-    Ok(())
 }
