@@ -1124,8 +1124,12 @@ async fn jobs_beyond_the_running_limit_wait_queued_for_a_slot() {
         cancel_job(&api, "first").await.body["status"],
         json!("cancelled")
     );
-    let third = wait_for_status(&api, "third", "running").await;
-    assert_eq!(statistics(&third), (1, 0, 0, 0, 1));
+    // Running, and its one attempt found the device offline: it waits for it (the job can be seen running
+    // a moment before that, with the attempt still in flight).
+    wait_for_job(&api, "third", "running, waiting for the device", |job| {
+        job["status"] == json!("running") && statistics(job) == (1, 0, 0, 0, 1)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1260,8 +1264,12 @@ async fn running_jobs_beyond_a_lowered_limit_queue_after_a_restart() {
         (1, 0, 0, 0, 1)
     );
     cancel_job(&api, running).await;
-    let resumed = wait_for_status(&api, queued, "running").await;
-    assert_eq!(statistics(&resumed), (1, 0, 0, 0, 1));
+    // Running again, its attempt back to waiting for the offline device (it may be seen running a moment
+    // before, with the attempt in flight).
+    wait_for_job(&api, queued, "running, waiting for the device", |job| {
+        job["status"] == json!("running") && statistics(job) == (1, 0, 0, 0, 1)
+    })
+    .await;
     let cancelled = cancel_job(&api, queued).await.body;
     assert_eq!(
         (cancelled["status"].clone(), statistics(&cancelled)),
