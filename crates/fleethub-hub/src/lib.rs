@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod query;
 pub mod rest;
+mod retry;
 pub mod rollouts;
 pub mod routing;
 pub mod services;

@@ -961,31 +961,23 @@ impl RolloutTask {
     }
 
     /// Runs a store operation until it succeeds; `None` if the hub stops first.
-    async fn durably<T, F, Fut>(&self, what: &str, mut operation: F) -> Option<T>
+    async fn durably<T, F, Fut>(&self, what: &str, operation: F) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        loop {
-            match operation().await {
-                Ok(value) => return Some(value),
-                Err(error) => {
-                    if !self.back_off(what, &error).await {
-                        return None;
-                    }
-                }
-            }
-        }
+        crate::retry::durably(
+            &format!("rollout {}", self.id()),
+            what,
+            self.stop(),
+            operation,
+        )
+        .await
     }
 
     /// Logs a store failure and waits before the next try; false if the hub stops meanwhile.
     async fn back_off(&self, what: &str, error: &StoreError) -> bool {
-        tracing::warn!(rollout = %self.id(), %error, "cannot {what}; retrying");
-        let stop = self.stop().clone();
-        tokio::select! {
-            () = stop.cancelled() => false,
-            () = tokio::time::sleep(Duration::from_secs(1)) => true,
-        }
+        crate::retry::back_off(&format!("rollout {}", self.id()), what, error, self.stop()).await
     }
 }
 
