@@ -530,6 +530,16 @@ impl JobService {
         Ok(response)
     }
 
+    /// The jobs running (or waiting for a slot) in this process and their devices, for `GET /metrics`.
+    pub fn active_work(&self) -> crate::metrics::FleetWork {
+        let mut work = crate::metrics::FleetWork::default();
+        for live in self.live.lock().expect("live jobs lock poisoned").values() {
+            let s = *live.statistics.borrow();
+            work.add(s.pending, s.running, s.succeeded, s.failed, s.cancelled);
+        }
+        work
+    }
+
     /// `GET /jobs/v2/{id}`, with the live counts of a running job.
     pub async fn get(&self, job_id: &JobId) -> Result<JobResponse, StoreError> {
         let record = self

@@ -110,8 +110,129 @@ impl Default for Metrics {
 }
 
 /// Figures read from the hub's state when scraped.
+#[derive(Default)]
 pub struct Snapshot {
     pub connected_devices: u64,
+    /// Jobs running (or waiting for a slot) in this process and their devices by status.
+    pub jobs: FleetWork,
+    /// Firmware rollouts running in this process and their devices by status.
+    pub rollouts: FleetWork,
+    /// Each custom routing endpoint's delivery figures.
+    pub endpoints: Vec<EndpointFigures>,
+}
+
+/// Unfinished fleet work (jobs or rollouts) and their devices, summed over every one of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetWork {
+    pub active: u64,
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl FleetWork {
+    /// Adds one job's or rollout's device counts.
+    pub fn add(&mut self, pending: u64, running: u64, succeeded: u64, failed: u64, cancelled: u64) {
+        self.active += 1;
+        self.pending += pending;
+        self.running += running;
+        self.succeeded += succeeded;
+        self.failed += failed;
+        self.cancelled += cancelled;
+    }
+
+    fn render(&self, out: &mut String, kind: &str, what: &str) {
+        gauge(
+            out,
+            &format!("fleethub_{kind}s_active"),
+            &format!("{what}s running or waiting in this hub process."),
+            self.active,
+        );
+        let name = format!("fleethub_{kind}_devices");
+        header(
+            out,
+            &name,
+            &format!("Devices of the active {what}s, by their status in it."),
+            "gauge",
+        );
+        for (status, value) in [
+            ("pending", self.pending),
+            ("running", self.running),
+            ("succeeded", self.succeeded),
+            ("failed", self.failed),
+            ("cancelled", self.cancelled),
+        ] {
+            let _ = writeln!(out, "{name}{{status=\"{status}\"}} {value}");
+        }
+    }
+}
+
+/// One custom routing endpoint (webhook, file sink) as its delivery worker last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointFigures {
+    pub name: String,
+    /// `healthy`, `unhealthy`, `dead`, `unknown` (Azure's endpoint health statuses).
+    pub status: &'static str,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    /// Events routed to it that its cursor has not passed yet: its queue depth.
+    pub unread: u64,
+}
+
+fn render_endpoints(out: &mut String, endpoints: &[EndpointFigures]) {
+    let families: [(&str, &str, &str, fn(&EndpointFigures) -> u64); 3] = [
+        (
+            "fleethub_routing_endpoint_delivered_total",
+            "Events delivered to a custom routing endpoint since this endpoint started in this process.",
+            "counter",
+            |endpoint| endpoint.delivered,
+        ),
+        (
+            "fleethub_routing_endpoint_dead_lettered_total",
+            "Events given up on after their retries and written to the dead-letter file, by endpoint.",
+            "counter",
+            |endpoint| endpoint.dead_lettered,
+        ),
+        (
+            "fleethub_routing_endpoint_unread_events",
+            "Events in the log that a custom routing endpoint has not passed yet (its queue depth).",
+            "gauge",
+            |endpoint| endpoint.unread,
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        header(out, name, help, kind);
+        for endpoint in endpoints {
+            let label = escape_label(&endpoint.name);
+            let _ = writeln!(out, "{name}{{endpoint=\"{label}\"}} {}", value(endpoint));
+        }
+    }
+    let name = "fleethub_routing_endpoint_healthy";
+    header(
+        out,
+        name,
+        "1 while a custom routing endpoint's last delivery attempt succeeded, else 0; `status` says more.",
+        "gauge",
+    );
+    for endpoint in endpoints {
+        let label = escape_label(&endpoint.name);
+        let healthy = u8::from(endpoint.status == "healthy");
+        let _ = writeln!(
+            out,
+            "{name}{{endpoint=\"{label}\",status=\"{}\"}} {healthy}",
+            endpoint.status
+        );
+    }
+}
+
+/// A label value as the exposition format wants it: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -283,6 +404,11 @@ impl Metrics {
             "fleethub_store_commit_duration_seconds",
             "Time the store's writer takes per batch, from BEGIN to the end of COMMIT (fsync included).",
         );
+        snapshot.jobs.render(&mut out, "job", "Job");
+        snapshot
+            .rollouts
+            .render(&mut out, "rollout", "Firmware rollout");
+        render_endpoints(&mut out, &snapshot.endpoints);
         out
     }
 }
@@ -311,9 +437,38 @@ mod tests {
         let metrics = Metrics::default();
         metrics.telemetry_received(true);
         metrics.method_call(Duration::from_millis(20), true);
+        let mut jobs = FleetWork::default();
+        jobs.add(2, 1, 5, 1, 0);
         let text = metrics.render(&Snapshot {
             connected_devices: 3,
+            jobs,
+            endpoints: vec![EndpointFigures {
+                name: "alerts \"hot\"".into(),
+                status: "unhealthy",
+                delivered: 7,
+                dead_lettered: 1,
+                unread: 12,
+            }],
+            ..Snapshot::default()
         });
+        assert!(text.contains("fleethub_jobs_active 1\n"), "{text}");
+        assert!(
+            text.contains("fleethub_job_devices{status=\"pending\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("fleethub_rollouts_active 0\n"), "{text}");
+        assert!(
+            text.contains(
+                "fleethub_routing_endpoint_unread_events{endpoint=\"alerts \\\"hot\\\"\"} 12\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fleethub_routing_endpoint_healthy{endpoint=\"alerts \\\"hot\\\"\",status=\"unhealthy\"} 0\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("fleethub_connected_devices 3\n"), "{text}");
         assert!(text.contains("fleethub_telemetry_messages_received_total{qos=\"1\"} 1\n"));
         let mut declared = std::collections::HashSet::new();

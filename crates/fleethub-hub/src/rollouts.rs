@@ -297,6 +297,21 @@ impl RolloutService {
         })
     }
 
+    /// The rollouts running in this process and their devices, for `GET /metrics`.
+    pub fn active_work(&self) -> crate::metrics::FleetWork {
+        let mut work = crate::metrics::FleetWork::default();
+        for live in self
+            .live
+            .lock()
+            .expect("live rollouts lock poisoned")
+            .values()
+        {
+            let s = live.counts.borrow().statistics();
+            work.add(s.pending, s.running, s.succeeded, s.failed, s.cancelled);
+        }
+        work
+    }
+
     /// A stored rollout with its task's counts, if it runs here. Only the counts: the status, waves and
     /// times stay the row's, which a reader woken by the row's change record must see (the change feed
     /// announces a write before the task even learns that it is durable).

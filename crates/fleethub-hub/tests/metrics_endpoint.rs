@@ -341,3 +341,118 @@ async fn statistics_count_devices_and_connections() {
     assert_eq!(devices.status, StatusCode::OK);
     assert_eq!(devices.body["totalDeviceCount"], 2, "{}", devices.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_running_jobs_and_routing_endpoints() {
+    let hub = TestHub::start().await;
+    let owner = ServiceApi::for_hub(&hub, "iothubowner");
+    let token = owner.token(unix_now() + 3600);
+    let before = scrape(&owner, &token).await;
+    assert_eq!(before.value("fleethub_jobs_active"), 0.0);
+    assert_eq!(before.value("fleethub_rollouts_active"), 0.0);
+    assert_eq!(
+        before.value("fleethub_job_devices{status=\"running\"}"),
+        0.0
+    );
+
+    // A job over one offline device waits for it: active, its device not finished.
+    hub.create_device("asleep").await;
+    let job = owner
+        .send(
+            Method::PUT,
+            "/jobs/v2/wake",
+            &[],
+            Some(json!({
+                "type": "scheduleDeviceMethod",
+                "cloudToDeviceMethod": {"methodName": "wake", "responseTimeoutInSeconds": 10},
+                "queryCondition": "deviceId = 'asleep'",
+                "maxExecutionTimeInSeconds": 600,
+            })),
+        )
+        .await;
+    assert_eq!(job.status, StatusCode::OK, "{}", job.body);
+    let waiting = scrape_until(&owner, &token, |scrape| {
+        scrape.value("fleethub_job_devices{status=\"pending\"}")
+            + scrape.value("fleethub_job_devices{status=\"running\"}")
+            == 1.0
+    })
+    .await;
+    assert_eq!(waiting.value("fleethub_jobs_active"), 1.0);
+    assert_eq!(
+        waiting.value("fleethub_job_devices{status=\"succeeded\"}"),
+        0.0
+    );
+
+    // A file-sink endpoint: what a device sends is delivered and counted, and nothing is left unread.
+    let routing = owner
+        .send(
+            Method::PUT,
+            "/routing",
+            &[],
+            Some(json!({
+                "endpoints": {"fileSinks": [{"name": "archive", "path": "archive.jsonl"}]},
+                "routes": [{"name": "all", "source": "DeviceMessages", "condition": "true", "endpointNames": ["archive"]}],
+            })),
+        )
+        .await;
+    assert_eq!(routing.status, StatusCode::OK, "{}", routing.body);
+    let record = hub.create_device("sender").await;
+    let key = record
+        .identity
+        .authentication
+        .primary_key
+        .clone()
+        .expect("a SAS device");
+    let device = DeviceClient::connect(
+        &format!("HostName=localhost;DeviceId=sender;SharedAccessKey={key}"),
+        DeviceClientOptions::default()
+            .with_ca_pem(hub.hub.ca_pem.clone())
+            .with_port(hub.hub.mqtt_address.port()),
+    )
+    .await
+    .expect("the device connects");
+    for index in 0..5 {
+        device
+            .send_message(Message::new(format!("archived-{index}")))
+            .await
+            .expect("acknowledged");
+    }
+    let delivered = scrape_until(&owner, &token, |scrape| {
+        scrape
+            .samples
+            .get("fleethub_routing_endpoint_delivered_total{endpoint=\"archive\"}")
+            .is_some_and(|delivered| *delivered >= 5.0)
+    })
+    .await;
+    assert_eq!(
+        delivered.types["fleethub_routing_endpoint_unread_events"],
+        "gauge"
+    );
+    assert_eq!(
+        delivered.value("fleethub_routing_endpoint_dead_lettered_total{endpoint=\"archive\"}"),
+        0.0
+    );
+    assert_eq!(
+        delivered
+            .value("fleethub_routing_endpoint_healthy{endpoint=\"archive\",status=\"healthy\"}"),
+        1.0
+    );
+    let drained = scrape_until(&owner, &token, |scrape| {
+        scrape.value("fleethub_routing_endpoint_unread_events{endpoint=\"archive\"}") == 0.0
+    })
+    .await;
+    assert!(
+        drained.value("fleethub_routing_endpoint_delivered_total{endpoint=\"archive\"}") >= 5.0
+    );
+
+    // Cancelled, the job is no longer active.
+    let cancelled = owner
+        .send(Method::POST, "/jobs/v2/wake/cancel", &[], None)
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    scrape_until(&owner, &token, |scrape| {
+        scrape.value("fleethub_jobs_active") == 0.0
+    })
+    .await;
+    drop(device);
+}

@@ -5,19 +5,26 @@
 //! what Prometheus's `authorization`/`bearer_token` settings send. Give the scraper a long-lived token of a
 //! read-only policy (`fleethub connection-string --policy registryRead` names one).
 
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiResult, ApiState};
 use crate::auth::{authorize_service, required};
+use crate::jobs::JobService;
 use crate::metrics::Snapshot;
+use crate::rollouts::RolloutService;
 
 /// Prometheus text exposition format 0.0.4.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub(super) async fn scrape(
     State(state): State<ApiState>,
+    Extension(jobs): Extension<Arc<JobService>>,
+    Extension(rollouts): Extension<Arc<RolloutService>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> ApiResult<Response> {
@@ -39,8 +46,12 @@ pub(super) async fn scrape(
         required::METRICS_READ,
         now,
     )?;
-    let body = state.services.metrics.render(&Snapshot {
-        connected_devices: state.services.router().connected_count(),
+    let services = &state.services;
+    let body = services.metrics.render(&Snapshot {
+        connected_devices: services.router().connected_count(),
+        jobs: jobs.active_work(),
+        rollouts: rollouts.active_work(),
+        endpoints: services.routing.endpoint_figures(&*services.events).await,
     });
     let mut response = (StatusCode::OK, body).into_response();
     response

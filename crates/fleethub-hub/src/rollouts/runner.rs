@@ -136,6 +136,11 @@ impl LiveCounts {
         }
     }
 
+    /// The rollout's device counts over every wave.
+    pub(super) fn statistics(&self) -> RolloutStatistics {
+        self.statistics
+    }
+
     /// Puts these counts on `rollout`; its status, waves' statuses and times stay as they are.
     pub(super) fn apply_to(&self, rollout: &mut Rollout) {
         rollout.statistics = self.statistics;

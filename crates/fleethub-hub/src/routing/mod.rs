@@ -506,6 +506,30 @@ impl Routing {
         }
     }
 
+    /// Each custom endpoint's delivery figures, for `GET /metrics`.
+    pub async fn endpoint_figures(
+        &self,
+        events: &dyn EventLog,
+    ) -> Vec<crate::metrics::EndpointFigures> {
+        self.health(events)
+            .await
+            .endpoints
+            .into_iter()
+            .map(|endpoint| crate::metrics::EndpointFigures {
+                name: endpoint.endpoint_id,
+                status: match endpoint.health_status {
+                    EndpointHealthStatus::Unknown => "unknown",
+                    EndpointHealthStatus::Healthy => "healthy",
+                    EndpointHealthStatus::Unhealthy => "unhealthy",
+                    EndpointHealthStatus::Dead => "dead",
+                },
+                delivered: endpoint.delivered,
+                dead_lettered: endpoint.dead_lettered,
+                unread: endpoint.unread_events,
+            })
+            .collect()
+    }
+
     /// Routes a telemetry message (device or module): the event to append, stamped with where it goes, or
     /// `None` when it goes nowhere. Loads the twin only if the configuration needs it.
     pub async fn route_telemetry(
