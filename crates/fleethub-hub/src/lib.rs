@@ -103,14 +103,23 @@ pub struct RunningHub {
 }
 
 impl RunningHub {
-    /// Stops accepting, closes device connections (recording them disconnected) and waits up to `grace`
-    /// for in-flight work. Writes already queued to the store always complete.
+    /// Stops accepting, lets in-flight work finish while devices stay connected (REST requests such as
+    /// method calls waiting for their device, job attempts, rollout writes), then closes device connections
+    /// (recording them disconnected); all of it within `grace`. Writes already queued to the store always
+    /// complete.
     pub async fn shutdown(self, grace: Duration) {
-        // Jobs first, while devices are still connected: their running attempts can finish. Rollouts end
-        // once their last write is durable (devices go on updating; their updates are followed after a
-        // restart).
+        let deadline = tokio::time::Instant::now() + grace;
+        // No new connections; HTTPS connections finish their requests and close; streams end.
+        self.services.draining.cancel();
+        // Jobs, while devices are still connected: their running attempts can finish. Rollouts end once
+        // their last write is durable (devices go on updating; their updates are followed after a restart).
         self.jobs.stop(grace).await;
         self.rollouts.stop(grace).await;
+        while self.services.https_connections.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.services.sessions.close_all(CloseReason::ShuttingDown);
         self.shutdown.cancel();
         self.tracker.close();
@@ -234,6 +243,14 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         .await?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Shutting down without a drain (the token cancelled directly) drains too.
+    tracker.spawn({
+        let (shutdown, services) = (shutdown.clone(), Arc::clone(&services));
+        async move {
+            shutdown.cancelled().await;
+            services.draining.cancel();
+        }
+    });
     let limiter = ConnectionLimiter::new(services.config.limits.max_connections);
     let ready = Arc::new(AtomicBool::new(false));
     let jobs = jobs::JobService::start(Arc::clone(&services), &shutdown).await?;

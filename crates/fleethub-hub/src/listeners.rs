@@ -56,6 +56,22 @@ impl ConnectionLimiter {
     }
 }
 
+/// Counts an HTTPS connection in `Services::https_connections` while it lives.
+struct HttpsConnection(Arc<Services>);
+
+impl HttpsConnection {
+    fn count(services: &Arc<Services>) -> Self {
+        services.https_connections.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(services))
+    }
+}
+
+impl Drop for HttpsConnection {
+    fn drop(&mut self) {
+        self.0.https_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn tune(stream: &TcpStream) {
     // MQTT traffic is many small packets; Nagle would add up to 40 ms to every method round trip.
     let _ = stream.set_nodelay(true);
@@ -72,6 +88,7 @@ pub async fn run_mqtt_listener(
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
+            () = services.draining.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -120,6 +137,7 @@ pub async fn run_https_listener(
     loop {
         let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
             () = shutdown.cancelled() => return,
+            () = services.draining.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -137,9 +155,10 @@ pub async fn run_https_listener(
         let tls_config = Arc::clone(&tls_config);
         let router = router.clone();
         let timeout = services.config.limits.connect_timeout;
-        let shutdown = shutdown.clone();
+        let services = Arc::clone(&services);
         tracker.spawn(async move {
             let _slot = slot;
+            let _counted = HttpsConnection::count(&services);
             let tls = match tls_stream::accept(stream, tls_config, timeout).await {
                 Ok(tls) => tls,
                 Err(error) if error.kind() == io::ErrorKind::TimedOut => {
@@ -170,7 +189,9 @@ pub async fn run_https_listener(
                         tracing::debug!(%peer, %error, "https connection ended with an error");
                     }
                 }
-                () = shutdown.cancelled() => {
+                // Draining: the request in progress (a method call waiting for its device, say) finishes,
+                // then the connection closes.
+                () = services.draining.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }

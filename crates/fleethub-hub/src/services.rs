@@ -37,6 +37,12 @@ pub struct Services {
     pub routing: crate::routing::Routing,
     /// Operational figures for `GET /metrics` (`metrics.rs`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cancelled when the hub begins to shut down (`RunningHub::shutdown`): the listeners stop accepting,
+    /// HTTPS connections finish the requests they carry and close, event and change streams end. Device
+    /// connections stay open until the drain is over, so in-flight method calls get their answers.
+    pub draining: tokio_util::sync::CancellationToken,
+    /// HTTPS connections open now (the drain waits for them).
+    pub https_connections: std::sync::atomic::AtomicUsize,
     policies: RwLock<Arc<Vec<AccessPolicy>>>,
     /// Serialises policy key changes (`regenerate_policy_key`).
     policy_writes: tokio::sync::Mutex<()>,
@@ -184,6 +190,8 @@ impl Services {
             configurations: crate::configurations::Configurations::new(),
             c2d: crate::c2d::Deliveries::default(),
             routing,
+            draining: tokio_util::sync::CancellationToken::new(),
+            https_connections: std::sync::atomic::AtomicUsize::new(0),
             metrics: Arc::default(),
             policies: RwLock::new(Arc::new(policies)),
             policy_writes: tokio::sync::Mutex::new(()),

@@ -82,7 +82,7 @@ pub(super) async fn stream_changes(
             rollout,
         },
         pending: VecDeque::new(),
-        shutdown: state.shutdown.clone(),
+        shutdown: state.services.draining.clone(),
     };
     let events = stream::unfold(cursor, next_event);
     let mut response = Sse::new(events)

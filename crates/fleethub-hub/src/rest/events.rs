@@ -199,7 +199,7 @@ pub(super) async fn stream_events(
         device: device.map(|device| device.to_string()),
         pending: VecDeque::new(),
         turn: 0,
-        shutdown: state.shutdown.clone(),
+        shutdown: state.services.draining.clone(),
     };
     let stream = stream::unfold(cursor, next_event);
     let mut response = Sse::new(stream)

@@ -344,7 +344,7 @@ fn query_top(query: &HashMap<String, String>) -> ApiResult<usize> {
 // ---- health and fallbacks ----
 
 async fn healthz(State(state): State<ApiState>) -> Response {
-    if state.ready.load(Ordering::Acquire) && !state.shutdown.is_cancelled() {
+    if state.ready.load(Ordering::Acquire) && !state.services.draining.is_cancelled() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response()
