@@ -1,7 +1,8 @@
 //! Kill cycles: a real `fleethub serve` process is SIGKILLed at random moments under mixed load (reported
-//! patches, service desired patches, direct methods, jobs, QoS 1 telemetry, C2D sends) and restarted on the
-//! same data directory, again and again. After every restart nothing acknowledged is missing, and every job
-//! created before a kill reaches a terminal state.
+//! patches, service desired patches, direct methods, jobs, firmware rollouts, QoS 1 telemetry, C2D sends) and
+//! restarted on the same data directory, again and again. After every restart nothing acknowledged is
+//! missing, every job created before a kill reaches a terminal state, and every rollout created before a kill
+//! completes on every device without asking any device twice for the same version.
 //!
 //! `FLEETHUB_KILL_CYCLES` sets the number of cycles (default 5); `FLEETHUB_KILL_SEED` replays a run (the seed
 //! is printed at the start and in every failure).
@@ -31,6 +32,114 @@ const WINDOW: u64 = 8;
 /// C2D sends per cycle: below the queue's depth of 50 even with the one in flight at the kill.
 const C2D_PER_CYCLE: u64 = 40;
 const C2D_DEVICE: &str = "inbox";
+/// Devices that take firmware updates (as the agent reports them, without writing slots).
+const FLASHERS: usize = 2;
+const FIRMWARE_MODEL: &str = "kill-board";
+
+/// What a flasher device keeps across hub restarts: its firmware, and every update it was asked for.
+#[derive(Default)]
+struct Flashed {
+    current: Mutex<String>,
+    /// `firmwareUpdate` requests per version.
+    requests: Mutex<BTreeMap<String, u32>>,
+}
+
+/// A device taking firmware updates until the hub goes away: on connecting it reports its firmware (as the
+/// agent does at start); asked `firmwareUpdate` for a version, it answers 200, takes the version (it is
+/// "applied" at once) and reports `downloading`, then `completed`.
+async fn flash_until_killed(mut client: RawClient, flashed: Arc<Flashed>) {
+    let mut packet_id = 1u16;
+    let mut next_id = || {
+        packet_id = packet_id % 60_000 + 1;
+        packet_id
+    };
+    let mut rid = 0u64;
+    let mut report = |client_id: u16, firmware: Value| {
+        rid += 1;
+        publish_qos1(
+            &format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
+            client_id,
+            json!({ "firmware": firmware }).to_string().as_bytes(),
+        )
+    };
+    let current = flashed.current.lock().unwrap().clone();
+    client
+        .send(&report(
+            next_id(),
+            json!({"model": FIRMWARE_MODEL, "currentVersion": current, "targetVersion": current,
+                   "status": "completed", "error": null}),
+        ))
+        .await;
+    while let Some(packet) = client.receive_or_closed().await {
+        let Packet::Publish(publish) = packet else {
+            continue;
+        };
+        let Some(rest) = publish
+            .topic
+            .strip_prefix("$iothub/methods/POST/firmwareUpdate/")
+        else {
+            continue;
+        };
+        let request_id = rest.rsplit("$rid=").next().unwrap_or_default().to_owned();
+        let payload: Value = serde_json::from_slice(&publish.payload).expect("a JSON payload");
+        let version = payload["version"]
+            .as_str()
+            .expect("a rollout sends the version")
+            .to_owned();
+        *flashed
+            .requests
+            .lock()
+            .unwrap()
+            .entry(version.clone())
+            .or_default() += 1;
+        client
+            .send(&publish_qos1(
+                &format!("$iothub/methods/res/200/?$rid={request_id}"),
+                next_id(),
+                br#"{"Response":"Firmware update started"}"#,
+            ))
+            .await;
+        let previous = std::mem::replace(&mut *flashed.current.lock().unwrap(), version.clone());
+        client
+            .send(&report(
+                next_id(),
+                json!({"model": FIRMWARE_MODEL, "currentVersion": previous, "targetVersion": version,
+                       "status": "downloading", "error": null}),
+            ))
+            .await;
+        client
+            .send(&report(
+                next_id(),
+                json!({"model": FIRMWARE_MODEL, "currentVersion": version, "targetVersion": version,
+                       "status": "completed", "error": null}),
+            ))
+            .await;
+    }
+}
+
+/// Runs `fleethub ARGS --data-dir DATA` to its end, off the runtime's threads.
+async fn fleethub_cli(data_dir: &Path, args: Vec<String>, context: &str) {
+    let data_dir = data_dir.to_owned();
+    let shown = args.join(" ");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_fleethub"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("FLEETHUB_CONNECTION_STRING")
+            .env_remove("FLEETHUB_DATA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fleethub")
+    })
+    .await
+    .expect("the command ran");
+    assert!(
+        output.status.success(),
+        "{context}: fleethub {shown}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
 
 /// A splitmix64 generator: the whole run follows from its seed.
 struct Rng(u64);
@@ -163,6 +272,7 @@ struct Checked {
     telemetry: u64,
     c2d: u64,
     jobs: u64,
+    rollouts: u64,
 }
 
 /// A device on MQTT that reports `{"seq": n}` one after another from `first` and answers every method.
@@ -510,6 +620,31 @@ async fn no_acknowledged_write_is_lost_and_no_job_is_stuck_across_sigkills() {
         sensor_keys.push(create_device(&api, &format!("sensor{index}")).await);
     }
     let inbox_key = create_device(&api, C2D_DEVICE).await;
+    let mut flasher_keys = Vec::new();
+    let flashers: Vec<Arc<Flashed>> = (0..FLASHERS)
+        .map(|_| {
+            let flashed = Flashed::default();
+            *flashed.current.lock().unwrap() = "1.0.0".into();
+            Arc::new(flashed)
+        })
+        .collect();
+    for index in 0..FLASHERS {
+        flasher_keys.push(create_device(&api, &format!("fw{index}")).await);
+    }
+    let signing = directory.path().join("release");
+    fleethub_cli(
+        &data_dir,
+        vec![
+            "firmware".into(),
+            "keygen".into(),
+            "--out".into(),
+            signing.display().to_string(),
+        ],
+        "keygen",
+    )
+    .await;
+    let image = directory.path().join("image.bin");
+    std::fs::write(&image, vec![0x5Au8; 4096]).unwrap();
 
     let acknowledged = Arc::new(Acknowledged {
         reported: (0..REPORTERS).map(|_| AtomicU64::new(0)).collect(),
@@ -528,6 +663,7 @@ async fn no_acknowledged_write_is_lost_and_no_job_is_stuck_across_sigkills() {
     let mut next_c2d = 1u64;
     let mut c2d_received: BTreeSet<u64> = BTreeSet::new();
     let mut jobs: Vec<String> = Vec::new();
+    let mut rollouts: Vec<(String, String)> = Vec::new();
     let mut hub = Some(hub);
 
     for cycle in 1..=cycles + 1 {
@@ -626,6 +762,18 @@ async fn no_acknowledged_write_is_lost_and_no_job_is_stuck_across_sigkills() {
                 Arc::clone(&acknowledged),
             )));
         }
+        for (index, key) in flasher_keys.iter().enumerate() {
+            let id = format!("fw{index}");
+            let mut client = connected(mqtt, &ca, &id, key).await;
+            client
+                .send(&subscribe(1, "$iothub/methods/POST/#", QoS::AtMostOnce))
+                .await;
+            assert!(matches!(client.receive().await, Some(Packet::SubAck(_))));
+            tasks.push(tokio::spawn(flash_until_killed(
+                client,
+                Arc::clone(&flashers[index]),
+            )));
+        }
         tasks.push(tokio::spawn(invoke_methods_until_killed(
             Arc::clone(&api),
             Arc::clone(&acknowledged),
@@ -663,7 +811,60 @@ async fn no_acknowledged_write_is_lost_and_no_job_is_stuck_across_sigkills() {
             }
         }
         checked.jobs = jobs.len() as u64;
+        // Every rollout created before a kill completes on every device (resumed after the restart), and no
+        // device was asked twice for a version.
+        for (rollout, version) in &rollouts {
+            loop {
+                let reply = api
+                    .send(
+                        Method::GET,
+                        &format!("/firmware/rollouts/{rollout}"),
+                        &[],
+                        None,
+                    )
+                    .await;
+                assert_eq!(
+                    reply.status,
+                    StatusCode::OK,
+                    "{context}: get rollout {rollout}: {}",
+                    reply.body
+                );
+                let status = reply.body["status"].as_str().unwrap_or_default().to_owned();
+                if status != "running" {
+                    assert_eq!(
+                        (status.as_str(), &reply.body["statistics"]["succeeded"]),
+                        ("completed", &json!(FLASHERS)),
+                        "{context}: rollout {rollout}: {}",
+                        reply.body
+                    );
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{context}: rollout {rollout} is still {status} after {WAIT:?}: {}",
+                    reply.body
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for (index, flashed) in flashers.iter().enumerate() {
+                let asked = flashed.requests.lock().unwrap().get(version).copied();
+                assert!(
+                    asked.unwrap_or(0) <= 1,
+                    "{context}: fw{index} was asked {asked:?} times for {version}"
+                );
+            }
+        }
+        checked.rollouts = rollouts.len() as u64;
         if last {
+            if let Some((_, version)) = rollouts.last() {
+                for (index, flashed) in flashers.iter().enumerate() {
+                    assert_eq!(
+                        &*flashed.current.lock().unwrap(),
+                        version,
+                        "{context}: fw{index} runs the last rollout's version"
+                    );
+                }
+            }
             break;
         }
         let job = format!("kill-cycle-{cycle}");
@@ -692,6 +893,49 @@ async fn no_acknowledged_write_is_lost_and_no_job_is_stuck_across_sigkills() {
             created.body
         );
         jobs.push(job);
+        // A firmware rollout of a new version to the flashers, every other cycle.
+        if cycle % 2 == 1 {
+            let version = format!("1.{cycle}.0");
+            fleethub_cli(
+                &data_dir,
+                vec![
+                    "firmware".into(),
+                    "upload".into(),
+                    image.display().to_string(),
+                    "--model".into(),
+                    FIRMWARE_MODEL.into(),
+                    "--version".into(),
+                    version.clone(),
+                    "--sign-key".into(),
+                    format!("{}.key.pem", signing.display()),
+                ],
+                &context,
+            )
+            .await;
+            let rollout = format!("kill-rollout-{cycle}");
+            let created = api
+                .send(
+                    Method::PUT,
+                    &format!("/firmware/rollouts/{rollout}"),
+                    &[],
+                    Some(json!({
+                        "artifact": {"model": FIRMWARE_MODEL, "version": version},
+                        "targetCondition": format!(
+                            "deviceId IN [{}]",
+                            (0..FLASHERS).map(|index| format!("'fw{index}'")).collect::<Vec<_>>().join(", ")
+                        ),
+                        "deviceTimeoutInSeconds": 30,
+                    })),
+                )
+                .await;
+            assert_eq!(
+                created.status,
+                StatusCode::OK,
+                "{context}: create {rollout}: {}",
+                created.body
+            );
+            rollouts.push((rollout, version));
+        }
 
         // Kill at a random moment once the load flows: every reporter has had a write acknowledged this cycle.
         let flowing = Instant::now() + WAIT;
@@ -716,13 +960,15 @@ async fn no_acknowledged_write_is_lost_and_no_job_is_stuck_across_sigkills() {
     eprintln!(
         "kill cycles: {cycles} in {:.0?}, seed {seed}; acknowledged before a kill and found after the \
          restart: reported patches {}, service desired patches {}, telemetry messages {} (event log holds \
-         {stored}), C2D sends {}; jobs created before a kill and terminal after it: {}; methods answered {}",
+         {stored}), C2D sends {}; jobs created before a kill and terminal after it: {}; rollouts created \
+         before a kill and completed after it: {}; methods answered {}",
         started.elapsed(),
         checked.reported,
         checked.desired,
         checked.telemetry,
         checked.c2d,
         checked.jobs,
+        checked.rollouts,
         acknowledged.methods.load(Ordering::SeqCst),
     );
 }
