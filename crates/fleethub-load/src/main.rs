@@ -143,8 +143,10 @@ enum Scenario {
         method_in_flight: Vec<usize>,
         #[arg(long, default_value_t = 1000)]
         patch_devices: usize,
-        #[arg(long, default_value_t = 10_000)]
-        idle_devices: usize,
+        /// Idle connection counts to measure, each on a fresh hub (those the open-file limit cannot hold are
+        /// reported as skipped, with the limit).
+        #[arg(long, value_delimiter = ',', default_value = "10000,50000,100000")]
+        idle_devices: Vec<usize>,
         #[arg(long, default_value_t = 1000)]
         telemetry_devices: usize,
         #[arg(long, default_value_t = 100_000)]
@@ -203,6 +205,9 @@ struct Measurement {
     /// Messages a reader of the broker received (the log's consumer, Mosquitto's subscriber).
     #[serde(skip_serializing_if = "Option::is_none")]
     delivered: Option<u64>,
+    /// Why the scenario was not run on this machine (e.g. its open-file limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -313,7 +318,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             results.extend(methods(&hub_bin, method_devices, &method_in_flight, seconds).await?);
             results.push(patches(&hub_bin, patch_devices, seconds).await?);
-            results.push(idle(&hub_bin, idle_devices, 3).await?);
+            for devices in idle_devices {
+                results.push(idle(&hub_bin, devices, 3).await?);
+            }
             for (qos, in_flight) in [(1, 1), (1, 8), (0, 1)] {
                 results.extend(
                     broker::compare(
@@ -486,7 +493,7 @@ impl Hub {
             .with_port(self.mqtt_port)
     }
 
-    /// Connects a device for every connection string, `parallel` handshakes at a time.
+    /// Connects a device for every connection string, 100 handshakes at a time.
     async fn connect_devices(
         &self,
         strings: &[String],
@@ -498,7 +505,21 @@ impl Hub {
         let mut tasks = JoinSet::new();
         for (index, connection_string) in strings.iter().enumerate() {
             let permit = Arc::clone(&limit).acquire_owned().await?;
-            let connect = DeviceClient::connect(connection_string, self.device_options());
+            let mut options = self.device_options();
+            // One loopback address pair gives ~28k ephemeral ports: past that, spread the devices over
+            // source addresses 127.0.0.1, .2, ... (all of 127/8 is loopback on Linux).
+            if strings.len() > DEVICES_PER_SOURCE_ADDRESS {
+                let octet = 1 + index / DEVICES_PER_SOURCE_ADDRESS;
+                options =
+                    options.with_local_address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                        127,
+                        0,
+                        0,
+                        u8::try_from(octet)
+                            .context("too many devices for 127.0.0.x source addresses")?,
+                    )));
+            }
+            let connect = DeviceClient::connect(connection_string, options);
             let progress = progress.clone();
             tasks.spawn(async move {
                 let _permit = permit;
@@ -532,6 +553,9 @@ impl Drop for Hub {
         let _ = self.child.wait();
     }
 }
+
+/// Device connections per loopback source address (below the ~28k ephemeral ports of one address pair).
+const DEVICES_PER_SOURCE_ADDRESS: usize = 25_000;
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -686,7 +710,50 @@ async fn patches(hub_bin: &Path, devices: usize, seconds: u64) -> anyhow::Result
     ))
 }
 
+/// Sockets the hub and this process need beside one per device connection.
+const SPARE_FILES: u64 = 512;
+
+/// This process's open-file limit (the hub it starts inherits it), from /proc/self/limits.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
 async fn idle(hub_bin: &Path, devices: usize, settle_seconds: u64) -> anyhow::Result<Measurement> {
+    let parameters = format!("{devices} MQTT/TLS devices, connect rate");
+    // Each connection is a socket in the hub and one in this process: both need the files.
+    if let Some(limit) = open_file_limit()
+        && devices as u64 + SPARE_FILES > limit
+    {
+        let mut skipped = measurement(
+            "idle connections",
+            parameters,
+            Vec::new(),
+            0,
+            Duration::ZERO,
+        );
+        skipped.per_second = 0.0;
+        skipped.skipped = Some(format!(
+            "needs {} open files in the hub and in the load generator; the limit here is {limit} \
+             (`ulimit -n`; bench/run.sh raises it to the hard limit)",
+            devices as u64 + SPARE_FILES
+        ));
+        eprintln!(
+            "idle connections, {devices} devices: skipped: {}",
+            skipped.skipped.as_deref().unwrap_or_default()
+        );
+        return Ok(skipped);
+    }
     let hub = Hub::start(hub_bin).await?;
     let strings = hub.create_devices("idle", devices).await?;
     // Let the hub's allocator settle after creating the devices, then take the baseline.
@@ -696,13 +763,7 @@ async fn idle(hub_bin: &Path, devices: usize, settle_seconds: u64) -> anyhow::Re
     tokio::time::sleep(Duration::from_secs(settle_seconds)).await;
     let connected = hub.resident_bytes()?;
     let per_connection = connected.saturating_sub(baseline) as f64 / devices as f64;
-    let mut result = measurement(
-        "idle connections",
-        format!("{devices} MQTT/TLS devices, connect rate"),
-        Vec::new(),
-        0,
-        elapsed,
-    );
+    let mut result = measurement("idle connections", parameters, Vec::new(), 0, elapsed);
     result.operations = devices as u64;
     result.per_second = devices as f64 / elapsed.as_secs_f64();
     result.bytes_per_connection = Some(per_connection);
@@ -938,6 +999,7 @@ fn measurement(
         peak_hub_memory_bytes: None,
         bytes_per_second: None,
         delivered: None,
+        skipped: None,
     }
 }
 
@@ -1017,6 +1079,14 @@ fn markdown(report: &Report) -> String {
     let show =
         |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}"));
     for result in &report.results {
+        if let Some(reason) = &result.skipped {
+            let _ = writeln!(
+                out,
+                "| {} | {} | skipped: {reason} | | | | | | | |",
+                result.scenario, result.parameters
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
