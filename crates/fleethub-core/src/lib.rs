@@ -8,6 +8,7 @@ pub mod executor;
 pub mod identity;
 pub mod jobs;
 pub mod rollout;
+pub mod throttle;
 pub mod timestamp;
 pub mod twin;
 

@@ -211,13 +211,16 @@ impl ConnectRefusal {
     }
 }
 
-/// Authenticates an MQTT CONNECT: client id, username `{host}/{clientId}/?...`, SAS password signed with the
-/// identity's key or with a policy that has DeviceConnect. Returns the identity's record.
+/// Authenticates an MQTT CONNECT: client id, username `{host}/{clientId}/?...`, and either a SAS password
+/// signed with the identity's key or with a policy that has DeviceConnect, or no password and the TLS client
+/// certificate (`client_certificates`, leaf first) of an identity with X.509 authentication (`x509.rs`).
+/// Returns the identity's record.
 pub async fn authenticate_device(
     services: &Services,
     client_id: &str,
     username: Option<&str>,
     password: Option<&[u8]>,
+    client_certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
     now_unix: u64,
 ) -> Result<DeviceRecord, ConnectRefusal> {
     use ConnectReturnCode::{BadUserNameOrPassword, IdentifierRejected, NotAuthorized};
@@ -247,12 +250,10 @@ pub async fn authenticate_device(
             format!("username names host {host:?}, which is not this hub"),
         ));
     }
-    let password = password.ok_or_else(|| {
-        ConnectRefusal::new(
-            NotAuthorized,
-            "no password: X.509 device authentication is not supported yet",
-        )
-    })?;
+    let Some(password) = password else {
+        return authenticate_with_certificate(services, &client, client_certificates, now_unix)
+            .await;
+    };
     let password = std::str::from_utf8(password)
         .map_err(|_| ConnectRefusal::new(BadUserNameOrPassword, "the password is not UTF-8"))?;
     let token: SasToken = password.parse().map_err(|error| {
@@ -272,6 +273,15 @@ pub async fn authenticate_device(
         .ok_or_else(|| ConnectRefusal::new(NotAuthorized, format!("{key} is not registered")))?;
 
     let signed = match token.key_name.as_deref() {
+        None if uses_x509(&record) => {
+            return Err(ConnectRefusal::new(
+                NotAuthorized,
+                format!(
+                    "{key} authenticates with an X.509 certificate ({:?}): a device SAS token is not accepted",
+                    record.identity.authentication.kind
+                ),
+            ));
+        }
         None => {
             let resource = DeviceResource::parse(&token.resource).map_err(|error| {
                 ConnectRefusal::new(NotAuthorized, format!("the token's resource: {error}"))
@@ -338,6 +348,62 @@ pub async fn authenticate_device(
             "the SAS token has expired",
         ));
     }
+    check_enabled(services, record).await
+}
+
+fn uses_x509(record: &DeviceRecord) -> bool {
+    use fleethub_protocol::rest::AuthenticationType::{CertificateAuthority, SelfSigned};
+    matches!(
+        record.identity.authentication.kind,
+        SelfSigned | CertificateAuthority
+    )
+}
+
+/// A CONNECT without a password: the identity must use X.509 authentication and the TLS client
+/// certificate must satisfy it (`x509::authenticate_certificate`).
+async fn authenticate_with_certificate(
+    services: &Services,
+    client: &ClientId,
+    client_certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    now_unix: u64,
+) -> Result<DeviceRecord, ConnectRefusal> {
+    use ConnectReturnCode::NotAuthorized;
+    let key = IdentityKey::from_client_id(client);
+    let record = services
+        .store
+        .get(&key)
+        .await
+        .map_err(|error| {
+            ConnectRefusal::new(ConnectReturnCode::ServerUnavailable, error.to_string())
+        })?
+        .ok_or_else(|| ConnectRefusal::new(NotAuthorized, format!("{key} is not registered")))?;
+    if !uses_x509(&record) {
+        return Err(ConnectRefusal::new(
+            NotAuthorized,
+            format!("no password: {key} authenticates with a SAS token, send it as the password"),
+        ));
+    }
+    let now =
+        time::OffsetDateTime::from_unix_timestamp(i64::try_from(now_unix).unwrap_or(i64::MAX))
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    crate::x509::authenticate_certificate(
+        &key,
+        &record.identity.authentication,
+        client_certificates,
+        &services.certificates.trusted(),
+        now,
+    )
+    .map_err(|reason| ConnectRefusal::new(NotAuthorized, reason))?;
+    check_enabled(services, record).await
+}
+
+/// Refuses a disabled identity, or a module of a disabled device.
+async fn check_enabled(
+    services: &Services,
+    record: DeviceRecord,
+) -> Result<DeviceRecord, ConnectRefusal> {
+    use ConnectReturnCode::NotAuthorized;
+    let key = &record.key;
     if !record.identity.is_enabled() {
         return Err(ConnectRefusal::new(
             NotAuthorized,

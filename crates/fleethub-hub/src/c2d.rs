@@ -317,6 +317,8 @@ pub struct Outbox {
     /// The queue may hold messages this connection has not read.
     read_due: bool,
     next_packet_id: u16,
+    /// Packet ids the connection's other QoS 1 publishes (desired patches) hold until their PUBACK.
+    reserved: Vec<PacketId>,
 }
 
 impl Outbox {
@@ -341,7 +343,27 @@ impl Outbox {
             last_sequence: None,
             read_due: subscription.is_some(),
             next_packet_id: 0,
+            reserved: Vec::new(),
         }
+    }
+
+    /// A packet id for another QoS 1 publish of this connection (a desired patch), unused by its messages in
+    /// flight and by the device's unacknowledged deliveries, and kept from them until
+    /// [`Outbox::release_packet_id`]: packet ids are one space per connection.
+    pub fn reserve_packet_id(&mut self, deliveries: &Deliveries) -> PacketId {
+        let packet_id = match self.device_id.clone() {
+            Some(device_id) => deliveries.with(&device_id, |unacknowledged| {
+                self.allocate_packet_id(unacknowledged)
+            }),
+            None => self.allocate_packet_id(&BTreeMap::new()),
+        };
+        self.reserved.push(packet_id);
+        packet_id
+    }
+
+    /// The publish that held `packet_id` was acknowledged (or is forgotten).
+    pub fn release_packet_id(&mut self, packet_id: PacketId) {
+        self.reserved.retain(|reserved| *reserved != packet_id);
     }
 
     /// The device subscribed (again) to its messages with `qos` granted.
@@ -459,8 +481,8 @@ impl Outbox {
         packets
     }
 
-    /// A packet id used neither by this connection's messages in flight nor by the device's other
-    /// unacknowledged deliveries.
+    /// A packet id used neither by this connection's messages in flight, nor by its reserved ids, nor by
+    /// the device's other unacknowledged deliveries.
     fn allocate_packet_id(&mut self, unacknowledged: &BTreeMap<u64, PacketId>) -> PacketId {
         loop {
             self.next_packet_id = self.next_packet_id.wrapping_add(1);
@@ -468,6 +490,7 @@ impl Outbox {
                 continue;
             };
             let taken = self.in_flight.iter().any(|(used, _)| *used == candidate)
+                || self.reserved.contains(&candidate)
                 || unacknowledged.values().any(|used| *used == candidate);
             if !taken {
                 return candidate;
@@ -559,6 +582,23 @@ mod tests {
         assert_eq!(outbox.allocate_packet_id(&used).get(), 3);
         outbox.next_packet_id = u16::MAX;
         assert_eq!(outbox.allocate_packet_id(&used).get(), 3);
+        let reserved = outbox.reserve_packet_id(&deliveries);
+        assert_eq!(reserved.get(), 4);
+        outbox.next_packet_id = 0;
+        assert_eq!(
+            outbox.allocate_packet_id(&BTreeMap::new()).get(),
+            1,
+            "ids are free again"
+        );
+        outbox.next_packet_id = 3;
+        assert_eq!(
+            outbox.allocate_packet_id(&BTreeMap::new()).get(),
+            5,
+            "a reserved id is skipped"
+        );
+        outbox.release_packet_id(reserved);
+        outbox.next_packet_id = 3;
+        assert_eq!(outbox.allocate_packet_id(&BTreeMap::new()).get(), 4);
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct HubLimits {
     /// Cloud-to-device messages one connection has published at QoS 1 and the device not yet acknowledged;
     /// the next are read from the queue as PUBACKs come back.
     pub c2d_in_flight: usize,
+    /// Rate limits per hub and per device (`throttle.rs`); unlimited by default.
+    pub throttle: crate::throttle::ThrottleSettings,
 }
 
 impl Default for HubLimits {
@@ -131,6 +133,7 @@ impl Default for HubLimits {
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
             telemetry_in_flight: 64,
             c2d_in_flight: 16,
+            throttle: crate::throttle::ThrottleSettings::default(),
         }
     }
 }

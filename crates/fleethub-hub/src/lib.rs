@@ -5,8 +5,10 @@ pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod c2d;
+pub mod certificates;
 pub mod config;
 pub mod configurations;
+pub mod desired;
 pub mod events;
 pub mod jobs;
 pub mod listeners;
@@ -20,9 +22,11 @@ pub mod rollouts;
 pub mod routing;
 pub mod services;
 pub mod sessions;
+pub mod throttle;
 pub mod tls;
 pub mod tls_stream;
 mod websocket;
+pub mod x509;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -241,6 +245,8 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
         .routing
         .load(&*services.store, &*services.events)
         .await?;
+    // Before any listener: devices with CA-signed certificates are checked against the stored CAs.
+    services.certificates.load(&*services.store).await?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     // Shutting down without a drain (the token cancelled directly) drains too.

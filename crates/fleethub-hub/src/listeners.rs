@@ -101,6 +101,7 @@ pub async fn run_mqtt_listener(
         };
         let Some(slot) = limiter.try_acquire() else {
             tracing::warn!(%peer, "connection refused: the connection cap is reached");
+            services.throttle.refused_at_connection_cap();
             continue;
         };
         tune(&stream);
@@ -120,7 +121,8 @@ pub async fn run_mqtt_listener(
                 }
                 Err(error) => return tracing::debug!(%peer, %error, "mqtt tls handshake failed"),
             };
-            serve_connection(Box::new(tls), services, peer, shutdown).await;
+            let client_certificates = tls.peer_certificates();
+            serve_connection(Box::new(tls), services, peer, client_certificates, shutdown).await;
         });
     }
 }
@@ -149,6 +151,7 @@ pub async fn run_https_listener(
         };
         let Some(slot) = limiter.try_acquire() else {
             tracing::warn!(%peer, "connection refused: the connection cap is reached");
+            services.throttle.refused_at_connection_cap();
             continue;
         };
         tune(&stream);
@@ -166,10 +169,13 @@ pub async fn run_https_listener(
                 }
                 Err(error) => return tracing::debug!(%peer, %error, "https tls handshake failed"),
             };
-            // The peer address rides along in each request's extensions (the WebSocket gateway logs it).
+            // The peer address rides along in each request's extensions (the WebSocket gateway logs it), and
+            // so does the client's certificate chain (MQTT over WebSocket authenticates devices with it).
+            let client_certificates = crate::x509::ClientCertificates(tls.peer_certificates());
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(crate::rest::Peer(peer));
+                    request.extensions_mut().insert(client_certificates.clone());
                     router.clone().oneshot(request)
                 },
             );

@@ -181,8 +181,16 @@ pub struct EndpointFigures {
     pub unread: u64,
 }
 
+/// One per-endpoint metric family: name, help, type and the figure it shows.
+type EndpointFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&EndpointFigures) -> u64,
+);
+
 fn render_endpoints(out: &mut String, endpoints: &[EndpointFigures]) {
-    let families: [(&str, &str, &str, fn(&EndpointFigures) -> u64); 3] = [
+    let families: [EndpointFamily; 3] = [
         (
             "fleethub_routing_endpoint_delivered_total",
             "Events delivered to a custom routing endpoint since this endpoint started in this process.",

@@ -21,6 +21,10 @@
 //!
 //! Cloud-to-device messages are read from the device's queue by the connection's `c2d::Outbox` (woken by
 //! enqueues, subscriptions and PUBACKs), published at QoS 1 and completed at the device's PUBACK.
+//!
+//! Desired patches go through the connection's `desired::DesiredPatches`: at QoS 1 where the subscription
+//! grants it (packet ids reserved from the outbox, one id space per connection), and a persistent session
+//! gets its catch-up patch right after the CONNACK, before anything else.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -50,6 +54,7 @@ use crate::events::telemetry_event;
 use crate::methods::{MethodReply, ReplyOutcome};
 use crate::services::{Services, record_connection_state};
 use crate::sessions::{CloseReason, ConnectionShared, Outbound, SubscriptionSet};
+use crate::throttle::OperationClass;
 
 /// Azure caps the keep-alive at 1767 s and drops a client after 1.5 times it without traffic.
 const MAX_KEEP_ALIVE_SECONDS: u64 = 1767;
@@ -68,6 +73,8 @@ enum Ending {
     ProtocolViolation(String),
     /// The event log could not take a message (it failed or is closing); the device gets no PUBACK.
     EventLog(String),
+    /// The device's telemetry went over a rate limit for too long (`throttle.rs`).
+    Throttled(String),
     Io(std::io::Error),
     Shutdown,
 }
@@ -84,6 +91,7 @@ impl Ending {
             | Ending::TokenExpired
             | Ending::ProtocolViolation(_)
             | Ending::EventLog(_)
+            | Ending::Throttled(_)
             | Ending::Io(_) => true,
         }
     }
@@ -106,6 +114,7 @@ impl std::fmt::Display for Ending {
             Ending::Closed(reason) => write!(f, "closed by the hub: {}", reason.describe()),
             Ending::ProtocolViolation(reason) => write!(f, "protocol violation: {reason}"),
             Ending::EventLog(reason) => write!(f, "the event log refused a message: {reason}"),
+            Ending::Throttled(reason) => write!(f, "throttled: {reason}"),
             Ending::Io(error) => write!(f, "i/o error: {error}"),
             Ending::Shutdown => f.write_str("the hub is shutting down"),
         }
@@ -178,10 +187,13 @@ enum ConnectionError {
 }
 
 /// Serves one device connection to its end. Never panics on input; every refusal is logged.
+/// `client_certificates`: the chain the client presented in the TLS handshake, if any (X.509 devices
+/// authenticate with it); dropped once CONNECT is decided.
 pub async fn serve_connection<S>(
     stream: S,
     services: Arc<Services>,
     peer: SocketAddr,
+    client_certificates: Option<crate::x509::PeerCertificates>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -195,7 +207,7 @@ pub async fn serve_connection<S>(
     // Boxed: the CONNECT phase holds large values (the identity record, the CONNECT packet) that must not
     // stay in every idle connection's task for its whole life.
     let established = tokio::select! {
-        established = Box::pin(establish(&mut connection, &services, peer)) => established,
+        established = Box::pin(establish(&mut connection, &services, peer, client_certificates)) => established,
         () = shutdown.cancelled() => return,
     };
     let Some(Established {
@@ -219,6 +231,10 @@ pub async fn serve_connection<S>(
         clean_session,
         &services.c2d,
     );
+    let desired = crate::desired::DesiredPatches::new(
+        clean_session,
+        crate::desired::subscription_qos(&filters, &client_id),
+    );
     let mut session = Session {
         services: &services,
         key: &key,
@@ -229,7 +245,17 @@ pub async fn serve_connection<S>(
         origin: &origin,
         pending_acks: VecDeque::new(),
         c2d,
+        throttle: services.throttle.connection(),
+        desired,
     };
+    // Before anything else the connection sends: the device's catch-up on missed desired patches.
+    if let Some(catch_up) = session
+        .desired
+        .resume(&services, &key, &mut session.c2d)
+        .await
+    {
+        connection.queue(&catch_up);
+    }
     let ending = run(
         &mut connection,
         &mut session,
@@ -243,6 +269,7 @@ pub async fn serve_connection<S>(
         let _ =
             tokio::time::timeout(FINAL_ACK_WAIT, drain_acks(&mut connection, &mut session)).await;
     }
+    session.desired.finish(&services, &key).await;
     drop(session);
     let _ = connection.flush().await;
     let _ = connection.stream.shutdown().await;
@@ -256,7 +283,10 @@ pub async fn serve_connection<S>(
         record_connection_state(&services, &key, ConnectionState::Disconnected).await;
     }
     match &ending {
-        Ending::ProtocolViolation(_) | Ending::Closed(_) | Ending::TokenExpired => {
+        Ending::ProtocolViolation(_)
+        | Ending::Closed(_)
+        | Ending::TokenExpired
+        | Ending::Throttled(_) => {
             tracing::info!(%peer, device = %key, %ending, "connection closed")
         }
         ending => tracing::debug!(%peer, device = %key, %ending, "connection ended"),
@@ -315,6 +345,7 @@ async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     services: &Services,
     peer: SocketAddr,
+    client_certificates: Option<crate::x509::PeerCertificates>,
 ) -> Option<Established> {
     let connect_deadline = Instant::now() + services.config.limits.connect_timeout;
     let mut connect =
@@ -340,12 +371,19 @@ async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
 
+    // Azure's new-connection throttle, checked before the work of authenticating.
+    if let Err(throttled) = services.throttle.admit_connection() {
+        tracing::debug!(%peer, client_id = %connect.client_id, %throttled, "connection refused");
+        refuse(connection, ConnectReturnCode::ServerUnavailable).await;
+        return None;
+    }
     let now = services.now();
     let record = match authenticate_device(
         services,
         &connect.client_id,
         connect.username.as_deref(),
         connect.password.as_deref(),
+        client_certificates.as_deref(),
         now.unix_timestamp().max(0) as u64,
     )
     .await
@@ -487,6 +525,10 @@ struct Session<'a> {
     pending_acks: VecDeque<PendingAck>,
     /// Delivery of the device's cloud-to-device queue.
     c2d: crate::c2d::Outbox,
+    /// Delivery of desired patches, and what a persistent session's device has of them.
+    desired: crate::desired::DesiredPatches,
+    /// The connection's own rate limits (`throttle.rs`).
+    throttle: crate::throttle::DeviceThrottle,
 }
 
 /// Waits for the oldest pending telemetry to be durable and queues its PUBACK.
@@ -558,7 +600,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 session.shared.drain(&mut pushes);
                 for push in pushes.drain(..) {
-                    connection.queue(&push_packet(push));
+                    if let Some(packet) = push_packet(session, push).await {
+                        connection.queue(&packet);
+                    }
                 }
                 if session.shared.take_cloud_to_device_signal() {
                     session.c2d.wake();
@@ -618,23 +662,33 @@ fn unix_millis() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn push_packet(push: Outbound) -> Packet {
+/// The PUBLISH for a push, if it is to go out (a desired patch the device already has is not).
+async fn push_packet(session: &mut Session<'_>, push: Outbound) -> Option<Packet> {
     match push {
         Outbound::DesiredPatch { version, payload } => {
-            publish(topics::desired_patch_topic(version), payload)
+            session
+                .desired
+                .publish(
+                    session.services,
+                    session.key,
+                    &mut session.c2d,
+                    version,
+                    payload,
+                )
+                .await
         }
         Outbound::MethodRequest {
             method_name,
             request_id,
             payload,
-        } => publish(
+        } => Some(publish(
             topics::method_request_topic(&method_name, &request_id),
             payload,
-        ),
+        )),
     }
 }
 
-/// Hub-to-device publishes go at QoS 0, as Azure's do for twin responses, patches and method requests.
+/// Twin responses and method requests go at QoS 0, as Azure's do (desired patches: `desired.rs`).
 fn publish(topic: String, payload: Bytes) -> Packet {
     Packet::Publish(Publish {
         dup: false,
@@ -657,6 +711,7 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
         Packet::Subscribe(subscribe) => {
             let mut return_codes = Vec::with_capacity(subscribe.filters.len());
             let mut set = session.shared.subscriptions();
+            let mut desired_granted = None;
             for (filter, requested) in subscribe.filters {
                 let kind = match topics::parse_device_subscription(&filter, session.client_id) {
                     Ok(kind) => kind,
@@ -670,6 +725,9 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 let granted = requested.min(QoS::AtLeastOnce);
                 if kind == topics::Subscription::CloudToDevice {
                     session.c2d.subscribed(granted);
+                }
+                if kind == topics::Subscription::DesiredPatches {
+                    desired_granted = Some(granted);
                 }
                 set.insert(kind);
                 session.filters.retain(|stored| stored.filter != filter);
@@ -692,6 +750,15 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 packet_id: subscribe.packet_id,
                 return_codes,
             }));
+            // Registered first, so that the baseline read below is older than every later push.
+            if let Some(granted) = desired_granted
+                && let Some(catch_up) = session
+                    .desired
+                    .subscribed(session.services, session.key, &mut session.c2d, granted)
+                    .await
+            {
+                connection.queue(&catch_up);
+            }
             None
         }
         Packet::Unsubscribe(unsubscribe) => {
@@ -707,6 +774,14 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
             if !set.contains(topics::Subscription::CloudToDevice) {
                 session.c2d.unsubscribed();
             }
+            if !set.contains(topics::Subscription::DesiredPatches)
+                && session.desired.is_subscribed()
+            {
+                session
+                    .desired
+                    .unsubscribed(session.services, session.key)
+                    .await;
+            }
             session
                 .services
                 .sessions
@@ -716,12 +791,23 @@ async fn handle_packet<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Packet::PingReq => {
             connection.queue(&Packet::PingResp);
+            // The keep-alive doubles as the tick that writes a desired checkpoint left unsaved.
+            session
+                .desired
+                .save_if_due(session.services, session.key)
+                .await;
             None
         }
         Packet::Disconnect => Some(Ending::PeerDisconnected),
-        // Only cloud-to-device messages go out at QoS 1; everything else the hub publishes is QoS 0.
+        // Only desired patches and cloud-to-device messages go out at QoS 1.
         Packet::PubAck(packet_id) => {
-            session.c2d.acknowledged(session.services, packet_id).await;
+            if !session
+                .desired
+                .acknowledged(session.services, session.key, &mut session.c2d, packet_id)
+                .await
+            {
+                session.c2d.acknowledged(session.services, packet_id).await;
+            }
             None
         }
         other => Some(Ending::ProtocolViolation(format!(
@@ -781,6 +867,19 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
     match topic {
         DeviceTopic::TwinGet { request_id } => {
             puback(connection, publish.packet_id);
+            if let Err(throttled) = session
+                .services
+                .throttle
+                .admit_device_twin(&mut session.throttle, OperationClass::TwinRead)
+            {
+                connection.queue(&twin_error(
+                    &request_id,
+                    429,
+                    429001,
+                    &throttled.to_string(),
+                ));
+                return None;
+            }
             let response = match session.services.store.get(session.key).await {
                 Ok(Some(record)) => {
                     let body = serde_json::to_vec(&record.twin.properties_json())
@@ -796,6 +895,20 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             connection.queue(&response);
         }
         DeviceTopic::TwinPatchReported { request_id } => {
+            if let Err(throttled) = session
+                .services
+                .throttle
+                .admit_device_twin(&mut session.throttle, OperationClass::TwinUpdate)
+            {
+                puback(connection, publish.packet_id);
+                connection.queue(&twin_error(
+                    &request_id,
+                    429,
+                    429001,
+                    &throttled.to_string(),
+                ));
+                return None;
+            }
             let patch: Value = match serde_json::from_slice(&publish.payload) {
                 Ok(patch) => patch,
                 Err(error) => {
@@ -863,6 +976,15 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
                     )));
                 }
             };
+            // Traffic shaping: over a rate, the connection waits here and reads nothing more meanwhile.
+            if let Err(refused) = session
+                .services
+                .throttle
+                .shape_telemetry(&mut session.throttle)
+                .await
+            {
+                return Some(Ending::Throttled(refused.to_string()));
+            }
             if session.pending_acks.len() >= session.services.config.limits.telemetry_in_flight
                 && let Err(ending) = acknowledge_oldest(connection, session).await
             {

@@ -37,6 +37,10 @@ pub struct Services {
     pub routing: crate::routing::Routing,
     /// Operational figures for `GET /metrics` (`metrics.rs`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Rate limits and their counters (`throttle.rs`).
+    pub throttle: crate::throttle::Throttle,
+    /// X.509 CA certificates and the verified set device authentication trusts (`certificates.rs`).
+    pub certificates: crate::certificates::CaCertificates,
     /// Cancelled when the hub begins to shut down (`RunningHub::shutdown`): the listeners stop accepting,
     /// HTTPS connections finish the requests they carry and close, event and change streams end. Device
     /// connections stay open until the drain is over, so in-flight method calls get their answers.
@@ -181,6 +185,7 @@ impl Services {
     ) -> Self {
         let sessions = Arc::new(SessionTable::new(config.limits.outbound_queue_depth));
         let routing = crate::routing::Routing::new(&config);
+        let throttle = crate::throttle::Throttle::new(config.limits.throttle.clone());
         Self {
             config,
             store,
@@ -193,6 +198,8 @@ impl Services {
             draining: tokio_util::sync::CancellationToken::new(),
             https_connections: std::sync::atomic::AtomicUsize::new(0),
             metrics: Arc::default(),
+            throttle,
+            certificates: crate::certificates::CaCertificates::default(),
             policies: RwLock::new(Arc::new(policies)),
             policy_writes: tokio::sync::Mutex::new(()),
         }

@@ -342,12 +342,15 @@ pub fn load_or_create(
     })
 }
 
-/// TLS 1.3 and 1.2 (the Python device SDK insists on 1.2), ring as the crypto provider.
+/// TLS 1.3 and 1.2 (the Python device SDK insists on 1.2), ring as the crypto provider. Clients are asked
+/// for a certificate but need not send one (X.509 device authentication is decided at MQTT CONNECT,
+/// `x509.rs`).
 fn server_config(certificate: Arc<ServerCertificate>) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_certificates = Arc::new(crate::x509::OptionalClientCertificate::new(&provider));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_certificates)
         .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Offer ALPN but never insist: MQTT clients send none, and rustls then proceeds without it.

@@ -100,6 +100,15 @@ impl<IO> LeanTlsStream<IO> {
         self.engine.connection.protocol_version()
     }
 
+    /// The certificate chain the client presented (leaf first), if it sent one.
+    pub fn peer_certificates(&self) -> Option<crate::x509::PeerCertificates> {
+        self.engine
+            .connection
+            .peer_certificates()
+            .filter(|chain| !chain.is_empty())
+            .map(|chain| chain.iter().map(|der| der.clone().into_owned()).collect())
+    }
+
     pub fn get_ref(&self) -> &IO {
         &self.io
     }

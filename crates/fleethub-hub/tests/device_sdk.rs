@@ -545,8 +545,9 @@ async fn malformed_connection_strings_are_rejected_with_a_message_naming_the_pro
             "both SharedAccessKey and SharedAccessSignature",
         ),
         (
+            // X.509 without a client certificate in the options.
             "HostName=localhost;DeviceId=strict;x509=true".into(),
-            "X.509 authentication (x509=true) is not supported",
+            "set DeviceClientOptions::client_certificate",
         ),
         (
             format!("HostName=localhost;DeviceId=strict;SharedAccessSignature={expired}"),

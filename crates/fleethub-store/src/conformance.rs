@@ -5,6 +5,7 @@
 mod artifacts;
 mod audit;
 mod c2d;
+mod certificates;
 mod configurations;
 mod jobs;
 mod rollouts;
@@ -20,8 +21,8 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 use crate::{
-    ChangeFilter, ChangeOperation, CreateIdentity, Store, StoreError, StoredSession,
-    StoredSubscription, TwinChange, UpdateIdentity, UpdateTwin,
+    ChangeFilter, ChangeOperation, CreateIdentity, DesiredCheckpoint, Store, StoreError,
+    StoredSession, StoredSubscription, TwinChange, UpdateIdentity, UpdateTwin,
 };
 
 /// Opens the backend under test; every call must see the data written through earlier instances.
@@ -44,6 +45,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     bulk_writes_apply_each_item_on_its_own(&*store).await;
     change_feed_is_ordered_filtered_and_notified(&*store).await;
     sessions_persist_and_die_with_their_identity(&*store).await;
+    desired_checkpoints_only_move_forward_and_go_with_their_session(&*store).await;
     connection_state_and_activity_are_recorded(&*store).await;
     policies_and_meta_round_trip(&*store).await;
     drop(store);
@@ -54,6 +56,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     rollouts::run_all(factory).await;
     c2d::run_all(factory).await;
     audit::run_all(factory).await;
+    certificates::run_all(factory).await;
 }
 
 fn device(id: &str) -> IdentityKey {
@@ -716,6 +719,93 @@ async fn sessions_persist_and_die_with_their_identity(store: &dyn Store) {
         store.load_session(&key).await.expect("load"),
         None,
         "a re-created device starts clean"
+    );
+}
+
+async fn desired_checkpoints_only_move_forward_and_go_with_their_session(store: &dyn Store) {
+    let key = device("checkpoint");
+    store.create_identity(create(&key)).await.expect("create");
+    let checkpoint = |version: u64, value: serde_json::Value| DesiredCheckpoint {
+        version,
+        desired: match value {
+            serde_json::Value::Object(members) => members,
+            other => panic!("not an object: {other}"),
+        },
+    };
+    store
+        .save_desired_checkpoint(&key, Some(checkpoint(3, json!({"a": 1}))))
+        .await
+        .expect("save without a session");
+    assert_eq!(
+        store.load_desired_checkpoint(&key).await.expect("load"),
+        None,
+        "only a persisted session keeps a checkpoint"
+    );
+    let session = StoredSession {
+        subscriptions: vec![StoredSubscription {
+            filter: "$iothub/twin/PATCH/properties/desired/#".into(),
+            qos: 1,
+        }],
+    };
+    store
+        .save_session(&key, session.clone())
+        .await
+        .expect("save session");
+    store
+        .save_desired_checkpoint(&key, Some(checkpoint(3, json!({"a": 1, "b": {"c": [1]}}))))
+        .await
+        .expect("save");
+    store
+        .save_desired_checkpoint(&key, Some(checkpoint(2, json!({"a": 0}))))
+        .await
+        .expect("save an older one");
+    assert_eq!(
+        store.load_desired_checkpoint(&key).await.expect("load"),
+        Some(checkpoint(3, json!({"a": 1, "b": {"c": [1]}}))),
+        "an older checkpoint never replaces a newer one"
+    );
+    store
+        .save_session(&key, session.clone())
+        .await
+        .expect("save session again");
+    store
+        .save_desired_checkpoint(&key, Some(checkpoint(5, json!({}))))
+        .await
+        .expect("save a newer one");
+    assert_eq!(
+        store.load_desired_checkpoint(&key).await.expect("load"),
+        Some(checkpoint(5, json!({}))),
+        "saving the subscriptions keeps the checkpoint"
+    );
+    assert_eq!(
+        store.load_session(&key).await.expect("load"),
+        Some(session.clone())
+    );
+    store
+        .save_desired_checkpoint(&key, None)
+        .await
+        .expect("forget");
+    assert_eq!(
+        store.load_desired_checkpoint(&key).await.expect("load"),
+        None
+    );
+    store
+        .save_desired_checkpoint(&key, Some(checkpoint(1, json!({"x": true}))))
+        .await
+        .expect("save after forgetting");
+    assert_eq!(
+        store.load_desired_checkpoint(&key).await.expect("load"),
+        Some(checkpoint(1, json!({"x": true})))
+    );
+    store.delete_session(&key).await.expect("delete session");
+    store
+        .save_session(&key, session)
+        .await
+        .expect("save session");
+    assert_eq!(
+        store.load_desired_checkpoint(&key).await.expect("load"),
+        None,
+        "a clean session starts without a checkpoint"
     );
 }
 

@@ -25,6 +25,7 @@
 mod artifacts;
 mod audit;
 mod c2d;
+mod certificates;
 mod configurations;
 pub mod conformance;
 mod index;
@@ -39,6 +40,7 @@ pub use c2d::{
     C2D_EXPIRY_CHUNK, C2dAbandoned, C2dExpired, C2dLock, C2dReceipt, LockedFeedback, NewC2dMessage,
     QueuedC2dMessage, ReceiveFeedback,
 };
+pub use certificates::CaCertificateRecord;
 pub use index::IndexedPaths;
 pub use jobs::{AZURE_JOB_RETENTION, JOB_TARGET_CHUNK, JobFilter, JobRecord};
 pub use records::*;
@@ -152,6 +154,19 @@ pub trait Store: Send + Sync + 'static {
         session: StoredSession,
     ) -> BoxFuture<'_, StoreResult<()>>;
     fn delete_session(&self, key: &IdentityKey) -> BoxFuture<'_, StoreResult<()>>;
+    /// The desired checkpoint of `key`'s persistent session, if the session exists and holds one.
+    fn load_desired_checkpoint(
+        &self,
+        key: &IdentityKey,
+    ) -> BoxFuture<'_, StoreResult<Option<DesiredCheckpoint>>>;
+    /// Records `checkpoint` in `key`'s persistent session, unless the session is gone (nothing happens) or
+    /// already holds a checkpoint of a higher or equal version: a connection that was taken over may save
+    /// after its successor, and must not move the session back. `None` forgets the checkpoint.
+    fn save_desired_checkpoint(
+        &self,
+        key: &IdentityKey,
+        checkpoint: Option<DesiredCheckpoint>,
+    ) -> BoxFuture<'_, StoreResult<()>>;
 
     // ---- access policies and hub metadata ----
     fn policies(&self) -> BoxFuture<'_, StoreResult<Vec<AccessPolicy>>>;
@@ -432,6 +447,18 @@ pub trait Store: Send + Sync + 'static {
         lock_token: &LockToken,
         now: OffsetDateTime,
     ) -> BoxFuture<'_, StoreResult<()>>;
+
+    // ---- X.509 CA certificates (device authentication) ----
+    /// Inserts or replaces the CA certificate with this name.
+    fn put_ca_certificate(&self, record: CaCertificateRecord) -> BoxFuture<'_, StoreResult<()>>;
+    fn get_ca_certificate(
+        &self,
+        name: &str,
+    ) -> BoxFuture<'_, StoreResult<Option<CaCertificateRecord>>>;
+    /// Every CA certificate, by name.
+    fn list_ca_certificates(&self) -> BoxFuture<'_, StoreResult<Vec<CaCertificateRecord>>>;
+    /// Deletes a CA certificate; returns whether it existed.
+    fn delete_ca_certificate(&self, name: &str) -> BoxFuture<'_, StoreResult<bool>>;
 
     // ---- the audit log ----
     /// Appends a record durably (group-committed with other writes); returns its sequence number, which is

@@ -115,6 +115,17 @@ pub struct StoredSubscription {
     pub qos: u8,
 }
 
+/// The desired properties a persistent session's device has, as far as the hub knows: what it last
+/// acknowledged (desired patches at QoS 1) or was last sent (QoS 0). The next connection of the session
+/// catches the device up from it. Kept beside the session's subscriptions and gone with them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredCheckpoint {
+    /// The desired `$version` the device has.
+    pub version: u64,
+    /// The desired properties at that version, without `$metadata` and `$version`.
+    pub desired: Map<String, Value>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryCounts {

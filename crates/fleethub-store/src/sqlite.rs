@@ -29,14 +29,16 @@ use crate::c2d::{
     self, C2D_EXPIRY_CHUNK, C2dAbandoned, C2dExpired, C2dReceipt, LockedFeedback, NewC2dMessage,
     QueuedC2dMessage, ReceiveFeedback,
 };
+use crate::certificates::{self, CaCertificateRecord};
 use crate::configurations;
 use crate::index::{self, IndexedPaths, Section};
 use crate::jobs::{self, JOB_TARGET_CHUNK, JobChange, JobFilter, JobRecord};
 use crate::rollouts::{self, ROLLOUT_TARGET_CHUNK, RolloutChange, RolloutFilter, RolloutRecord};
 use crate::{
     BoxFuture, BulkApplied, BulkOperation, ChangeFilter, ChangeOperation, ChangeRecord,
-    CreateIdentity, DeviceRecord, IdentityUpdated, RegistryCounts, Store, StoreError, StoreResult,
-    StoredSession, TwinChange, TwinQuery, TwinUpdated, UpdateIdentity, UpdateTwin,
+    CreateIdentity, DesiredCheckpoint, DeviceRecord, IdentityUpdated, RegistryCounts, Store,
+    StoreError, StoreResult, StoredSession, TwinChange, TwinQuery, TwinUpdated, UpdateIdentity,
+    UpdateTwin,
 };
 use fleethub_core::configuration::{self, Configuration, ConfigurationId, ConfigurationSpec};
 use fleethub_core::executor::{Statistics, TargetRecord};
@@ -119,6 +121,13 @@ const MIGRATIONS: &[&str] = &[
     crate::c2d::MIGRATION,
     // 10: the audit log of service operations (see audit.rs).
     crate::audit::MIGRATION,
+    // 11: X.509 CA certificates for device authentication (see certificates.rs).
+    crate::certificates::MIGRATION,
+    // 12: the desired properties a persistent session's device has (`Store::save_desired_checkpoint`).
+    r#"
+    ALTER TABLE sessions ADD COLUMN desired_version INTEGER;
+    ALTER TABLE sessions ADD COLUMN desired TEXT;
+    "#,
 ];
 
 #[derive(Clone, Debug)]
@@ -1317,6 +1326,60 @@ impl Store for SqliteStore {
         })
     }
 
+    fn load_desired_checkpoint(
+        &self,
+        key: &IdentityKey,
+    ) -> BoxFuture<'_, StoreResult<Option<DesiredCheckpoint>>> {
+        let key = key.clone();
+        self.read(move |connection| {
+            let row: Option<(Option<i64>, Option<String>)> = connection
+                .query_row(
+                    "SELECT desired_version, desired FROM sessions WHERE device_id = ?1 AND module_id = ?2",
+                    params![key.device_id.as_ref(), module_column(&key)],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((Some(version), Some(desired))) = row else {
+                return Ok(None);
+            };
+            Ok(Some(DesiredCheckpoint {
+                version: version as u64,
+                desired: serde_json::from_str(&desired)?,
+            }))
+        })
+    }
+
+    fn save_desired_checkpoint(
+        &self,
+        key: &IdentityKey,
+        checkpoint: Option<DesiredCheckpoint>,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let key = key.clone();
+        self.write(move |connection, _| {
+            match checkpoint {
+                Some(checkpoint) => connection
+                    .prepare_cached(
+                        "UPDATE sessions SET desired_version = ?3, desired = ?4
+                         WHERE device_id = ?1 AND module_id = ?2
+                           AND (desired_version IS NULL OR desired_version < ?3)",
+                    )?
+                    .execute(params![
+                        key.device_id.as_ref(),
+                        module_column(&key),
+                        i64::try_from(checkpoint.version).unwrap_or(i64::MAX),
+                        serde_json::to_string(&checkpoint.desired)?
+                    ])?,
+                None => connection
+                    .prepare_cached(
+                        "UPDATE sessions SET desired_version = NULL, desired = NULL
+                         WHERE device_id = ?1 AND module_id = ?2",
+                    )?
+                    .execute(params![key.device_id.as_ref(), module_column(&key)])?,
+            };
+            Ok(())
+        })
+    }
+
     fn policies(&self) -> BoxFuture<'_, StoreResult<Vec<AccessPolicy>>> {
         self.read(|connection| {
             let mut statement =
@@ -1927,6 +1990,27 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         let lock_token = lock_token.clone();
         self.write(move |connection, _| c2d::abandon_feedback(connection, &lock_token, now))
+    }
+
+    fn put_ca_certificate(&self, record: CaCertificateRecord) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |connection, _| certificates::put(connection, &record))
+    }
+
+    fn get_ca_certificate(
+        &self,
+        name: &str,
+    ) -> BoxFuture<'_, StoreResult<Option<CaCertificateRecord>>> {
+        let name = name.to_owned();
+        self.read(move |connection| certificates::load(connection, &name))
+    }
+
+    fn list_ca_certificates(&self) -> BoxFuture<'_, StoreResult<Vec<CaCertificateRecord>>> {
+        self.read(certificates::list)
+    }
+
+    fn delete_ca_certificate(&self, name: &str) -> BoxFuture<'_, StoreResult<bool>> {
+        let name = name.to_owned();
+        self.write(move |connection, _| certificates::delete(connection, &name))
     }
 
     fn append_audit(&self, record: NewAuditRecord) -> BoxFuture<'_, StoreResult<u64>> {

@@ -6,7 +6,7 @@ use fleethub_service::protocol::connection_string::DeviceConnectionString;
 use fleethub_service::protocol::ids::{DeviceId, ETag, ModuleId};
 use fleethub_service::protocol::rest::{
     AuthenticationMechanism, AuthenticationType, ConnectionState, Device, DeviceStatus, Module,
-    SymmetricKey, format_time,
+    SymmetricKey, X509Thumbprint, format_time,
 };
 use serde_json::json;
 
@@ -43,6 +43,17 @@ enum DeviceAction {
         /// Base64 secondary key (16 to 64 bytes); generated when left out
         #[arg(long, value_name = "KEY")]
         secondary_key: Option<String>,
+        /// How it authenticates: sas (keys), self-signed (an X.509 certificate matched by thumbprint), or
+        /// ca (an X.509 certificate with subject CN = the device id, chaining to a verified CA, see
+        /// `fleethub certificate`)
+        #[arg(long, value_enum, default_value = "sas")]
+        auth: AuthKind,
+        /// With --auth self-signed: the certificate's SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint
+        #[arg(long, value_name = "HEX")]
+        primary_thumbprint: Option<String>,
+        /// With --auth self-signed: a second certificate's thumbprint, for rolling certificates over
+        #[arg(long, value_name = "HEX")]
+        secondary_thumbprint: Option<String>,
     },
     /// Show a device's or module's identity: status, connection state, keys, etag
     Show {
@@ -87,7 +98,8 @@ enum DeviceAction {
         #[arg(long, value_name = "primary|secondary|swap", default_value = "primary")]
         key: KeyToRenew,
     },
-    /// Print the connection string a device app uses: HostName=...;DeviceId=...;SharedAccessKey=...
+    /// Print the connection string a device app uses: HostName=...;DeviceId=...;SharedAccessKey=... (or
+    /// ...;x509=true for an X.509 device, whose app also needs its certificate and key)
     ///
     /// HostName carries no port, whatever the hub's HTTPS port is: the official Azure device SDKs dial MQTT on
     /// 8883 (or WebSockets on 443) and reject a HostName with a port. For a hub listening elsewhere, use a
@@ -104,6 +116,60 @@ enum DeviceAction {
     },
 }
 
+/// `--auth` of `device create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AuthKind {
+    Sas,
+    SelfSigned,
+    Ca,
+}
+
+/// The `authentication` a create request carries: `None` lets the hub generate SAS keys.
+fn requested_authentication(
+    auth: AuthKind,
+    primary_key: Option<String>,
+    secondary_key: Option<String>,
+    primary_thumbprint: Option<String>,
+    secondary_thumbprint: Option<String>,
+) -> anyhow::Result<Option<AuthenticationMechanism>> {
+    let has_keys = primary_key.is_some() || secondary_key.is_some();
+    let has_thumbprints = primary_thumbprint.is_some() || secondary_thumbprint.is_some();
+    match auth {
+        AuthKind::Sas if has_thumbprints => Err(anyhow!(
+            "--primary-thumbprint and --secondary-thumbprint need --auth self-signed"
+        )),
+        AuthKind::Sas => Ok(has_keys.then(|| AuthenticationMechanism {
+            symmetric_key: SymmetricKey {
+                primary_key,
+                secondary_key,
+            },
+            type_: AuthenticationType::Sas,
+            ..AuthenticationMechanism::default()
+        })),
+        _ if has_keys => Err(anyhow!(
+            "--primary-key and --secondary-key are for --auth sas; an X.509 device has no keys"
+        )),
+        AuthKind::SelfSigned if !has_thumbprints => Err(anyhow!(
+            "--auth self-signed needs --primary-thumbprint (the SHA-1 or SHA-256 of the device's certificate; `fleethub certificate create-device` prints both)"
+        )),
+        AuthKind::SelfSigned => Ok(Some(AuthenticationMechanism {
+            x509_thumbprint: X509Thumbprint {
+                primary_thumbprint,
+                secondary_thumbprint,
+            },
+            type_: AuthenticationType::SelfSigned,
+            ..AuthenticationMechanism::default()
+        })),
+        AuthKind::Ca if has_thumbprints => Err(anyhow!(
+            "--auth ca takes no thumbprints: the device's certificate is checked against the hub's verified CA certificates"
+        )),
+        AuthKind::Ca => Ok(Some(AuthenticationMechanism {
+            type_: AuthenticationType::CertificateAuthority,
+            ..AuthenticationMechanism::default()
+        })),
+    }
+}
+
 pub(crate) async fn run(command: DeviceCommand) -> anyhow::Result<()> {
     let hub = command.hub.connect().await?;
     let format = command.hub.output;
@@ -115,17 +181,17 @@ pub(crate) async fn run(command: DeviceCommand) -> anyhow::Result<()> {
             disabled,
             primary_key,
             secondary_key,
+            auth,
+            primary_thumbprint,
+            secondary_thumbprint,
         } => {
-            let authentication = (primary_key.is_some() || secondary_key.is_some()).then(|| {
-                AuthenticationMechanism {
-                    symmetric_key: SymmetricKey {
-                        primary_key,
-                        secondary_key,
-                    },
-                    type_: AuthenticationType::Sas,
-                    ..AuthenticationMechanism::default()
-                }
-            });
+            let authentication = requested_authentication(
+                auth,
+                primary_key,
+                secondary_key,
+                primary_thumbprint,
+                secondary_thumbprint,
+            )?;
             match module {
                 Some(module_id) => {
                     let operation = Operation::new(
@@ -301,7 +367,7 @@ pub(crate) async fn run(command: DeviceCommand) -> anyhow::Result<()> {
             };
             let text = text.ok_or_else(|| {
                 anyhow!(
-                    "{subject} has no shared access key (it authenticates with an X.509 certificate), so it has no key connection string: give the device app its certificate instead"
+                    "{subject} has no shared access key and no X.509 authentication, so it has no connection string"
                 )
             })?;
             let text = match gateway {

@@ -8,6 +8,7 @@
 mod audit;
 mod backup;
 mod c2d;
+mod certificate;
 mod config;
 mod demo;
 mod device;
@@ -85,6 +86,9 @@ enum Command {
     Audit(audit::AuditCommand),
     /// Shared access policies: regenerate a key (a fleethub extension).
     Policy(policy::PolicyCommand),
+    /// X.509 CA certificates for device authentication: upload, list, show, delete, proof of possession;
+    /// make test CA and device certificates (like `az iot hub certificate`).
+    Certificate(certificate::CertificateCommand),
     /// Simulate N devices against a hub: real MQTT/TLS connections that send telemetry, report properties,
     /// answer direct methods, run firmware updates and churn; registered and removed in bulk.
     Sim(sim::SimArgs),
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
             Command::Sim(args) => sim::run(args).await,
             Command::Audit(command) => audit::run(command).await,
             Command::Policy(command) => policy::run(command).await,
+            Command::Certificate(command) => certificate::run(command).await,
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args).await,
         }

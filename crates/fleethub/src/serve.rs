@@ -65,6 +65,8 @@ pub(crate) struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Logs to stderr, as text or (`FLEETHUB_LOG_FORMAT=json`) JSON lines, filtered by `RUST_LOG` (default: info).
@@ -98,7 +100,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if hostnames.is_empty() {
         hostnames.push("localhost".into());
     }
-    let config = HubConfig {
+    let mut config = HubConfig {
         data_dir: args.data_dir,
         hostnames,
         mqtt_listen: args.mqtt_listen,
@@ -128,6 +130,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .zip(args.tls_key)
             .map(|(certificate, key)| ServerCertificateFiles { certificate, key }),
     };
+    args.limits.apply(&mut config.limits)?;
     let hub = fleethub_hub::start(config).await?;
     wait_for_signal(&hub).await?;
     tracing::info!("shutting down");
@@ -148,5 +151,247 @@ async fn wait_for_signal(hub: &RunningHub) -> anyhow::Result<()> {
             _ = terminate.recv() => return Ok(()),
             _ = hangup.recv() => hub.reload_server_certificate(),
         }
+    }
+}
+
+/// Connection caps, timeouts, in-flight windows and rate limits (docs/limits.md). Rates are per second;
+/// 0 removes a limit. Without a preset nothing is rate-limited, so benchmarks are not throttled.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Open connections (MQTT, MQTT over WebSocket and HTTPS together) beyond which new sockets are
+    /// closed at accept.
+    #[arg(long, default_value_t = HubLimits::default().max_connections, value_name = "N")]
+    max_connections: usize,
+    /// Seconds a new connection has for its TLS handshake, and again for its MQTT CONNECT (or HTTP request
+    /// head); slower ones are closed.
+    #[arg(long, default_value_t = HubLimits::default().connect_timeout.as_secs(), value_name = "SECONDS")]
+    connect_timeout: u64,
+    /// QoS 1 telemetry publishes of one connection waiting to be durable before it reads more.
+    #[arg(long, default_value_t = HubLimits::default().telemetry_in_flight, value_name = "N")]
+    telemetry_in_flight: usize,
+    /// Cloud-to-device messages one connection has out unacknowledged.
+    #[arg(long, default_value_t = HubLimits::default().c2d_in_flight, value_name = "N")]
+    c2d_in_flight: usize,
+    /// Pushes (method requests, desired patches) queued for one connection; more are refused (429).
+    #[arg(long, default_value_t = HubLimits::default().outbound_queue_depth, value_name = "N")]
+    outbound_queue_depth: usize,
+    /// Copy an Azure IoT Hub tier's throttles: none, f1, s1, s2 or s3.
+    #[arg(long, default_value = "none", value_name = "PRESET")]
+    throttle_preset: fleethub_hub::throttle::ThrottlePreset,
+    /// Units of the preset's tier (Azure scales most throttles with them; F1 has one).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    throttle_units: u32,
+    /// Burst of every rate set below, in seconds' worth of it (presets use 1).
+    #[arg(long, default_value_t = fleethub_hub::throttle::PRESET_BURST_SECONDS, value_name = "SECONDS")]
+    throttle_burst_seconds: f64,
+    /// Twin reads (REST and MQTT) per second, whole hub.
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_twin_reads_per_second: Option<f64>,
+    /// Twin updates (REST tags/desired, MQTT reported) per second, whole hub.
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_twin_updates_per_second: Option<f64>,
+    /// Direct-method calls per second, whole hub, in 4 KB steps of request body (as Azure meters them).
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_method_calls_per_second: Option<f64>,
+    /// Device-to-cloud messages per second, whole hub (over it devices are slowed down, then cut off).
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_telemetry_per_second: Option<f64>,
+    /// New device connections per second, whole hub (over it: CONNACK 3, server unavailable).
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_connections_per_second: Option<f64>,
+    /// Twin reads per second of one device.
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_device_twin_reads_per_second: Option<f64>,
+    /// Twin updates per second of one device.
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_device_twin_updates_per_second: Option<f64>,
+    /// Direct-method calls per second to one device (4 KB steps).
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_device_method_calls_per_second: Option<f64>,
+    /// Device-to-cloud messages per second of one device.
+    #[arg(long, value_name = "PER_SECOND")]
+    limit_device_telemetry_per_second: Option<f64>,
+    /// Seconds a device may keep sending telemetry over its own limit before it is disconnected.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    abusive_device_after: f64,
+    /// Longest a telemetry publish waits for the hub's telemetry rate before its connection is closed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    telemetry_shaping_max_delay: f64,
+    /// Devices whose per-device limits for service calls are tracked at once (memory bound).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_throttled_devices: usize,
+}
+
+impl LimitArgs {
+    fn apply(&self, limits: &mut HubLimits) -> anyhow::Result<()> {
+        use fleethub_hub::throttle::{OperationClass, Rate, ThrottleSettings};
+        let seconds = |name: &str, value: f64| -> anyhow::Result<Duration> {
+            Duration::try_from_secs_f64(value)
+                .map_err(|_| anyhow::anyhow!("--{name} must be a number of seconds, got {value}"))
+        };
+        anyhow::ensure!(
+            self.throttle_burst_seconds.is_finite() && self.throttle_burst_seconds > 0.0,
+            "--throttle-burst-seconds must be above 0"
+        );
+        limits.max_connections = self.max_connections;
+        limits.connect_timeout = Duration::from_secs(self.connect_timeout);
+        limits.telemetry_in_flight = self.telemetry_in_flight.max(1);
+        limits.c2d_in_flight = self.c2d_in_flight.max(1);
+        limits.outbound_queue_depth = self.outbound_queue_depth.max(1);
+        let mut throttle = ThrottleSettings::preset(self.throttle_preset, self.throttle_units);
+        let rate = |flag: &str, value: f64| -> anyhow::Result<Option<Rate>> {
+            anyhow::ensure!(
+                value.is_finite() && value >= 0.0,
+                "--{flag} must be a rate of 0 (no limit) or more, got {value}"
+            );
+            Ok((value > 0.0).then(|| Rate::per_second(value, self.throttle_burst_seconds)))
+        };
+        let overrides = [
+            (
+                "limit-twin-reads-per-second",
+                OperationClass::TwinRead,
+                self.limit_twin_reads_per_second,
+                false,
+            ),
+            (
+                "limit-twin-updates-per-second",
+                OperationClass::TwinUpdate,
+                self.limit_twin_updates_per_second,
+                false,
+            ),
+            (
+                "limit-method-calls-per-second",
+                OperationClass::MethodCall,
+                self.limit_method_calls_per_second,
+                false,
+            ),
+            (
+                "limit-telemetry-per-second",
+                OperationClass::Telemetry,
+                self.limit_telemetry_per_second,
+                false,
+            ),
+            (
+                "limit-connections-per-second",
+                OperationClass::Connection,
+                self.limit_connections_per_second,
+                false,
+            ),
+            (
+                "limit-device-twin-reads-per-second",
+                OperationClass::TwinRead,
+                self.limit_device_twin_reads_per_second,
+                true,
+            ),
+            (
+                "limit-device-twin-updates-per-second",
+                OperationClass::TwinUpdate,
+                self.limit_device_twin_updates_per_second,
+                true,
+            ),
+            (
+                "limit-device-method-calls-per-second",
+                OperationClass::MethodCall,
+                self.limit_device_method_calls_per_second,
+                true,
+            ),
+            (
+                "limit-device-telemetry-per-second",
+                OperationClass::Telemetry,
+                self.limit_device_telemetry_per_second,
+                true,
+            ),
+        ];
+        for (flag, class, value, per_device) in overrides {
+            if let Some(value) = value {
+                let rates = if per_device {
+                    &mut throttle.device
+                } else {
+                    &mut throttle.hub
+                };
+                rates.set(class, rate(flag, value)?);
+            }
+        }
+        throttle.abusive_after = seconds("abusive-device-after", self.abusive_device_after)?;
+        throttle.telemetry_max_delay = seconds(
+            "telemetry-shaping-max-delay",
+            self.telemetry_shaping_max_delay,
+        )?;
+        throttle.max_tracked_devices = self.max_throttled_devices.max(1);
+        limits.throttle = throttle;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+    use fleethub_hub::throttle::{Rate, ThrottlePreset, ThrottleSettings};
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    fn limits(flags: &[&str]) -> anyhow::Result<HubLimits> {
+        let parsed = Flags::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?;
+        let mut limits = HubLimits::default();
+        parsed.limits.apply(&mut limits)?;
+        Ok(limits)
+    }
+
+    #[test]
+    fn no_flags_keep_the_defaults_and_limit_no_rate() {
+        let limits = limits(&[]).expect("valid");
+        let defaults = HubLimits::default();
+        assert_eq!(limits.throttle, ThrottleSettings::default());
+        assert_eq!(limits.max_connections, defaults.max_connections);
+        assert_eq!(limits.connect_timeout, defaults.connect_timeout);
+        assert_eq!(limits.telemetry_in_flight, defaults.telemetry_in_flight);
+    }
+
+    #[test]
+    fn a_preset_with_overrides_and_caps() {
+        let limits = limits(&[
+            "--throttle-preset",
+            "s2",
+            "--throttle-units",
+            "3",
+            "--limit-twin-updates-per-second",
+            "7",
+            "--limit-telemetry-per-second",
+            "0",
+            "--limit-device-telemetry-per-second",
+            "2.5",
+            "--max-connections",
+            "1000",
+            "--connect-timeout",
+            "5",
+        ])
+        .expect("valid");
+        let preset = ThrottleSettings::preset(ThrottlePreset::S2, 3);
+        assert_eq!(limits.throttle.hub.twin_reads, preset.hub.twin_reads);
+        assert_eq!(
+            limits.throttle.hub.twin_updates,
+            Some(Rate::per_second(7.0, 1.0))
+        );
+        assert_eq!(limits.throttle.hub.telemetry, None);
+        assert_eq!(
+            limits.throttle.device.telemetry,
+            Some(Rate::per_second(2.5, 1.0))
+        );
+        assert_eq!(limits.max_connections, 1000);
+        assert_eq!(limits.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(limits(&["--throttle-preset", "b1"]).is_err());
+        assert!(limits(&["--throttle-units", "0"]).is_err());
+        assert!(limits(&["--limit-twin-reads-per-second", "-1"]).is_err());
+        assert!(limits(&["--abusive-device-after", "-3"]).is_err());
+        assert!(limits(&["--throttle-burst-seconds", "0"]).is_err());
     }
 }

@@ -25,7 +25,7 @@ use crate::session::{
     SubscribeReply, TelemetryCommand, TwinCommand,
 };
 use crate::telemetry::{MAX_MESSAGES_IN_FLIGHT, Message};
-use crate::transport::tls_config;
+use crate::transport::{tls_config, tls_config_with_client_certificate};
 use crate::twin::{
     MAX_CONCURRENT_TWIN_REQUESTS, TwinRequest, TwinResponse, reported_version_from_response,
     twin_from_response,
@@ -104,7 +104,13 @@ impl DeviceClient {
             .ca_pem
             .as_deref()
             .ok_or(ConnectError::MissingCaCertificate)?;
-        let tls = tls_config(ca_pem)?;
+        let tls = match &options.client_certificate {
+            Some(client_certificate) => {
+                tls_config_with_client_certificate(ca_pem, client_certificate)?
+            }
+            None if identity.uses_x509() => return Err(ConnectError::MissingClientCertificate),
+            None => tls_config(ca_pem)?,
+        };
         let client_id = identity.client_id.clone();
         let dialer = Dialer::new(identity, &options, tls);
         let mut jitter = Jitter::seeded((&client_id, std::time::Instant::now()));

@@ -269,7 +269,7 @@ impl Dialer {
             TokenExpiry::Fixed { expiry_unix } => {
                 TokenClock::fixed(signed_at, valid_for(expiry_unix))
             }
-            TokenExpiry::Unknown => TokenClock::Unwatched,
+            TokenExpiry::Unknown | TokenExpiry::NoToken => TokenClock::Unwatched,
         };
         let connect = Connect {
             protocol_level: 4,
@@ -278,7 +278,10 @@ impl Dialer {
             client_id: self.identity.client_id.to_string(),
             will: None,
             username: Some(self.identity.username()),
-            password: Some(Bytes::from(self.identity.password(now_unix, self.sas_ttl))),
+            password: self
+                .identity
+                .mqtt_password(now_unix, self.sas_ttl)
+                .map(Bytes::from),
         };
         let mut write_buffer = BytesMut::new();
         fleethub_mqtt::encode(&Packet::Connect(connect), &mut write_buffer)

@@ -36,6 +36,8 @@ enum Credential {
     SharedAccessKey(Vec<u8>),
     /// A ready `SharedAccessSignature`: used as is until it expires; the client cannot renew it.
     SharedAccessSignature(String),
+    /// `x509=true`: the TLS client certificate authenticates; CONNECT carries no password.
+    X509,
 }
 
 impl fmt::Debug for Identity {
@@ -44,6 +46,7 @@ impl fmt::Debug for Identity {
         let credential = match self.credential {
             Credential::SharedAccessKey(_) => "SharedAccessKey",
             Credential::SharedAccessSignature(_) => "SharedAccessSignature",
+            Credential::X509 => "x509",
         };
         formatter
             .debug_struct("Identity")
@@ -58,12 +61,8 @@ impl fmt::Debug for Identity {
 impl Identity {
     pub fn from_connection_string(text: &str) -> Result<Self, ConnectError> {
         let parsed: DeviceConnectionString = text.parse()?;
-        if parsed.x509 {
-            return Err(ConnectError::UnsupportedCredential(
-                "X.509 authentication (x509=true)",
-            ));
-        }
         let credential = match (&parsed.shared_access_key, &parsed.shared_access_signature) {
+            _ if parsed.x509 => Credential::X509,
             (Some(key), _) => {
                 let key = decode_key(key).map_err(|source| ConnectionStringError::InvalidKey {
                     key: ConnectionStringKey::SharedAccessKey,
@@ -110,10 +109,22 @@ impl Identity {
         }
     }
 
-    /// The MQTT password for a connection made at `now_unix`: a token valid for `ttl`, or the connection
-    /// string's own token.
+    /// Whether the identity authenticates with its TLS client certificate (`x509=true`).
+    pub fn uses_x509(&self) -> bool {
+        matches!(self.credential, Credential::X509)
+    }
+
+    /// The MQTT password for a connection made at `now_unix`: a token valid for `ttl`, the connection
+    /// string's own token, or none for X.509 (as Azure's SDKs send it).
+    pub fn mqtt_password(&self, now_unix: u64, ttl: Duration) -> Option<String> {
+        (!self.uses_x509()).then(|| self.password(now_unix, ttl))
+    }
+
+    /// The SAS token for a connection made at `now_unix`: a token valid for `ttl`, or the connection
+    /// string's own token. Empty for X.509, which sends none ([`Self::mqtt_password`]).
     pub fn password(&self, now_unix: u64, ttl: Duration) -> String {
         match &self.credential {
+            Credential::X509 => String::new(),
             Credential::SharedAccessKey(key) => generate_sas_token(
                 &self.token_resource(),
                 key,
@@ -128,6 +139,7 @@ impl Identity {
     /// client can sign a new one.
     pub fn token_expiry(&self, now_unix: u64, ttl: Duration) -> TokenExpiry {
         match &self.credential {
+            Credential::X509 => TokenExpiry::NoToken,
             Credential::SharedAccessKey(_) => TokenExpiry::Renewable {
                 expiry_unix: signed_expiry(now_unix, ttl),
             },
@@ -156,6 +168,8 @@ pub(crate) enum TokenExpiry {
     Fixed { expiry_unix: u64 },
     /// A ready-made token whose `se` does not parse.
     Unknown,
+    /// X.509: no token, nothing to renew.
+    NoToken,
 }
 
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`. A bare IPv6 address (several colons, no brackets) is
@@ -299,12 +313,25 @@ mod tests {
     }
 
     #[test]
-    fn x509_and_malformed_strings_are_refused_with_the_reason() {
-        let x509 = Identity::from_connection_string("HostName=h;DeviceId=d;x509=true");
-        assert!(
-            matches!(x509, Err(ConnectError::UnsupportedCredential(_))),
-            "{x509:?}"
+    fn x509_identities_send_no_password_and_renew_nothing() {
+        let x509 = identity("HostName=h;DeviceId=d;x509=true");
+        assert!(x509.uses_x509());
+        assert_eq!(x509.mqtt_password(5, Duration::from_secs(60)), None);
+        assert_eq!(
+            x509.token_expiry(5, Duration::from_secs(60)),
+            TokenExpiry::NoToken
         );
+        assert_eq!(
+            x509.username(),
+            identity(&format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}")).username()
+        );
+        assert!(format!("{x509:?}").contains("x509"));
+        let sas = identity(&format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}"));
+        assert!(sas.mqtt_password(5, Duration::from_secs(60)).is_some());
+    }
+
+    #[test]
+    fn malformed_strings_are_refused_with_the_reason() {
         let missing = Identity::from_connection_string("HostName=h;SharedAccessKey=abcd")
             .expect_err("no DeviceId");
         assert_eq!(

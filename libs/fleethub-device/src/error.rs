@@ -30,6 +30,14 @@ pub enum ConnectError {
     /// `ca_pem` holds no usable certificate.
     #[error("invalid CA certificate: {0}")]
     InvalidCaCertificate(String),
+    /// The connection string says `x509=true` and `DeviceClientOptions::client_certificate` is `None`.
+    #[error(
+        "the connection string says x509=true: set DeviceClientOptions::client_certificate to the device's certificate and key"
+    )]
+    MissingClientCertificate,
+    /// `client_certificate` does not hold a usable certificate chain and private key.
+    #[error("invalid client certificate: {0}")]
+    InvalidClientCertificate(String),
     /// The host to dial is not a valid DNS name or IP address for TLS.
     #[error("{host:?} is not a valid host name for TLS")]
     InvalidHostName { host: String },
@@ -97,6 +105,8 @@ impl ConnectError {
             | ConnectError::SasTokenExpired { .. }
             | ConnectError::MissingCaCertificate
             | ConnectError::InvalidCaCertificate(_)
+            | ConnectError::MissingClientCertificate
+            | ConnectError::InvalidClientCertificate(_)
             | ConnectError::InvalidHostName { .. }
             | ConnectError::ServerCertificateRejected { .. } => true,
             ConnectError::Refused { return_code } => {

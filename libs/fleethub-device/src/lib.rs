@@ -61,6 +61,11 @@
 //!   handlers carry over as after any reconnection. A ready-made `SharedAccessSignature` in the connection
 //!   string cannot be renewed: the client disconnects when it expires
 //!   ([`DisconnectReason::SasTokenExpired`]); connect again with a new connection string.
+//! - **X.509.** With `x509=true` in the connection string (`HostName=...;DeviceId=...;x509=true`, as Azure's
+//!   SDKs take it) the client presents [`DeviceClientOptions::client_certificate`] (a [`ClientCertificate`]
+//!   from PEM text or files) in the TLS handshake and sends CONNECT without a password; there is no token to
+//!   renew. The hub accepts it by thumbprint (`selfSigned`) or by its chain to a verified CA
+//!   (`certificateAuthority`).
 //!
 //! # Azure IoT Hub
 //! The client speaks IoT Hub's wire protocol exactly as Microsoft's device SDKs do (same topics, same SAS
@@ -89,8 +94,8 @@
 //! [`CloudToDeviceStream`] of [`CloudToDeviceMessage`]s (body, system and application properties); each is
 //! acknowledged to the hub once the application has taken it, and the subscription survives reconnections.
 //!
-//! Not yet: X.509 authentication (the hardening issue). The API is shaped so that they arrive without breaking changes: options, errors, states and reasons are
-//! `#[non_exhaustive]`, and the session re-sends and re-subscribes whatever it tracks.
+//! The API is shaped so that later features arrive without breaking changes: options, errors, states and
+//! reasons are `#[non_exhaustive]`, and the session re-sends and re-subscribes whatever it tracks.
 
 mod c2d;
 mod client;
@@ -114,7 +119,7 @@ pub use crate::error::{
     ConnectError, ConnectStage, DisconnectError, SendError, SubscribeError, TwinError,
 };
 pub use crate::methods::{MethodRequest, MethodResponse};
-pub use crate::options::{DeviceClientOptions, ReconnectPolicy, Transport};
+pub use crate::options::{ClientCertificate, DeviceClientOptions, ReconnectPolicy, Transport};
 pub use crate::telemetry::Message;
 pub use fleethub_mqtt::ConnectReturnCode;
 pub use fleethub_protocol::errors::{ErrorCode, ReportedErrorCode};

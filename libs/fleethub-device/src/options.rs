@@ -6,8 +6,7 @@ use std::time::Duration;
 
 /// Options for [`DeviceClient::connect`](crate::DeviceClient::connect).
 ///
-/// The struct is `#[non_exhaustive]` so that later options (X.509 client certificate, proxy, message
-/// handling) can be added without breaking callers: start from [`DeviceClientOptions::default`] and use the
+/// The struct is `#[non_exhaustive]` so that later options (proxy, message handling) can be added without breaking callers: start from [`DeviceClientOptions::default`] and use the
 /// `with_*` methods or assign the public fields.
 ///
 /// ```
@@ -59,6 +58,49 @@ pub struct DeviceClientOptions {
     /// loopback addresses this way, since one source and destination address pair has only ~28k ports.
     /// Default: the operating system chooses.
     pub local_address: Option<IpAddr>,
+    /// The device's X.509 certificate and private key, presented in the TLS handshake. Required with a
+    /// connection string that says `x509=true` (the hub then authenticates the device by the certificate's
+    /// thumbprint or by its chain to a verified CA, and CONNECT carries no password); presented but not
+    /// relied on with a SAS connection string. Default: none.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// An X.509 client certificate (leaf first, then any intermediates) and its private key, PEM.
+#[derive(Clone)]
+pub struct ClientCertificate {
+    pub(crate) certificate_pem: String,
+    pub(crate) key_pem: String,
+}
+
+impl ClientCertificate {
+    /// From PEM text: the certificate chain (leaf first) and the private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem(certificate_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        Self {
+            certificate_pem: certificate_pem.into(),
+            key_pem: key_pem.into(),
+        }
+    }
+
+    /// From PEM files, as Azure's SDKs take them (`X509(cert_file, key_file)`).
+    pub fn from_files(
+        certificate_path: impl AsRef<std::path::Path>,
+        key_path: impl AsRef<std::path::Path>,
+    ) -> std::io::Result<Self> {
+        Ok(Self::from_pem(
+            std::fs::read_to_string(certificate_path)?,
+            std::fs::read_to_string(key_path)?,
+        ))
+    }
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    /// Never prints the key.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ClientCertificate")
+            .field("certificate_pem", &self.certificate_pem)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for DeviceClientOptions {
@@ -74,6 +116,7 @@ impl Default for DeviceClientOptions {
             connect_timeout: Duration::from_secs(30),
             reconnect: ReconnectPolicy::default(),
             local_address: None,
+            client_certificate: None,
         }
     }
 }
@@ -126,6 +169,11 @@ impl DeviceClientOptions {
 
     pub fn with_local_address(mut self, local_address: IpAddr) -> Self {
         self.local_address = Some(local_address);
+        self
+    }
+
+    pub fn with_client_certificate(mut self, client_certificate: ClientCertificate) -> Self {
+        self.client_certificate = Some(client_certificate);
         self
     }
 

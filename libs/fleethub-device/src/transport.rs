@@ -13,8 +13,8 @@ use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{ClientRequestBuilder, Message, http::Uri};
 
 use crate::error::{ConnectError, ConnectStage};
-use crate::options::Transport;
+use crate::options::{ClientCertificate, Transport};
 
 /// The path Azure IoT Hub serves MQTT over WebSocket on.
 pub(crate) const WEBSOCKET_PATH: &str = "/$iothub/websocket";
@@ -216,12 +216,27 @@ pub(crate) fn tls_config(ca_pem: &str) -> Result<Arc<ClientConfig>, ConnectError
     {
         return Ok(Arc::clone(config));
     }
-    let config = Arc::new(build_tls_config(ca_pem)?);
+    let config = Arc::new(build_tls_config(ca_pem, None)?);
     *last = Some((ca_pem.to_owned(), Arc::clone(&config)));
     Ok(config)
 }
 
-fn build_tls_config(ca_pem: &str) -> Result<ClientConfig, ConnectError> {
+/// [`tls_config`] that also presents a client certificate (X.509 authentication); never shared, as the key
+/// is the device's own.
+pub(crate) fn tls_config_with_client_certificate(
+    ca_pem: &str,
+    client_certificate: &ClientCertificate,
+) -> Result<Arc<ClientConfig>, ConnectError> {
+    Ok(Arc::new(build_tls_config(
+        ca_pem,
+        Some(client_certificate),
+    )?))
+}
+
+fn build_tls_config(
+    ca_pem: &str,
+    client_certificate: Option<&ClientCertificate>,
+) -> Result<ClientConfig, ConnectError> {
     let invalid = |reason: String| ConnectError::InvalidCaCertificate(reason);
     let mut roots = RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -239,9 +254,24 @@ fn build_tls_config(ca_pem: &str) -> Result<ClientConfig, ConnectError> {
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|error| invalid(format!("TLS setup: {error}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .with_root_certificates(roots);
+    let Some(client_certificate) = client_certificate else {
+        return Ok(config.with_no_client_auth());
+    };
+    let invalid = |reason: String| ConnectError::InvalidClientCertificate(reason);
+    let chain = CertificateDer::pem_slice_iter(client_certificate.certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(format!("cannot read the certificate PEM: {error}")))?;
+    if chain.is_empty() {
+        return Err(invalid(
+            "the certificate PEM contains no CERTIFICATE block".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(client_certificate.key_pem.as_bytes())
+        .map_err(|error| invalid(format!("cannot read the private key PEM: {error}")))?;
+    config
+        .with_client_auth_cert(chain, key)
+        .map_err(|error| invalid(format!("the key does not fit the certificate: {error}")))
 }
 
 impl AsyncRead for HubStream {
@@ -405,11 +435,48 @@ mod tests {
             "not a pem",
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         ] {
-            let error = build_tls_config(pem).expect_err("no certificate");
+            let error = build_tls_config(pem, None).expect_err("no certificate");
             assert!(
                 matches!(error, ConnectError::InvalidCaCertificate(_)),
                 "{pem:?}: {error}"
             );
         }
+    }
+    #[test]
+    fn a_client_certificate_must_read_and_fit_its_key() {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&ca_key)
+            .expect("certificate");
+        let device_key = rcgen::KeyPair::generate().expect("key");
+        let device = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .self_signed(&device_key)
+            .expect("certificate");
+        let fits = ClientCertificate::from_pem(device.pem(), device_key.serialize_pem());
+        assert!(build_tls_config(&ca.pem(), Some(&fits)).is_ok());
+        let cases = [
+            (
+                "no certificate",
+                ClientCertificate::from_pem("", device_key.serialize_pem()),
+            ),
+            ("no key", ClientCertificate::from_pem(device.pem(), "")),
+            (
+                "another key",
+                ClientCertificate::from_pem(device.pem(), ca_key.serialize_pem()),
+            ),
+        ];
+        for (case, certificate) in cases {
+            let error = build_tls_config(&ca.pem(), Some(&certificate)).expect_err(case);
+            assert!(
+                matches!(error, ConnectError::InvalidClientCertificate(_)),
+                "{case}: {error}"
+            );
+        }
+        assert!(
+            !format!("{fits:?}").contains("PRIVATE KEY"),
+            "the key stays out of Debug"
+        );
     }
 }

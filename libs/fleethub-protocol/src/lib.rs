@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod bulk;
 pub mod c2d;
+pub mod certificates;
 pub mod changes;
 pub mod configurations;
 pub mod connection_string;

@@ -134,6 +134,7 @@ mod audit;
 mod auth;
 mod bulk;
 mod c2d;
+mod certificates;
 mod changes;
 mod client;
 mod configurations;

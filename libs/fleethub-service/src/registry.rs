@@ -4,7 +4,8 @@
 use fleethub_protocol::connection_string::DeviceConnectionString;
 use fleethub_protocol::ids::{DeviceId, ETag, ModuleId};
 use fleethub_protocol::rest::{
-    AuthenticationMechanism, Device, Module, RegistryStatistics, ServiceStatistics,
+    AuthenticationMechanism, AuthenticationType, Device, Module, RegistryStatistics,
+    ServiceStatistics,
 };
 use reqwest::Method;
 
@@ -141,21 +142,22 @@ impl ServiceClient {
             .await
     }
 
-    /// `HostName=...;DeviceId=...;SharedAccessKey=<primary key>` for a device of this hub, or `None` if the device
-    /// as given has no primary key (an X.509 device, or one read without its keys).
+    /// `HostName=...;DeviceId=...;SharedAccessKey=<primary key>` for a device of this hub; for an X.509 device
+    /// (`selfSigned` or `certificateAuthority`) `HostName=...;DeviceId=...;x509=true`, as Azure prints it (the
+    /// app adds its certificate); `None` if a SAS device as given has no primary key (read without its keys).
     ///
     /// `HostName` is this client's host name **without its port**: the port of the REST endpoint says nothing
     /// about where devices connect, and the official device SDKs dial MQTT on 8883 (or 443 for WebSockets) and
     /// fail on a `HostName` with a port. A fleethub hub with a non-default MQTT port needs a `GatewayHostName` or
     /// a port-aware device SDK; add it to the string yourself.
     pub fn device_connection_string(&self, device: &Device) -> Option<String> {
-        let key = primary_key(device.authentication.as_ref())?;
+        let key = credential(device.authentication.as_ref())?;
         Some(self.identity_connection_string(device.device_id.clone(), None, key))
     }
 
     /// The same for a module: `HostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=<primary key>`.
     pub fn module_connection_string(&self, module: &Module) -> Option<String> {
-        let key = primary_key(module.authentication.as_ref())?;
+        let key = credential(module.authentication.as_ref())?;
         Some(self.identity_connection_string(
             module.device_id.clone(),
             Some(module.module_id.clone()),
@@ -167,27 +169,37 @@ impl ServiceClient {
         &self,
         device_id: DeviceId,
         module_id: Option<ModuleId>,
-        key: String,
+        key: Option<String>,
     ) -> String {
         DeviceConnectionString {
             host_name: host_without_port(self.host_name()).to_owned(),
             device_id,
             module_id,
-            shared_access_key: Some(key),
+            x509: key.is_none(),
+            shared_access_key: key,
             gateway_host_name: None,
-            x509: false,
             shared_access_signature: None,
         }
         .to_string()
     }
 }
 
-fn primary_key(authentication: Option<&AuthenticationMechanism>) -> Option<String> {
-    authentication?
+/// `Some(Some(primary key))` for a SAS identity with its keys, `Some(None)` for an X.509 identity, `None`
+/// otherwise.
+fn credential(authentication: Option<&AuthenticationMechanism>) -> Option<Option<String>> {
+    let authentication = authentication?;
+    if matches!(
+        authentication.type_,
+        AuthenticationType::SelfSigned | AuthenticationType::CertificateAuthority
+    ) {
+        return Some(None);
+    }
+    authentication
         .symmetric_key
         .primary_key
         .clone()
         .filter(|key| !key.is_empty())
+        .map(Some)
 }
 
 /// `host:port` → `host`, `[::1]:8443` → `[::1]`; anything else unchanged.
@@ -278,6 +290,26 @@ mod tests {
             parsed.module_id.as_ref().map(ModuleId::as_str),
             Some("$edgeAgent")
         );
+    }
+
+    #[test]
+    fn x509_identities_get_an_x509_connection_string() {
+        let mut device = Device::new(DeviceId::new("cert-device").expect("valid"));
+        for type_ in [
+            AuthenticationType::SelfSigned,
+            AuthenticationType::CertificateAuthority,
+        ] {
+            device.authentication = Some(AuthenticationMechanism {
+                type_,
+                ..AuthenticationMechanism::default()
+            });
+            let text = client("localhost:8443")
+                .device_connection_string(&device)
+                .expect("an x509 string");
+            assert_eq!(text, "HostName=localhost;DeviceId=cert-device;x509=true");
+            let parsed: DeviceConnectionString = text.parse().expect("it parses");
+            assert!(parsed.x509);
+        }
     }
 
     #[test]

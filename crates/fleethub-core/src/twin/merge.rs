@@ -56,8 +56,9 @@ pub(crate) fn merge_with_metadata(
     }
 }
 
-/// Merges `patch` into `target` (tags: no metadata) and says whether `target`'s content changed.
-pub(crate) fn merge_plain(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> bool {
+/// Merges `patch` into `target` by RFC 7386 (tags, or a copy of desired properties: no metadata) and says
+/// whether `target`'s content changed. Exported as `apply_merge_patch`.
+pub fn merge_plain(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> bool {
     let mut changed = false;
     for (key, value) in patch {
         match value {
@@ -122,6 +123,34 @@ pub fn merge_patch_diff(from: &Map<String, Value>, to: &Map<String, Value>) -> M
                 patch.insert(key.clone(), new_value.clone());
             }
         }
+    }
+    patch
+}
+
+/// A merge patch that turns `from` into `to` and also turns an empty document into `to`: every member of
+/// `to`, and `null` for each member of `from` that `to` lacks, at every depth (objects present on both
+/// sides recurse). Unlike [`merge_patch_diff`] it restates unchanged values, so a receiver that holds
+/// `from` and one that holds nothing both end at `to` (RFC 7386, `to` without nulls as stored documents
+/// are). Used to catch up a device whose last acknowledged state is known but whose application may have
+/// restarted since (`TwinDocument::desired_catch_up_patch`).
+pub fn merge_patch_restating(
+    from: &Map<String, Value>,
+    to: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut patch = Map::new();
+    for key in from.keys() {
+        if !to.contains_key(key) {
+            patch.insert(key.clone(), Value::Null);
+        }
+    }
+    for (key, new_value) in to {
+        let value = match (from.get(key), new_value) {
+            (Some(Value::Object(old_members)), Value::Object(new_members)) => {
+                Value::Object(merge_patch_restating(old_members, new_members))
+            }
+            _ => new_value.clone(),
+        };
+        patch.insert(key.clone(), value);
     }
     patch
 }
@@ -195,6 +224,29 @@ mod tests {
         assert!(merge_plain(&mut target, &object(json!({"b": {"c": 3}}))));
         assert!(merge_plain(&mut target, &object(json!({"a": null}))));
         assert_eq!(Value::Object(target), json!({"b": {"c": 3}}));
+    }
+
+    #[test]
+    fn restating_patch_keeps_every_value_and_nulls_what_is_gone() {
+        let from =
+            object(json!({"keep": 1, "gone": 2, "nested": {"x": 1, "y": 2}, "was": {"a": 1}}));
+        let to = object(json!({"keep": 1, "nested": {"x": 1, "z": 3}, "was": 5, "new": [1]}));
+        let patch = merge_patch_restating(&from, &to);
+        assert_eq!(
+            Value::Object(patch.clone()),
+            json!({"gone": null, "keep": 1, "nested": {"y": null, "x": 1, "z": 3}, "was": 5, "new": [1]})
+        );
+        let mut applied = from;
+        merge_plain(&mut applied, &patch);
+        assert_eq!(applied, to);
+        let mut from_nothing = Map::new();
+        merge_plain(&mut from_nothing, &patch);
+        assert_eq!(from_nothing, to, "a receiver without state converges too");
+        assert!(
+            merge_patch_restating(&to, &Map::new())
+                .values()
+                .all(Value::is_null)
+        );
     }
 
     #[test]

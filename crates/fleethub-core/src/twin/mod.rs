@@ -53,7 +53,7 @@ use time::OffsetDateTime;
 
 pub use error::{InvalidKeyReason, TwinPatchError};
 pub use limits::{TwinLimits, TwinSectionKind};
-pub use merge::merge_patch_diff;
+pub use merge::{merge_patch_diff, merge_patch_restating, merge_plain as apply_merge_patch};
 pub use storage::UnsupportedTwinSchema;
 
 use crate::configuration::TwinConfigurations;
@@ -392,15 +392,18 @@ impl TwinDocument {
         self.reported.render()
     }
 
-    /// The desired patch that brings a device from the desired properties it last saw
-    /// (`last_seen_desired`, a snapshot the caller kept) to the current ones, with `"$version"`, for
-    /// catching up a device that missed patches while offline. Keys deleted meanwhile come as `null`.
-    /// `None` if the device already has the current content.
+    /// The desired patch that brings a device from the desired properties it last acknowledged
+    /// (`last_seen_desired`, a snapshot the caller kept) to the current ones, with the current
+    /// `"$version"`, for catching up a device that missed patches while offline. Keys deleted meanwhile
+    /// come as `null`; the current values all come, changed or not ([`merge_patch_restating`]), because
+    /// the application behind the session may have restarted since it acknowledged (the Python SDK then
+    /// takes this patch's `$version` as seen and skips delivering the twin it fetches). `None` if the
+    /// content is the same (even if `$version` moved).
     pub fn desired_catch_up_patch(&self, last_seen_desired: &Map<String, Value>) -> Option<Value> {
-        let mut patch = merge_patch_diff(last_seen_desired, &self.desired.properties);
-        if patch.is_empty() {
+        if last_seen_desired == &self.desired.properties {
             return None;
         }
+        let mut patch = merge_patch_restating(last_seen_desired, &self.desired.properties);
         patch.insert("$version".to_owned(), Value::from(self.desired.version));
         Some(Value::Object(patch))
     }

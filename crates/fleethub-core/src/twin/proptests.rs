@@ -274,6 +274,41 @@ proptest! {
     }
 
     #[test]
+    fn catch_up_patch_brings_the_acknowledged_desired_or_nothing_to_the_current(
+        start in document(),
+        patches in prop::collection::vec(patch(), 0..6),
+        acknowledged_after in 0usize..6,
+    ) {
+        let limits = TwinLimits::default();
+        let mut twin = TwinDocument::new(START);
+        twin.apply_desired_patch(&Value::Object(start), START, &limits).expect("valid");
+        let mut acknowledged = twin.desired_properties().clone();
+        for (index, patch) in patches.iter().enumerate() {
+            twin.apply_desired_patch(patch, START, &limits).expect("valid");
+            if index < acknowledged_after {
+                acknowledged = twin.desired_properties().clone();
+            }
+        }
+        let current = Value::Object(twin.desired_properties().clone());
+        match twin.desired_catch_up_patch(&acknowledged) {
+            None => prop_assert_eq!(&Value::Object(acknowledged), &current),
+            Some(mut patch) => {
+                let version = patch.as_object_mut().and_then(|p| p.shift_remove("$version"));
+                prop_assert_eq!(version, Some(Value::from(twin.desired_version())));
+                prop_assert_eq!(&reference_merge(Value::Object(acknowledged), &patch), &current);
+                prop_assert_eq!(&reference_merge(Value::Object(Map::new()), &patch), &current);
+            }
+        }
+    }
+
+    #[test]
+    fn merge_patch_restating_law(old in document(), new in document()) {
+        let patch = Value::Object(merge_patch_restating(&old, &new));
+        prop_assert_eq!(reference_merge(Value::Object(old), &patch), Value::Object(new.clone()));
+        prop_assert_eq!(reference_merge(Value::Object(Map::new()), &patch), Value::Object(new));
+    }
+
+    #[test]
     fn merge_patch_diff_law(old in document(), new in document()) {
         let patch = Value::Object(merge_patch_diff(&old, &new));
         prop_assert_eq!(reference_merge(Value::Object(old), &patch), Value::Object(new));

@@ -1050,7 +1050,7 @@ fn desired_patch_refuses_read_only_fields_outside_service_bodies() {
 }
 
 #[test]
-fn catch_up_patch_is_the_diff_since_the_last_seen_desired() {
+fn catch_up_patch_restates_the_desired_with_nulls_for_what_was_deleted() {
     let mut twin = TwinDocument::new(T0);
     desire(&mut twin, json!({"a": 1, "b": {"c": 1, "d": 2}}), T1);
     let seen = twin.desired_properties().clone();
@@ -1059,8 +1059,14 @@ fn catch_up_patch_is_the_diff_since_the_last_seen_desired() {
     desire(&mut twin, json!({"e": false}), T2);
     assert_eq!(
         twin.desired_catch_up_patch(&seen),
-        Some(json!({"a": null, "b": {"d": 3}, "e": false, "$version": 4}))
+        Some(json!({"a": null, "b": {"c": 1, "d": 3}, "e": false, "$version": 4}))
     );
+    // Same content at a later version: nothing to catch up.
+    desire(&mut twin, json!({"e": false}), T2);
+    let now_seen = twin.desired_properties().clone();
+    desire(&mut twin, json!({"e": false}), T2);
+    assert_eq!(twin.desired_version(), 6);
+    assert_eq!(twin.desired_catch_up_patch(&now_seen), None);
 }
 
 // ---- storage --------------------------------------------------------------------------------------

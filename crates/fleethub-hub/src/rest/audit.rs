@@ -81,6 +81,12 @@ fn audited(method: &Method, path: &str) -> Option<Audited> {
         ("PUT", ["jobs", "v2", job]) => ("job.create", &[job]),
         ("POST", ["jobs", "v2", job, "cancel"]) => ("job.cancel", &[job]),
         ("PUT", ["routing"]) => ("routing.put", &[]),
+        ("PUT", ["certificates", name]) => ("certificate.put", &[name]),
+        ("DELETE", ["certificates", name]) => ("certificate.delete", &[name]),
+        ("POST", ["certificates", name, "generateVerificationCode"]) => {
+            ("certificate.generateVerificationCode", &[name])
+        }
+        ("POST", ["certificates", name, "verify"]) => ("certificate.verify", &[name]),
         ("POST", ["policies", policy, "regenerateKey"]) => ("policy.regenerateKey", &[policy]),
         ("PUT", ["events", "consumerGroups", group, "checkpoints"]) => ("checkpoint.put", &[group]),
         ("DELETE", ["events", "consumerGroups", group]) => ("consumerGroup.delete", &[group]),

@@ -193,6 +193,12 @@ impl From<ConfigurationError> for ApiError {
     }
 }
 
+impl From<crate::throttle::Throttled> for ApiError {
+    fn from(error: crate::throttle::Throttled) -> Self {
+        ApiError::new(ErrorCode::ThrottlingException, error.to_string())
+    }
+}
+
 impl From<ServiceAuthError> for ApiError {
     fn from(error: ServiceAuthError) -> Self {
         let message = error.to_string();
@@ -414,6 +420,23 @@ impl From<crate::routing::UpdateRoutingError> for ApiError {
                 ApiError::new(ErrorCode::PreconditionFailed, message)
             }
             UpdateRoutingError::Store(store) => ApiError::from(store),
+        }
+    }
+}
+
+impl From<crate::certificates::CertificateRequestError> for ApiError {
+    fn from(error: crate::certificates::CertificateRequestError) -> Self {
+        use crate::certificates::CertificateRequestError;
+        let message = error.to_string();
+        match error {
+            CertificateRequestError::Invalid(_) => ApiError::bad_request(message),
+            CertificateRequestError::NotFound(_) => {
+                ApiError::new(ErrorCode::CertificateNotFound, message)
+            }
+            CertificateRequestError::PreconditionFailed(_) => {
+                ApiError::new(ErrorCode::PreconditionFailed, message)
+            }
+            CertificateRequestError::Store(error) => ApiError::from(error),
         }
     }
 }

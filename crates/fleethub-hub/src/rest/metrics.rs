@@ -47,12 +47,13 @@ pub(super) async fn scrape(
         now,
     )?;
     let services = &state.services;
-    let body = services.metrics.render(&Snapshot {
+    let mut body = services.metrics.render(&Snapshot {
         connected_devices: services.router().connected_count(),
         jobs: jobs.active_work(),
         rollouts: rollouts.active_work(),
         endpoints: services.routing.endpoint_figures(&*services.events).await,
     });
+    services.throttle.render_metrics(&mut body);
     let mut response = (StatusCode::OK, body).into_response();
     response
         .headers_mut()

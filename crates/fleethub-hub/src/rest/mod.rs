@@ -8,6 +8,7 @@
 mod audit;
 mod bulk;
 mod c2d;
+mod certificates;
 mod changes;
 mod configurations;
 mod convert;
@@ -49,6 +50,7 @@ use crate::services::{
     METHOD_CONNECT_TIMEOUT_RANGE, METHOD_DEFAULT_RESPONSE_TIMEOUT, METHOD_RESPONSE_TIMEOUT_RANGE,
     MethodInvocation, Services,
 };
+use crate::throttle::OperationClass;
 use crate::websocket::WebSocketStream;
 pub use error::ApiError;
 
@@ -216,6 +218,22 @@ pub fn router(
         .route(
             "/firmware/rollouts/{rollout_id}/{action}",
             post(rollouts::act_on_rollout),
+        )
+        // X.509 CA certificates for device authentication (Azure's certificates API).
+        .route("/certificates", get(certificates::list_certificates))
+        .route(
+            "/certificates/{name}",
+            put(certificates::put_certificate)
+                .get(certificates::get_certificate)
+                .delete(certificates::delete_certificate),
+        )
+        .route(
+            "/certificates/{name}/generateVerificationCode",
+            post(certificates::generate_verification_code),
+        )
+        .route(
+            "/certificates/{name}/verify",
+            post(certificates::verify_certificate),
         )
         .route("/$iothub/websocket", get(mqtt_over_websocket))
         // Replacing a shared access policy's key (fleethub extension, docs/compat.md).
@@ -565,10 +583,12 @@ async fn get_twin(
     Path(device_id): Path<String>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::TWIN_READ)?;
-    let record = state
+    let key = device_key(&device_id)?;
+    state
         .services
-        .get_identity(&device_key(&device_id)?)
-        .await?;
+        .throttle
+        .admit_service(OperationClass::TwinRead, &key, 1)?;
+    let record = state.services.get_identity(&key).await?;
     Ok(Json(convert::twin_json(&record)).into_response())
 }
 
@@ -579,10 +599,12 @@ async fn get_module_twin(
     Path((device_id, module_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &uri, required::TWIN_READ)?;
-    let record = state
+    let key = module_key(&device_id, &module_id)?;
+    state
         .services
-        .get_identity(&module_key(&device_id, &module_id)?)
-        .await?;
+        .throttle
+        .admit_service(OperationClass::TwinRead, &key, 1)?;
+    let record = state.services.get_identity(&key).await?;
     Ok(Json(convert::twin_json(&record)).into_response())
 }
 
@@ -593,6 +615,10 @@ async fn write_twin(
     body: Result<Bytes, BytesRejection>,
     replace: bool,
 ) -> ApiResult<Response> {
+    state
+        .services
+        .throttle
+        .admit_service(OperationClass::TwinUpdate, &key, 1)?;
     let body: Value = json_body(body)?;
     if !body.is_object() {
         return Err(ApiError::bad_request("the twin must be a JSON object"));
@@ -698,6 +724,12 @@ async fn invoke(
     key: IdentityKey,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let meters = crate::throttle::method_meters(body.as_ref().map_or(0, Bytes::len));
+    state
+        .services
+        .throttle
+        .admit_service(OperationClass::MethodCall, &key, meters)
+        .map_err(|throttled| ApiError::from(throttled).numeric())?;
     let request: CloudToDeviceMethod = json_body(body).map_err(ApiError::numeric)?;
     let invocation = method_invocation(request).map_err(ApiError::numeric)?;
     let result = state.services.invoke_method(&key, invocation).await?;
@@ -744,8 +776,11 @@ fn method_invocation(request: CloudToDeviceMethod) -> ApiResult<MethodInvocation
 async fn mqtt_over_websocket(
     State(state): State<ApiState>,
     Extension(Peer(peer)): Extension<Peer>,
+    client_certificates: Option<Extension<crate::x509::ClientCertificates>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let client_certificates =
+        client_certificates.and_then(|Extension(certificates)| certificates.0);
     let max_message = state.services.config.limits.max_packet_size + 1024;
     upgrade
         .protocols(["mqtt"])
@@ -761,6 +796,7 @@ async fn mqtt_over_websocket(
                 WebSocketStream::new(socket),
                 services,
                 peer,
+                client_certificates,
                 shutdown,
             ))
         })

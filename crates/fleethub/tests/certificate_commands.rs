@@ -1,0 +1,214 @@
+//! `fleethub certificate` and `device create --auth` of the real binary against a real `fleethub serve`
+//! process: a CA made, uploaded and verified from the command line lets a CA-signed device (our SDK) connect;
+//! a self-signed device registered by the thumbprint `create-device` printed connects; refusals say why.
+
+use std::process::Stdio;
+
+use fleethub_device::{ClientCertificate, DeviceClient, DeviceClientOptions};
+
+mod support;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_made_and_registered_from_the_command_line_let_devices_connect() {
+    let hub = Hub::start();
+    let directory = hub.directory.path().to_owned();
+    let data_dir = hub.data_dir_text().to_owned();
+    let cli = move |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|part| (*part).to_owned()).collect();
+        all.extend(["--data-dir".to_owned(), data_dir.clone()]);
+        let directory = directory.clone();
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            tokio::process::Command::from(command_in(&directory, &all))
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .expect("run fleethub")
+        }
+    };
+    let file = |name: &str| hub.directory.path().join(name).to_str().unwrap().to_owned();
+    let connect = |device_id: &str, certificate: &str, key: &str| {
+        let connection_string = format!("HostName=localhost;DeviceId={device_id};x509=true");
+        let options = DeviceClientOptions::default()
+            .with_ca_pem(hub.ca_pem())
+            .with_port(hub.mqtt_port)
+            .with_client_certificate(
+                ClientCertificate::from_files(certificate, key).expect("certificate files"),
+            );
+        async move { DeviceClient::connect(&connection_string, options).await }
+    };
+
+    // A CA, uploaded, proven and trusted.
+    let made = cli(&[
+        "certificate",
+        "create-ca",
+        "--subject",
+        "cli root",
+        "--out",
+        &file("ca.pem"),
+        "--key-out",
+        &file("ca-key.pem"),
+    ])
+    .await;
+    assert!(made.status.success(), "{}", stderr(&made));
+    let uploaded = json_of(
+        &cli(&[
+            "certificate",
+            "upload",
+            "root",
+            "--file",
+            &file("ca.pem"),
+            "--output",
+            "json",
+        ])
+        .await,
+    );
+    assert_eq!(uploaded["properties"]["isVerified"], false, "{uploaded}");
+    assert_eq!(
+        uploaded["properties"]["subject"], "CN=cli root",
+        "{uploaded}"
+    );
+    let listed = cli(&["certificate", "list"]).await;
+    let table = stdout(&listed);
+    for column in ["NAME", "SUBJECT", "VERIFIED", "EXPIRY", "THUMBPRINT"] {
+        assert!(table.contains(column), "{table}");
+    }
+    assert!(table.contains("root") && table.contains(" no "), "{table}");
+    let verified = json_of(
+        &cli(&[
+            "certificate",
+            "verify",
+            "root",
+            "--ca-key",
+            &file("ca-key.pem"),
+            "--output",
+            "json",
+        ])
+        .await,
+    );
+    assert_eq!(verified["properties"]["isVerified"], true, "{verified}");
+
+    // A CA-signed device.
+    let made = cli(&[
+        "certificate",
+        "create-device",
+        "cli-ca-device",
+        "--out",
+        &file("ca-device.pem"),
+        "--key-out",
+        &file("ca-device-key.pem"),
+        "--ca-cert",
+        &file("ca.pem"),
+        "--ca-key",
+        &file("ca-key.pem"),
+    ])
+    .await;
+    assert!(made.status.success(), "{}", stderr(&made));
+    let created = cli(&["device", "create", "cli-ca-device", "--auth", "ca"]).await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert!(
+        stdout(&created).contains("certificateAuthority"),
+        "{}",
+        stdout(&created)
+    );
+    let connection_string = cli(&["device", "connection-string", "cli-ca-device"]).await;
+    assert_eq!(
+        stdout(&connection_string).trim(),
+        "HostName=localhost;DeviceId=cli-ca-device;x509=true",
+        "{}",
+        stderr(&connection_string)
+    );
+    let device = connect(
+        "cli-ca-device",
+        &file("ca-device.pem"),
+        &file("ca-device-key.pem"),
+    )
+    .await
+    .expect("the CA-signed device connects");
+    device.disconnect().await.unwrap();
+
+    // A self-signed device, registered by the SHA-256 thumbprint create-device printed.
+    let made = json_of(
+        &cli(&[
+            "certificate",
+            "create-device",
+            "cli-self-signed",
+            "--out",
+            &file("self.pem"),
+            "--key-out",
+            &file("self-key.pem"),
+            "--output",
+            "json",
+        ])
+        .await,
+    );
+    let thumbprint = made["sha256Thumbprint"]
+        .as_str()
+        .expect("a thumbprint")
+        .to_owned();
+    let refused = cli(&[
+        "device",
+        "create",
+        "cli-self-signed",
+        "--auth",
+        "self-signed",
+    ])
+    .await;
+    failure(&refused, &["--primary-thumbprint"]);
+    let created = cli(&[
+        "device",
+        "create",
+        "cli-self-signed",
+        "--auth",
+        "self-signed",
+        "--primary-thumbprint",
+        &thumbprint,
+    ])
+    .await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    let device = connect("cli-self-signed", &file("self.pem"), &file("self-key.pem"))
+        .await
+        .expect("the self-signed device connects");
+    device.disconnect().await.unwrap();
+    // Its certificate is not CA-signed, so it does not pass for the CA device.
+    let refused = connect("cli-ca-device", &file("self.pem"), &file("self-key.pem")).await;
+    assert!(refused.is_err(), "another device's certificate");
+
+    // Refusals read as what is wrong.
+    std::fs::write(file("garbage.pem"), "not a certificate").unwrap();
+    failure(
+        &cli(&[
+            "certificate",
+            "upload",
+            "bad",
+            "--file",
+            &file("garbage.pem"),
+        ])
+        .await,
+        &["upload CA certificate bad", "neither PEM nor base64"],
+    );
+    failure(
+        &cli(&["certificate", "upload", "leaf", "--file", &file("self.pem")]).await,
+        &["not a CA certificate"],
+    );
+
+    // Deleted: the CA-signed device is refused.
+    let deleted = cli(&["certificate", "delete", "root"]).await;
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(
+        connect(
+            "cli-ca-device",
+            &file("ca-device.pem"),
+            &file("ca-device-key.pem")
+        )
+        .await
+        .is_err(),
+        "the CA is gone"
+    );
+    failure(
+        &cli(&["certificate", "show", "root"]).await,
+        &["CertificateNotFound"],
+    );
+}

@@ -1,0 +1,182 @@
+"""X.509 device authentication with the official Python device SDK
+(`IoTHubDeviceClient.create_from_x509_certificate`): a self-signed certificate registered by its
+thumbprint (with the service SDK's `create_device_with_x509`), and a CA-signed certificate whose CA was
+uploaded and verified through `/certificates` (proof of possession), with certificates made by the
+`openssl` command line as Azure's tutorials make them."""
+
+import base64
+import hashlib
+import hmac
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import requests
+from azure.iot.device import IoTHubDeviceClient, X509
+from azure.iot.device.exceptions import CredentialError
+
+from harness import HTTPS_ADDRESS, HUB_HOSTNAME, unique_id
+
+# What a device certificate carries in Azure's tutorials (`openssl x509 -req` without extensions makes
+# an X.509 v1 certificate, which rustls's webpki refuses in the handshake).
+DEVICE_EXTENSIONS = (
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+)
+
+
+def openssl(directory: Path, *args: str) -> None:
+    result = subprocess.run(
+        ["openssl", *args], cwd=directory, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"openssl {' '.join(args)}: {result.stderr}"
+
+
+def self_signed(directory: Path, name: str, days: int = 30) -> tuple[Path, Path]:
+    openssl(
+        directory, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", f"{name}-key.pem", "-out", f"{name}.pem", "-days", str(days),
+        "-subj", f"/CN={name}",
+    )
+    return directory / f"{name}.pem", directory / f"{name}-key.pem"
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    # `req -x509` makes a v3 certificate with basicConstraints CA:TRUE.
+    return self_signed(directory, name, days=365)
+
+
+def issue(directory: Path, ca: tuple[Path, Path], common_name: str, name: str) -> tuple[Path, Path]:
+    """A certificate for `common_name` signed by the CA, as `openssl x509 -req` makes it."""
+    (directory / "device.ext").write_text(DEVICE_EXTENSIONS)
+    openssl(
+        directory, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", f"{name}-key.pem", "-subj", f"/CN={common_name}", "-out", f"{name}.csr",
+    )
+    openssl(
+        directory, "x509", "-req", "-in", f"{name}.csr", "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+        "-CAcreateserial", "-out", f"{name}.pem", "-days", "30", "-extfile", "device.ext",
+    )
+    return directory / f"{name}.pem", directory / f"{name}-key.pem"
+
+
+def thumbprint(certificate: Path, algorithm: str) -> str:
+    pem = certificate.read_text()
+    body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+    return hashlib.new(algorithm, base64.b64decode(body)).hexdigest().upper()
+
+
+def service_token(connection_string: str, ttl: int = 600) -> str:
+    """A service SAS token signed like the official SDKs sign one (PROTOCOL.md §3.1)."""
+    fields = dict(part.split("=", 1) for part in connection_string.split(";"))
+    resource = urllib.parse.quote(fields["HostName"], safe="")
+    expiry = int(time.time()) + ttl
+    key = base64.b64decode(fields["SharedAccessKey"])
+    signature = base64.b64encode(
+        hmac.new(key, f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
+    ).decode()
+    return (
+        f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(signature, safe='')}"
+        f"&se={expiry}&skn={fields['SharedAccessKeyName']}"
+    )
+
+
+def certificates_api(hub, method: str, path: str, body=None, etag=None) -> requests.Response:
+    headers = {"Authorization": service_token(hub.owner_connection_string)}
+    if etag is not None:
+        headers["If-Match"] = f'"{etag}"'
+    return requests.request(
+        method,
+        f"https://{HUB_HOSTNAME}:{HTTPS_ADDRESS[1]}/certificates{path}",
+        params={"api-version": "2021-04-12"},
+        json=body,
+        headers=headers,
+        verify=str(hub.ca_path),
+        timeout=30,
+    )
+
+
+def x509_client(
+    hub, device_id: str, certificate: tuple[Path, Path], websockets: bool = False
+) -> IoTHubDeviceClient:
+    return IoTHubDeviceClient.create_from_x509_certificate(
+        x509=X509(cert_file=str(certificate[0]), key_file=str(certificate[1])),
+        hostname=HUB_HOSTNAME,
+        device_id=device_id,
+        server_verification_cert=hub.ca_pem,
+        websockets=websockets,
+    )
+
+
+def connects_and_reports(
+    hub, device_id: str, certificate: tuple[Path, Path], websockets: bool = False
+) -> None:
+    client = x509_client(hub, device_id, certificate, websockets)
+    try:
+        client.connect()
+        client.patch_twin_reported_properties({"auth": "x509"})
+        twin = client.get_twin()
+        assert twin["reported"]["auth"] == "x509", twin
+    finally:
+        client.shutdown()
+
+
+def is_refused(hub, device_id: str, certificate: tuple[Path, Path]) -> None:
+    client = x509_client(hub, device_id, certificate)
+    try:
+        with pytest.raises(CredentialError):
+            client.connect()
+    finally:
+        client.shutdown()
+
+
+def test_self_signed_certificate_registered_by_thumbprint_connects(hub, registry, tmp_path):
+    device_id = unique_id("x509-self")
+    certificate = self_signed(tmp_path, device_id)
+    other = self_signed(tmp_path, "another")
+    registry.create_device_with_x509(
+        device_id, thumbprint(certificate[0], "sha1"), thumbprint(other[0], "sha256"), "enabled"
+    )
+    device = registry.get_device(device_id)
+    assert device.authentication.type == "selfSigned"
+    connects_and_reports(hub, device_id, certificate)
+    # MQTT over WebSocket on 443: the HTTPS port asks for the client certificate too.
+    connects_and_reports(hub, device_id, certificate, websockets=True)
+    # The secondary thumbprint, in SHA-256, works too; a third certificate does not.
+    connects_and_reports(hub, device_id, other)
+    is_refused(hub, device_id, self_signed(tmp_path, "stranger"))
+
+
+def test_ca_signed_certificate_connects_once_the_ca_is_verified(hub, registry, tmp_path):
+    device_id = unique_id("x509-ca")
+    ca = make_ca(tmp_path, "compat-root")
+    device_certificate = issue(tmp_path, ca, device_id, "device")
+    registry.create_device_with_certificate_authority(device_id, "enabled")
+
+    uploaded = certificates_api(
+        hub, "PUT", "/compat-root", {"properties": {"certificate": ca[0].read_text()}}
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["properties"]["isVerified"] is False
+    is_refused(hub, device_id, device_certificate)
+
+    generated = certificates_api(
+        hub, "POST", "/compat-root/generateVerificationCode", etag=uploaded.json()["etag"]
+    )
+    assert generated.status_code == 200, generated.text
+    code = generated.json()["properties"]["verificationCode"]
+    proof = issue(tmp_path, ca, code, "proof")
+    verified = certificates_api(
+        hub,
+        "POST",
+        "/compat-root/verify",
+        {"certificate": proof[0].read_text()},
+        etag=generated.json()["etag"],
+    )
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["properties"]["isVerified"] is True
+
+    connects_and_reports(hub, device_id, device_certificate)
+    # Signed by the CA, but for another device id.
+    is_refused(hub, device_id, issue(tmp_path, ca, "someone-else", "mismatch"))
