@@ -164,3 +164,50 @@ fn whole_path(bencher: divan::Bencher<'_, '_>) {
             .expect("encodes");
         });
 }
+
+/// A telemetry event as the event stream (`GET /events`) reads it back: stored properties and body.
+fn stored_event() -> fleethub_eventlog::NewEvent {
+    let client = client();
+    let publish = decoded();
+    let properties = match topics::parse_device_publish(&publish.topic, &client) {
+        Ok(DeviceTopic::Telemetry { properties, .. }) => properties,
+        other => panic!("telemetry: {other:?}"),
+    };
+    telemetry_event(&origin(), properties, publish.payload, false, false).expect("fits")
+}
+
+/// The JSON of one Server-Sent Event as the stream writes it (`event_message_json`, borrowed parts).
+#[divan::bench]
+fn stream_event_json(bencher: divan::Bencher<'_, '_>) {
+    let event = stored_event();
+    let time = time::OffsetDateTime::from_unix_timestamp(1_764_000_000).expect("a time");
+    bencher.bench_local(|| {
+        fleethub_protocol::events::event_message_json(
+            3,
+            123_456,
+            time,
+            &event.system_properties,
+            &event.application_properties,
+            &event.body,
+        )
+    });
+}
+
+/// The same JSON the way the stream made it before: an `EventMessage` (maps of copied strings), then
+/// `serde_json::to_string`. Kept to show the difference.
+#[divan::bench]
+fn stream_event_via_message(bencher: divan::Bencher<'_, '_>) {
+    let event = stored_event();
+    let time = time::OffsetDateTime::from_unix_timestamp(1_764_000_000).expect("a time");
+    bencher.bench_local(|| {
+        let message = fleethub_protocol::events::EventMessage::new(
+            3,
+            123_456,
+            time,
+            &event.system_properties,
+            &event.application_properties,
+            &event.body,
+        );
+        serde_json::to_string(&message).expect("serialises")
+    });
+}

@@ -432,6 +432,94 @@ impl EventMessage {
     }
 }
 
+/// The JSON of [`EventMessage::new`] with the same arguments, byte for byte, written without building the
+/// message: no map, no copy of a key, value or UTF-8 body. The event stream (`GET /events`) writes one per
+/// event, so this is its hot path.
+pub fn event_message_json(
+    partition: u32,
+    sequence_number: u64,
+    enqueued_time: OffsetDateTime,
+    system_properties: &[(String, String)],
+    application_properties: &[(String, Option<String>)],
+    body: &[u8],
+) -> String {
+    let enqueued = format_time(enqueued_time);
+    // `Map` keeps insertion order (serde_json's `preserve_order` is on in this workspace), a later duplicate
+    // replacing the value where the key first came; `iothub-enqueuedtime` is inserted last.
+    let system = insertion_ordered(
+        system_properties
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .chain(std::iter::once((names::ENQUEUED_TIME, enqueued.as_str()))),
+    );
+    let application = insertion_ordered(
+        application_properties
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_deref())),
+    );
+    let (body, body_encoding) = match std::str::from_utf8(body) {
+        Ok(text) => (std::borrow::Cow::Borrowed(text), BodyEncoding::Utf8),
+        Err(_) => (
+            std::borrow::Cow::Owned(base64::engine::general_purpose::STANDARD.encode(body)),
+            BodyEncoding::Base64,
+        ),
+    };
+    let message = EventMessageRef {
+        partition,
+        sequence_number,
+        offset: sequence_number,
+        enqueued_time,
+        system_properties: Object(&system),
+        properties: Object(&application),
+        body: &body,
+        body_encoding,
+    };
+    serde_json::to_string(&message).expect("event messages always serialise")
+}
+
+/// Entries as inserting them into a `Map` leaves them: each key where it first came, with its last value.
+/// Property lists are short, so a linear search beats hashing.
+fn insertion_ordered<'a, V>(entries: impl Iterator<Item = (&'a str, V)>) -> Vec<(&'a str, V)> {
+    let mut ordered: Vec<(&'a str, V)> = Vec::with_capacity(entries.size_hint().0);
+    for (key, value) in entries {
+        match ordered.iter_mut().find(|(seen, _)| *seen == key) {
+            Some(entry) => entry.1 = value,
+            None => ordered.push((key, value)),
+        }
+    }
+    ordered
+}
+
+/// [`EventMessage`]'s serialized form over borrowed parts (same field names and order).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventMessageRef<'a, S: Serialize, P: Serialize> {
+    partition: u32,
+    sequence_number: u64,
+    #[serde(serialize_with = "as_text")]
+    offset: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    enqueued_time: OffsetDateTime,
+    system_properties: S,
+    properties: P,
+    body: &'a str,
+    #[serde(skip_serializing_if = "BodyEncoding::is_utf8")]
+    body_encoding: BodyEncoding,
+}
+
+fn as_text<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// Key-value pairs with unique keys, serialized as a JSON object in their order.
+struct Object<'a, V>(&'a [(&'a str, V)]);
+
+impl<V: Serialize> Serialize for Object<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(key, value)| (key, value)))
+    }
+}
+
 /// Where a stream over several partitions is: per partition, the next sequence number to read. Written
 /// `0:43,1:17` as the `id:` of each Server-Sent Event, so `Last-Event-ID` resumes exactly.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -520,6 +608,34 @@ pub struct Checkpoints {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    proptest::proptest! {
+        /// The borrowed writer is the message's JSON, byte for byte: key order, a duplicate key's last value
+        /// winning, `iothub-enqueuedtime` replacing one given, `null` values, escapes, base64 bodies.
+        #[test]
+        fn event_json_is_the_messages_json(
+            partition in 0u32..32,
+            sequence in proptest::prelude::any::<u64>(),
+            nanos in 0i64..4_000_000_000_000_000_000,
+            system in proptest::collection::vec(
+                ("(iothub-[a-z-]{0,12}|[a-z\"\\\\]{0,6})", "[ -~é\n\"]{0,12}"), 0..8),
+            application in proptest::collection::vec(
+                ("[a-z$.\"]{0,6}", proptest::option::of("[ -~😀]{0,10}")), 0..8),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            text_body in "[ -~é]{0,40}",
+            use_text in proptest::prelude::any::<bool>(),
+        ) {
+            let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).unwrap();
+            let body = if use_text { text_body.into_bytes() } else { body };
+            let expected = serde_json::to_string(&EventMessage::new(
+                partition, sequence, time, &system, &application, &body,
+            ))
+            .unwrap();
+            let written =
+                event_message_json(partition, sequence, time, &system, &application, &body);
+            proptest::prop_assert_eq!(written, expected);
+        }
+    }
 
     fn origin(module: Option<&str>, scope: AuthScope) -> MessageOrigin {
         MessageOrigin {

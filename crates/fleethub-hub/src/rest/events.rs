@@ -34,8 +34,8 @@ use bytes::Bytes;
 use fleethub_eventlog::{ConsumerGroup, EventLog, ReadLimits, StoredEvent};
 use fleethub_protocol::errors::ErrorCode;
 use fleethub_protocol::events::{
-    Checkpoint, Checkpoints, EventMessage, EventPartition, EventPartitions, STREAM_START_HEADER,
-    StreamPosition, names,
+    Checkpoint, Checkpoints, EventPartition, EventPartitions, STREAM_START_HEADER, StreamPosition,
+    names,
 };
 use fleethub_protocol::ids::DeviceId;
 use fleethub_protocol::rest::parse_time;
@@ -216,7 +216,8 @@ async fn next_event(mut cursor: EventCursor) -> Option<(Result<Event, Infallible
     loop {
         if let Some(stored) = cursor.pending.pop_front() {
             cursor.sent.0.insert(stored.partition, stored.offset + 1);
-            let message = EventMessage::new(
+            // Written straight from the stored event (no `EventMessage` built): the stream's hot path.
+            let data = fleethub_protocol::events::event_message_json(
                 stored.partition,
                 stored.offset,
                 stored.enqueued_time,
@@ -224,10 +225,13 @@ async fn next_event(mut cursor: EventCursor) -> Option<(Result<Event, Infallible
                 &stored.application_properties,
                 &stored.body,
             );
-            let data = serde_json::to_string(&message).expect("event messages always serialise");
             let event = Event::default()
                 .id(cursor.sent.to_string())
-                .event(message.message_source().unwrap_or("message"))
+                .event(
+                    stored
+                        .system_property(names::MESSAGE_SOURCE)
+                        .unwrap_or("message"),
+                )
                 .data(data);
             return Some((Ok(event), cursor));
         }
