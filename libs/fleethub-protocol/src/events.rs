@@ -383,13 +383,8 @@ impl EventMessage {
                 value.clone().map_or(Value::Null, Value::String),
             );
         }
-        let (body, body_encoding) = match std::str::from_utf8(body) {
-            Ok(text) => (text.to_owned(), BodyEncoding::Utf8),
-            Err(_) => (
-                base64::engine::general_purpose::STANDARD.encode(body),
-                BodyEncoding::Base64,
-            ),
-        };
+        let (body, body_encoding) = body_text(body);
+        let body = body.into_owned();
         Self {
             partition,
             sequence_number,
@@ -457,13 +452,7 @@ pub fn event_message_json(
             .iter()
             .map(|(key, value)| (key.as_str(), value.as_deref())),
     );
-    let (body, body_encoding) = match std::str::from_utf8(body) {
-        Ok(text) => (std::borrow::Cow::Borrowed(text), BodyEncoding::Utf8),
-        Err(_) => (
-            std::borrow::Cow::Owned(base64::engine::general_purpose::STANDARD.encode(body)),
-            BodyEncoding::Base64,
-        ),
-    };
+    let (body, body_encoding) = body_text(body);
     let message = EventMessageRef {
         partition,
         sequence_number,
@@ -475,6 +464,17 @@ pub fn event_message_json(
         body_encoding,
     };
     serde_json::to_string(&message).expect("event messages always serialise")
+}
+
+/// A body as the event's JSON carries it: UTF-8 text as is, anything else in standard base64.
+fn body_text(body: &[u8]) -> (std::borrow::Cow<'_, str>, BodyEncoding) {
+    match std::str::from_utf8(body) {
+        Ok(text) => (std::borrow::Cow::Borrowed(text), BodyEncoding::Utf8),
+        Err(_) => (
+            std::borrow::Cow::Owned(base64::engine::general_purpose::STANDARD.encode(body)),
+            BodyEncoding::Base64,
+        ),
+    }
 }
 
 /// Entries as inserting them into a `Map` leaves them: each key where it first came, with its last value.
