@@ -6,7 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fleethub_mqtt::{Packet, QoS};
@@ -15,54 +15,23 @@ use fleethub_testkit::{
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{BINARY, free_port};
+use support::free_port;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// How long the device takes to answer the method call made before SIGTERM.
 const DEVICE_THINKS: Duration = Duration::from_millis(1500);
 
 async fn wait_until_up(https: SocketAddr, data_dir: &std::path::Path) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(ca) = std::fs::read_to_string(data_dir.join("ca.pem")) {
-            let api = ServiceApi::new(https, &ca, "unused", "AAAA");
-            if let Ok(response) = api.client.get(format!("{}/healthz", api.base)).send().await
-                && response.status() == StatusCode::OK
-            {
-                return ca;
-            }
-        }
-        assert!(Instant::now() < deadline, "the hub did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until_healthy(data_dir, https, "graceful shutdown").await
 }
 
 fn serve(data_dir: &std::path::Path, mqtt: SocketAddr, https: SocketAddr) -> std::process::Child {
-    Command::new(BINARY)
-        .args(["serve", "--shutdown-grace", "20", "--data-dir"])
-        .arg(data_dir)
-        .args(["--mqtt-listen", &mqtt.to_string()])
-        .args(["--https-listen", &https.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fleethub serve")
+    support::spawn_serve(data_dir, mqtt, https, &["--shutdown-grace", "20"])
 }
 
 fn owner(data_dir: &std::path::Path, https: SocketAddr, ca: &str) -> ServiceApi {
-    let output = Command::new(BINARY)
-        .args(["connection-string", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("run fleethub connection-string");
-    assert!(output.status.success());
-    let text = String::from_utf8(output.stdout).unwrap();
-    let key = text
-        .trim()
-        .rsplit_once("SharedAccessKey=")
-        .unwrap()
-        .1
-        .to_owned();
+    let text = support::owner_connection_string(data_dir);
+    let key = text.rsplit_once("SharedAccessKey=").unwrap().1.to_owned();
     ServiceApi::new(https, ca, "iothubowner", &key)
 }
 

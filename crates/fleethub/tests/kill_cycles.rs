@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use fleethub_mqtt::{Packet, QoS};
 use fleethub_protocol::sas::{decode_key, generate_sas_token};
 use fleethub_service::{EventReadOptions, EventStart, ServiceClient, ServiceClientOptions};
@@ -171,33 +173,11 @@ struct HubProcess {
 
 impl HubProcess {
     async fn start(data_dir: &Path, mqtt: SocketAddr, https: SocketAddr, context: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_fleethub"))
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--mqtt-listen", &mqtt.to_string()])
-            .args(["--https-listen", &https.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn fleethub serve");
-        let hub = Self { child };
-        // Healthy once /healthz answers 200 (polled: the process gives no other signal).
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(ca) = std::fs::read_to_string(data_dir.join("ca.pem")) {
-                let api = ServiceApi::new(https, &ca, "unused", "AAAA");
-                if let Ok(response) = api.client.get(format!("{}/healthz", api.base)).send().await
-                    && response.status() == StatusCode::OK
-                {
-                    return hub;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{context}: the hub did not become healthy within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let hub = Self {
+            child: support::spawn_serve(data_dir, mqtt, https, &[]),
+        };
+        support::wait_until_healthy(data_dir, https, context).await;
+        hub
     }
 
     fn kill(mut self) {
@@ -211,16 +191,6 @@ impl Drop for HubProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn owner_connection_string(data_dir: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_fleethub"))
-        .args(["connection-string", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("run fleethub connection-string");
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// A service request that reports a lost connection instead of panicking: the hub dies under these.
@@ -587,7 +557,7 @@ async fn no_acknowledged_write_is_lost_and_no_job_is_stuck_across_sigkills() {
     let (mqtt, https) = (free_address(), free_address());
     let hub = HubProcess::start(&data_dir, mqtt, https, "first start").await;
     let ca = std::fs::read_to_string(data_dir.join("ca.pem")).unwrap();
-    let owner = owner_connection_string(&data_dir);
+    let owner = support::owner_connection_string(&data_dir);
     let owner_key = owner.rsplit_once("SharedAccessKey=").unwrap().1.to_owned();
     let api = Arc::new(ServiceApi::new(https, &ca, "iothubowner", &owner_key));
     let service = ServiceClient::from_connection_string(

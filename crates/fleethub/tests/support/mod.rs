@@ -235,3 +235,61 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// `fleethub serve` on these addresses and data directory, with `extra` flags, its output discarded.
+pub fn spawn_serve(
+    data_dir: &Path,
+    mqtt: std::net::SocketAddr,
+    https: std::net::SocketAddr,
+    extra: &[&str],
+) -> Child {
+    Command::new(BINARY)
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--mqtt-listen", &mqtt.to_string()])
+        .args(["--https-listen", &https.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fleethub serve")
+}
+
+/// How long a (re)started hub may take to become healthy (a restart replays its logs).
+pub const HEALTHY_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the hub of `data_dir` answers `GET /healthz` with 200 on `https` (polled: the process gives no
+/// other signal), and returns its CA. Panics with `context` after [`HEALTHY_WAIT`].
+pub async fn wait_until_healthy(
+    data_dir: &Path,
+    https: std::net::SocketAddr,
+    context: &str,
+) -> String {
+    let deadline = Instant::now() + HEALTHY_WAIT;
+    loop {
+        if let Ok(ca) = std::fs::read_to_string(data_dir.join("ca.pem")) {
+            let api = fleethub_testkit::ServiceApi::new(https, &ca, "unused", "AAAA");
+            if let Ok(response) = api.client.get(format!("{}/healthz", api.base)).send().await
+                && response.status() == reqwest::StatusCode::OK
+            {
+                return ca;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{context}: the hub did not become healthy within {HEALTHY_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `iothubowner` connection string of the hub in `data_dir`.
+pub fn owner_connection_string(data_dir: &Path) -> String {
+    let output = Command::new(BINARY)
+        .args(["connection-string", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run fleethub connection-string");
+    assert!(output.status.success(), "{}", stderr(&output));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
