@@ -19,8 +19,9 @@ from azure.iot.device.exceptions import CredentialError
 
 from harness import HTTPS_ADDRESS, HUB_HOSTNAME, unique_id
 
-# What a device certificate carries in Azure's tutorials (`openssl x509 -req` without extensions makes
-# an X.509 v1 certificate, which rustls's webpki refuses in the handshake).
+# What a device certificate carries in Azure's tutorials. Device certificates must be X.509 v3: rustls's
+# webpki parses the leaf in the handshake and refuses v1, which `openssl x509 -req` without extensions
+# makes (docs/compat.md). The proof-of-possession certificate may be v1 (`proof_of_possession`).
 DEVICE_EXTENSIONS = (
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
 )
@@ -59,6 +60,24 @@ def issue(directory: Path, ca: tuple[Path, Path], common_name: str, name: str) -
         "-CAcreateserial", "-out", f"{name}.pem", "-days", "30", "-extfile", "device.ext",
     )
     return directory / f"{name}.pem", directory / f"{name}-key.pem"
+
+
+def proof_of_possession(directory: Path, ca: tuple[Path, Path], code: str) -> Path:
+    """The verification certificate exactly as Azure's proof-of-possession steps make it: an RSA key, a CSR
+    whose CN is the code, and `openssl x509 -req` signed by the CA with no `-extfile` (an X.509 v1
+    certificate)."""
+    openssl(directory, "genpkey", "-out", "pop.key", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048")
+    openssl(directory, "req", "-key", "pop.key", "-new", "-out", "pop.csr", "-subj", f"/CN={code}")
+    openssl(
+        directory, "x509", "-req", "-days", "30", "-in", "pop.csr", "-CA", str(ca[0]),
+        "-CAkey", str(ca[1]), "-CAcreateserial", "-out", "pop.crt",
+    )
+    text = subprocess.run(
+        ["openssl", "x509", "-in", "pop.crt", "-noout", "-text"],
+        cwd=directory, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert "Version: 1 (0x0)" in text, text
+    return directory / "pop.crt"
 
 
 def thumbprint(certificate: Path, algorithm: str) -> str:
@@ -166,12 +185,12 @@ def test_ca_signed_certificate_connects_once_the_ca_is_verified(hub, registry, t
     )
     assert generated.status_code == 200, generated.text
     code = generated.json()["properties"]["verificationCode"]
-    proof = issue(tmp_path, ca, code, "proof")
+    proof = proof_of_possession(tmp_path, ca, code)
     verified = certificates_api(
         hub,
         "POST",
         "/compat-root/verify",
-        {"certificate": proof[0].read_text()},
+        {"certificate": proof.read_text()},
         etag=generated.json()["etag"],
     )
     assert verified.status_code == 200, verified.text

@@ -3,19 +3,20 @@
 //! key) that makes a CA trusted. Devices with `certificateAuthority` authentication connect with a
 //! certificate that chains to a verified CA within its validity (`x509::authenticate_certificate`).
 //!
-//! The verified CAs are kept in memory ([`CaCertificates::trusted`]) so a CONNECT reads no database; the set
-//! is rebuilt from the store after every write. Writes run one at a time (the etag checks and the refresh
-//! would race otherwise).
+//! The verified CAs are kept in memory ([`CaCertificates::trusted`]), each with its chain verifier built
+//! once, so a CONNECT reads no database and builds nothing. The set is read from the store at start; after
+//! that each write applies its own record to it once the store has taken the write (no re-read that could
+//! fail after the write succeeded). Writes run one at a time (the etag checks and the in-memory update
+//! would race otherwise), so the set stays what a re-read would give.
 
 use std::sync::{Arc, RwLock};
 
 use fleethub_protocol::certificates::{
     CERTIFICATE_RESOURCE_TYPE, CertificateDescription, CertificateProperties, CertificateUpload,
-    CertificateVerification, format_rfc1123,
+    CertificateVerification, format_rfc1123, upper_hex,
 };
 use fleethub_protocol::ids::{ETag, IfMatch};
 use fleethub_store::{CaCertificateRecord, Store, StoreError};
-use time::OffsetDateTime;
 
 use crate::services::Services;
 use crate::x509::{self, TrustedCa};
@@ -28,32 +29,55 @@ pub struct CaCertificates {
 }
 
 impl CaCertificates {
-    /// Rebuilds the verified set from the store (at start, and after each write).
+    /// Reads the verified set from the store (at start), building each CA's chain verifier.
     pub async fn load(&self, store: &dyn Store) -> Result<(), StoreError> {
         let records = store.list_ca_certificates().await?;
-        let trusted: Vec<TrustedCa> = records
-            .into_iter()
-            .filter(|record| record.is_verified)
-            .filter_map(|record| match x509::inspect(&record.certificate_der) {
-                Ok(facts) => Some(TrustedCa {
-                    name: record.name,
-                    der: record.certificate_der.into(),
-                    not_before: facts.not_before,
-                    not_after: facts.not_after,
-                }),
-                Err(error) => {
-                    tracing::warn!(name = %record.name, %error, "a stored CA certificate does not parse; it is not trusted");
-                    None
-                }
-            })
-            .collect();
+        let trusted: Vec<TrustedCa> = records.into_iter().filter_map(trusted_ca).collect();
         *self.trusted.write().expect("the CA lock is never poisoned") = Arc::new(trusted);
         Ok(())
+    }
+
+    /// Applies a record the store has just taken: replaces the CA of that name in the verified set, or
+    /// takes it out if the record is not verified. Called with `writes` held.
+    fn apply_saved(&self, record: CaCertificateRecord) {
+        let name = record.name.clone();
+        let entry = trusted_ca(record);
+        self.replace(&name, entry);
+    }
+
+    /// Takes a deleted CA out of the verified set. Called with `writes` held.
+    fn apply_deleted(&self, name: &str) {
+        self.replace(name, None);
+    }
+
+    fn replace(&self, name: &str, entry: Option<TrustedCa>) {
+        let mut trusted = self.trusted.write().expect("the CA lock is never poisoned");
+        let mut next: Vec<TrustedCa> = trusted
+            .iter()
+            .filter(|ca| ca.name != name)
+            .cloned()
+            .collect();
+        next.extend(entry);
+        *trusted = Arc::new(next);
     }
 
     /// The verified CA certificates.
     pub fn trusted(&self) -> Arc<Vec<TrustedCa>> {
         Arc::clone(&self.trusted.read().expect("the CA lock is never poisoned"))
+    }
+}
+
+/// The trusted-set entry of a stored record: none unless it is verified and usable as a trust anchor.
+fn trusted_ca(record: CaCertificateRecord) -> Option<TrustedCa> {
+    if !record.is_verified {
+        return None;
+    }
+    match TrustedCa::new(record.name.as_str(), record.certificate_der.into()) {
+        Ok(ca) => Some(ca),
+        Err(error) => {
+            tracing::warn!(name = %record.name, %error, "a verified CA certificate is not usable; it is not trusted");
+            None
+        }
     }
 }
 
@@ -91,7 +115,7 @@ pub fn validate_certificate_name(name: &str) -> Result<(), CertificateRequestErr
 fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     getrandom::fill(&mut buffer).expect("the operating system's random source is available");
-    buffer.iter().map(|byte| format!("{byte:02X}")).collect()
+    upper_hex(&buffer)
 }
 
 fn new_etag() -> String {
@@ -153,13 +177,14 @@ impl Services {
             .ok_or_else(|| CertificateRequestError::NotFound(name.to_owned()))
     }
 
-    /// Stores the record and refreshes the verified set.
+    /// Stores the record, then applies it to the in-memory verified set (which cannot fail, so a write the
+    /// store took is never answered with an error). Call with `certificates.writes` held.
     async fn save_ca_certificate(
         &self,
         record: CaCertificateRecord,
     ) -> Result<(), CertificateRequestError> {
-        self.store.put_ca_certificate(record).await?;
-        self.certificates.load(&*self.store).await?;
+        self.store.put_ca_certificate(record.clone()).await?;
+        self.certificates.apply_saved(record);
         Ok(())
     }
 
@@ -275,7 +300,7 @@ impl Services {
         if !self.store.delete_ca_certificate(name).await? {
             return Err(CertificateRequestError::NotFound(name.to_owned()));
         }
-        self.certificates.load(&*self.store).await?;
+        self.certificates.apply_deleted(name);
         Ok(())
     }
 
@@ -298,7 +323,8 @@ impl Services {
     }
 
     /// `POST /certificates/{name}/verify`: proof of possession. The certificate sent must have the pending
-    /// verification code as its subject CN, be signed by the CA's key, and be within its validity.
+    /// verification code as its subject CN, be signed by the CA's key, and be within its validity; any X.509
+    /// version (`x509::verify_proof_of_possession`).
     pub async fn verify_ca_certificate(
         &self,
         name: &str,
@@ -313,28 +339,20 @@ impl Services {
                 "certificate {name:?} has no pending verification code: call generateVerificationCode first"
             )));
         };
-        let (der, facts) =
-            x509::read_certificate_text(&verification.certificate).map_err(|error| {
-                CertificateRequestError::Invalid(format!("the verification certificate: {error}"))
-            })?;
-        if facts.common_name.as_deref() != Some(code.as_str()) {
-            return Err(CertificateRequestError::Invalid(format!(
-                "the verification certificate's subject CN is {:?}, not the verification code {code:?}",
-                facts.common_name.as_deref().unwrap_or("")
-            )));
-        }
-        let now: OffsetDateTime = self.now();
-        x509::verify_chain(
-            &der,
-            &[],
-            &[record.certificate_der.clone().into()],
-            now,
-        )
-        .map_err(|error| {
-            CertificateRequestError::Invalid(format!(
-                "the verification certificate is not signed by certificate {name:?}'s key ({error})"
-            ))
+        let (der, _) = x509::read_certificate_text(&verification.certificate).map_err(|error| {
+            CertificateRequestError::Invalid(format!("the verification certificate: {error}"))
         })?;
+        let now = self.now();
+        x509::verify_proof_of_possession(&der, &record.certificate_der, &code, now).map_err(
+            |error| match error {
+                x509::ProofOfPossessionError::NotSignedByCa(reason) => {
+                    CertificateRequestError::Invalid(format!(
+                        "the verification certificate is not signed by certificate {name:?}'s key ({reason})"
+                    ))
+                }
+                other => CertificateRequestError::Invalid(other.to_string()),
+            },
+        )?;
         record.is_verified = true;
         record.verification_code = None;
         record.updated = now;
@@ -348,6 +366,54 @@ impl Services {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(name: &str, is_verified: bool) -> CaCertificateRecord {
+        let (der, _) =
+            x509::read_certificate_text(include_str!("../tests/fixtures/x509-v1/root-ca.pem"))
+                .unwrap();
+        CaCertificateRecord {
+            name: name.into(),
+            certificate_der: der.to_vec(),
+            is_verified,
+            verification_code: None,
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            updated: time::OffsetDateTime::UNIX_EPOCH,
+            etag: "e".into(),
+        }
+    }
+
+    fn trusted_names(certificates: &CaCertificates) -> Vec<String> {
+        let mut names: Vec<String> = certificates
+            .trusted()
+            .iter()
+            .map(|ca| ca.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_apply_to_the_trusted_set_without_a_re_read() {
+        let certificates = CaCertificates::default();
+        certificates.apply_saved(record("a", true));
+        certificates.apply_saved(record("b", false));
+        certificates.apply_saved(record("c", true));
+        assert_eq!(trusted_names(&certificates), ["a", "c"]);
+        // Replaced by an unverified certificate: no longer trusted; verified again: trusted once.
+        certificates.apply_saved(record("a", false));
+        assert_eq!(trusted_names(&certificates), ["c"]);
+        certificates.apply_saved(record("b", true));
+        certificates.apply_saved(record("b", true));
+        assert_eq!(trusted_names(&certificates), ["b", "c"]);
+        certificates.apply_deleted("c");
+        certificates.apply_deleted("unknown");
+        assert_eq!(trusted_names(&certificates), ["b"]);
+        // A verified record that is not a certificate is left out (and logged), not an error.
+        let mut garbage = record("d", true);
+        garbage.certificate_der = b"not DER".to_vec();
+        certificates.apply_saved(garbage);
+        assert_eq!(trusted_names(&certificates), ["b"]);
+    }
 
     #[test]
     fn certificate_names_follow_azure() {

@@ -85,7 +85,8 @@ pub struct HubLimits {
     pub max_packet_size: usize,
     /// Connections beyond this are refused at accept time.
     pub max_connections: usize,
-    /// Time allowed for the TLS handshake plus the MQTT CONNECT packet.
+    /// Time allowed for the TLS handshake, and again for the MQTT CONNECT packet and its authentication;
+    /// above zero (`fleethub serve` refuses 0, which would close every connection).
     pub connect_timeout: Duration,
     /// Pushes (method requests, desired patches) waiting for one device connection; more are refused.
     pub outbound_queue_depth: usize,

@@ -5,17 +5,26 @@
 //! Azure drops the patches of a device that is offline; so do we for clean sessions. A persistent session
 //! (clean session 0) subscribed to desired patches keeps, in the store beside its subscriptions, a
 //! checkpoint: the desired `$version` the device acknowledged (PUBACK of a QoS 1 patch) or, at QoS 0, was last
-//! sent, with the desired properties at that version. On its next connection, right after the CONNACK and
-//! before anything else, the device gets one patch from that checkpoint to the current desired properties,
-//! carrying the current `$version`, if their content differs (`TwinDocument::desired_catch_up_patch`: every
-//! current value, `null` for what was deleted, so the application converges whether it kept its state or
-//! restarted).
+//! sent (written to the socket and flushed, not merely queued: [`DesiredPatches::flushed`]), with the desired
+//! properties at that version. On its next connection, right after the CONNACK and before anything else, the
+//! device gets one patch from that checkpoint to the current desired properties, carrying the current
+//! `$version`, if their content differs (`TwinDocument::desired_catch_up_patch`: every current value, `null`
+//! for what was deleted, so the application converges whether it kept its state or restarted).
 //!
 //! The connection follows what the device has without reading the twin per patch: it keeps the desired
 //! properties as of the last patch it published (`sent`) and merges each pushed patch into them. Pushes come
-//! in version order (`services::push_desired_patch` runs in commit order); a push that skips a version (the
-//! push queue was full) makes the connection read the twin and publish the merge-patch diff to it instead, so
-//! a live device no longer misses patches either.
+//! in version order (`services::push_desired_patch` runs in commit order). When a push is dropped because the
+//! connection's push queue is full, the session table flags the connection (`ConnectionShared`), which then
+//! reads the twin at its next wake-up and publishes the merge-patch diff from `sent` to it; a push that skips a
+//! version does the same. So a live persistent-session device subscribed to desired patches does not miss
+//! patches either, unless the twin cannot be read then: the pushed patch (if any) still goes out, untracked,
+//! and the next push or reconnect resynchronises. Clean sessions are not followed: like Azure's, their devices
+//! miss what a full queue drops (they see it on their next twin GET).
+//!
+//! Memory: following costs each persistent subscribed connection a copy of its device's desired properties
+//! (`sent`, roughly the size of the desired JSON, up to the twin size limit), and a second one while the
+//! checkpoint (`acknowledged`) lags behind `sent`; a hub with N such connections holds about N times the
+//! desired size. Clean sessions and unsubscribed connections hold none.
 //!
 //! Durability: the checkpoint moves forward in memory and is written through the store's writer at most
 //! every [`CHECKPOINT_SAVE_INTERVAL`] while patches are acknowledged, and when the connection ends. It only
@@ -37,7 +46,7 @@ use fleethub_store::{DesiredCheckpoint, StoredSubscription};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::c2d::Outbox;
+use crate::c2d::{Deliveries, Outbox};
 use crate::services::Services;
 
 /// How often at most a connection writes its checkpoint while patches are acknowledged.
@@ -96,6 +105,13 @@ pub struct DesiredPatches {
     last_save: Option<Instant>,
     /// QoS 1 patches awaiting their PUBACK: packet id and `$version`, oldest first.
     in_flight: VecDeque<(PacketId, u64)>,
+    /// The `$version` of the newest patch queued at QoS 0 and not yet flushed to the socket. It becomes the
+    /// checkpoint only at [`DesiredPatches::flushed`]: a connection that ends before its write buffer left
+    /// must not record what the device never got.
+    unflushed: Option<u64>,
+    /// The twin could not be read to resynchronise: `sent` still holds what the device had before, and the
+    /// next push reads the twin again instead of merging.
+    resync_due: bool,
 }
 
 impl DesiredPatches {
@@ -109,6 +125,8 @@ impl DesiredPatches {
             saved_version: None,
             last_save: None,
             in_flight: VecDeque::new(),
+            unflushed: None,
+            resync_due: false,
         }
     }
 
@@ -163,7 +181,13 @@ impl DesiredPatches {
             properties: Arc::new(checkpoint.desired),
         });
         tracing::debug!(device = %key, from = checkpoint.version, to = current.version, "catching up desired properties");
-        Some(self.packet(services, key, outbox, current.version, to_payload(&patch)))
+        Some(self.packet(
+            &services.c2d,
+            key,
+            outbox,
+            current.version,
+            to_payload(&patch),
+        ))
     }
 
     pub fn is_subscribed(&self) -> bool {
@@ -192,6 +216,8 @@ impl DesiredPatches {
         self.acknowledged = None;
         self.published = 0;
         self.saved_version = None;
+        self.unflushed = None;
+        self.resync_due = false;
         if self.persistent
             && let Err(error) = services.store.save_desired_checkpoint(key, None).await
         {
@@ -200,8 +226,8 @@ impl DesiredPatches {
     }
 
     /// The packet for a pushed patch of `version`, if it is to go out: a patch the device already has is
-    /// not; one that follows a version the connection missed becomes the diff from what the device has to
-    /// the current desired properties.
+    /// not; one that follows a version the connection missed (or comes while a resynchronisation is due)
+    /// becomes the diff from what the device has to the current desired properties.
     pub async fn publish(
         &mut self,
         services: &Services,
@@ -214,13 +240,13 @@ impl DesiredPatches {
             return None;
         }
         let Some(sent) = &self.sent else {
-            return Some(self.packet(services, key, outbox, version, payload));
+            return Some(self.packet(&services.c2d, key, outbox, version, payload));
         };
         if version <= sent.version {
             // Committed before the subscription's baseline and pushed after it: the device has not seen it.
-            return Some(self.packet(services, key, outbox, version, payload));
+            return Some(self.packet(&services.c2d, key, outbox, version, payload));
         }
-        if version == sent.version + 1 {
+        if version == sent.version + 1 && !self.resync_due {
             let patch = match serde_json::from_slice::<Value>(&payload) {
                 Ok(Value::Object(mut patch)) => {
                     patch.shift_remove("$version");
@@ -236,50 +262,91 @@ impl DesiredPatches {
             apply_merge_patch(Arc::make_mut(&mut next.properties), &patch);
             next.version = version;
             self.sent = Some(next);
-            return Some(self.packet(services, key, outbox, version, payload));
+            return Some(self.packet(&services.c2d, key, outbox, version, payload));
         }
-        self.resynchronise(services, key, outbox, version).await
+        self.resynchronise(services, key, outbox, version, Some(payload))
+            .await
     }
 
-    /// A push skipped versions: publish the diff from what the device has to the twin's current desired
-    /// properties (at least `version`).
+    /// The session table dropped a push because the connection's queue was full
+    /// (`ConnectionShared::take_desired_resync_signal`): the diff from what the device has to the twin's
+    /// current desired properties, if the connection follows the device and the content moved on.
+    pub async fn resynchronise_dropped(
+        &mut self,
+        services: &Services,
+        key: &IdentityKey,
+        outbox: &mut Outbox,
+    ) -> Option<Packet> {
+        // Not following the device (clean session, not subscribed, or the store failed at resume): no diff.
+        self.sent.as_ref()?;
+        let published = self.published;
+        self.resynchronise(services, key, outbox, published, None)
+            .await
+    }
+
+    /// Publishes the diff from what the device has to the twin's current desired properties (at least
+    /// `version`). `pushed`: the patch of `version` that prompted it, published as it is if the twin
+    /// cannot be read.
     async fn resynchronise(
         &mut self,
         services: &Services,
         key: &IdentityKey,
         outbox: &mut Outbox,
         version: u64,
+        pushed: Option<Bytes>,
     ) -> Option<Packet> {
-        let sent = self.sent.take()?;
-        let record = match services.store.get(key).await {
-            Ok(Some(record)) => record,
-            Ok(None) => return None,
+        let current = match services.store.get(key).await {
+            Ok(Some(record)) => Some(DesiredState {
+                version: record.twin.desired_version(),
+                properties: Arc::new(record.twin.desired_properties().clone()),
+            }),
+            Ok(None) => {
+                tracing::debug!(device = %key, version, "the twin is gone; desired patch sent as pushed");
+                None
+            }
             Err(error) => {
-                tracing::warn!(device = %key, version, %error, "desired patches untracked: could not read the twin after a missed patch");
-                return None;
+                tracing::warn!(device = %key, version, %error, "desired patch sent as pushed: could not read the twin to resynchronise");
+                None
             }
         };
-        let current = DesiredState {
-            version: record.twin.desired_version(),
-            properties: Arc::new(record.twin.desired_properties().clone()),
+        let (version, payload) = self.resynchronised(key, version, pushed, current)?;
+        Some(self.packet(&services.c2d, key, outbox, version, payload))
+    }
+
+    /// The pure half of [`DesiredPatches::resynchronise`]: given the twin's desired properties as read
+    /// (`None`: they could not be), the `$version` and payload to publish, if any. Without them the pushed
+    /// patch goes out untracked (the device still gets it), `sent` keeps what the device had before, and
+    /// the next push resynchronises again.
+    fn resynchronised(
+        &mut self,
+        key: &IdentityKey,
+        version: u64,
+        pushed: Option<Bytes>,
+        current: Option<DesiredState>,
+    ) -> Option<(u64, Bytes)> {
+        let (Some(current), Some(sent)) = (current, &self.sent) else {
+            self.resync_due = self.sent.is_some();
+            return pushed.map(|payload| (version, payload));
         };
         let mut patch = merge_patch_diff(&sent.properties, &current.properties);
-        self.sent = Some(current.clone());
-        self.published = current.version;
+        tracing::debug!(device = %key, from = sent.version, to = current.version, "desired patches missed; sending the difference");
+        let current_version = current.version;
+        self.sent = Some(current);
+        self.resync_due = false;
+        self.published = self.published.max(current_version);
         if patch.is_empty() {
             return None;
         }
-        tracing::debug!(device = %key, from = sent.version, to = current.version, "desired patches missed; sending the difference");
-        patch.insert("$version".to_owned(), Value::from(current.version));
-        let payload = to_payload(&Value::Object(patch));
-        Some(self.packet(services, key, outbox, current.version, payload))
+        patch.insert("$version".to_owned(), Value::from(current_version));
+        Some((current_version, to_payload(&Value::Object(patch))))
     }
 
     /// The PUBLISH of `payload` as desired `version`, at QoS 1 if the subscription grants it and the device
-    /// is not too far behind with its acknowledgements. At QoS 0 the patch counts as the device's at once.
+    /// is not too far behind with its acknowledgements. At QoS 0 the patch counts as the device's once the
+    /// connection has flushed it ([`DesiredPatches::flushed`]).
     fn packet(
         &mut self,
-        services: &Services,
+        deliveries: &Deliveries,
         key: &IdentityKey,
         outbox: &mut Outbox,
         version: u64,
@@ -288,7 +355,7 @@ impl DesiredPatches {
         self.published = self.published.max(version);
         let packet_id = match self.subscription {
             Some(QoS::AtLeastOnce | QoS::ExactlyOnce) if self.in_flight.len() < MAX_IN_FLIGHT => {
-                let packet_id = outbox.reserve_packet_id(&services.c2d);
+                let packet_id = outbox.reserve_packet_id(deliveries);
                 self.in_flight.push_back((packet_id, version));
                 Some(packet_id)
             }
@@ -297,13 +364,7 @@ impl DesiredPatches {
                 None
             }
             _ => {
-                if self
-                    .sent
-                    .as_ref()
-                    .is_some_and(|sent| sent.version == version)
-                {
-                    self.acknowledged = self.sent.clone();
-                }
+                self.unflushed = Some(version);
                 None
             }
         };
@@ -319,6 +380,17 @@ impl DesiredPatches {
             packet_id,
             payload,
         })
+    }
+
+    /// The connection wrote and flushed everything it had queued: the newest QoS 0 patch among it, if it
+    /// brought the device to `sent`, becomes the checkpoint. Call it only after a successful flush.
+    pub fn flushed(&mut self) {
+        if let Some(version) = self.unflushed.take()
+            && let Some(sent) = &self.sent
+            && sent.version == version
+        {
+            self.acknowledged = Some(sent.clone());
+        }
     }
 
     /// Handles a PUBACK if it acknowledges a desired patch (true), and writes the checkpoint if one is due.
@@ -399,6 +471,172 @@ fn to_payload(patch: &Value) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn state(version: u64, properties: Value) -> DesiredState {
+        let Value::Object(properties) = properties else {
+            panic!("desired properties are an object")
+        };
+        DesiredState {
+            version,
+            properties: Arc::new(properties),
+        }
+    }
+
+    /// A persistent session subscribed at `qos` whose device has desired `{"a": 1}` at version 1.
+    fn following(qos: QoS) -> (DesiredPatches, IdentityKey, Deliveries, Outbox) {
+        let key = IdentityKey::device("dev1".parse().expect("valid"));
+        let deliveries = Deliveries::default();
+        let outbox = Outbox::new(&key, None, 4, false, &deliveries);
+        let mut desired = DesiredPatches::new(false, Some(qos));
+        desired.sent = Some(state(1, json!({"a": 1})));
+        desired.acknowledged = desired.sent.clone();
+        desired.published = 1;
+        desired.saved_version = Some(1);
+        (desired, key, deliveries, outbox)
+    }
+
+    fn checkpoint_version(desired: &DesiredPatches) -> Option<u64> {
+        desired.acknowledged.as_ref().map(|state| state.version)
+    }
+
+    #[test]
+    fn a_qos_0_patch_becomes_the_checkpoint_once_flushed_not_once_queued() {
+        let (mut desired, key, deliveries, mut outbox) = following(QoS::AtMostOnce);
+        // What `publish` does with the next pushed patch: merge it, then queue its packet.
+        desired.sent = Some(state(2, json!({"a": 2})));
+        let packet = desired.packet(
+            &deliveries,
+            &key,
+            &mut outbox,
+            2,
+            Bytes::from_static(br#"{"a":2,"$version":2}"#),
+        );
+        assert!(matches!(
+            packet,
+            Packet::Publish(Publish {
+                qos: QoS::AtMostOnce,
+                ..
+            })
+        ));
+        assert_eq!(
+            checkpoint_version(&desired),
+            Some(1),
+            "queued is not sent: a connection that ends now must not record version 2"
+        );
+        desired.flushed();
+        assert_eq!(checkpoint_version(&desired), Some(2));
+        assert_eq!(
+            desired
+                .acknowledged
+                .as_ref()
+                .map(|state| Value::Object(Map::clone(&state.properties))),
+            Some(json!({"a": 2}))
+        );
+        desired.flushed();
+        assert_eq!(
+            checkpoint_version(&desired),
+            Some(2),
+            "nothing more was queued"
+        );
+    }
+
+    #[test]
+    fn a_flush_counts_only_the_newest_qos_0_patch_and_only_if_it_brought_the_device_to_sent() {
+        let (mut desired, key, deliveries, mut outbox) = following(QoS::AtMostOnce);
+        // Committed before the baseline and pushed after it: goes out, but `sent` is not its state.
+        desired.sent = Some(state(3, json!({"a": 3})));
+        desired.packet(&deliveries, &key, &mut outbox, 2, Bytes::from_static(b"{}"));
+        desired.flushed();
+        assert_eq!(checkpoint_version(&desired), Some(1));
+        // Two patches queued before one flush: the newest decides.
+        desired.packet(&deliveries, &key, &mut outbox, 2, Bytes::from_static(b"{}"));
+        desired.packet(&deliveries, &key, &mut outbox, 3, Bytes::from_static(b"{}"));
+        desired.flushed();
+        assert_eq!(checkpoint_version(&desired), Some(3));
+    }
+
+    #[test]
+    fn a_qos_1_patch_waits_for_its_puback_not_for_the_flush() {
+        let (mut desired, key, deliveries, mut outbox) = following(QoS::AtLeastOnce);
+        desired.sent = Some(state(2, json!({"a": 2})));
+        let packet = desired.packet(&deliveries, &key, &mut outbox, 2, Bytes::from_static(b"{}"));
+        assert!(matches!(
+            packet,
+            Packet::Publish(Publish {
+                qos: QoS::AtLeastOnce,
+                ..
+            })
+        ));
+        desired.flushed();
+        assert_eq!(checkpoint_version(&desired), Some(1));
+    }
+
+    #[test]
+    fn a_resynchronisation_that_cannot_read_the_twin_still_sends_the_pushed_patch_and_stays_due() {
+        let (mut desired, key, deliveries, mut outbox) = following(QoS::AtMostOnce);
+        let pushed = Bytes::from_static(br#"{"c":3,"$version":3}"#);
+        // Version 2 was dropped; version 3 arrives and the twin read fails.
+        assert_eq!(
+            desired.resynchronised(&key, 3, Some(pushed.clone()), None),
+            Some((3, pushed.clone())),
+            "the device still gets the pushed patch"
+        );
+        assert!(desired.resync_due);
+        assert_eq!(
+            desired.sent.as_ref().map(|sent| sent.version),
+            Some(1),
+            "what the device surely has is unchanged"
+        );
+        desired.packet(&deliveries, &key, &mut outbox, 3, pushed);
+        desired.flushed();
+        assert_eq!(
+            checkpoint_version(&desired),
+            Some(1),
+            "an untracked patch does not move the checkpoint"
+        );
+        assert_eq!(desired.published, 3, "the pushed patch is not sent again");
+
+        // The next attempt reads the twin: the diff from what the device had, at the twin's version.
+        let current = state(4, json!({"a": 1, "b": 2, "c": 3}));
+        let (version, payload) = desired
+            .resynchronised(&key, 4, None, Some(current))
+            .expect("the content moved on");
+        assert_eq!(version, 4);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&payload).expect("JSON"),
+            json!({"b": 2, "c": 3, "$version": 4})
+        );
+        assert!(!desired.resync_due);
+        assert_eq!(desired.sent.as_ref().map(|sent| sent.version), Some(4));
+        assert_eq!(desired.published, 4);
+    }
+
+    #[test]
+    fn a_resynchronisation_to_the_same_content_sends_nothing() {
+        let (mut desired, key, _, _) = following(QoS::AtMostOnce);
+        assert_eq!(
+            desired.resynchronised(&key, 1, None, Some(state(2, json!({"a": 1})))),
+            None
+        );
+        assert_eq!(desired.sent.as_ref().map(|sent| sent.version), Some(2));
+        assert_eq!(desired.published, 2);
+    }
+
+    #[test]
+    fn an_untracked_connection_publishes_the_pushed_patch_as_it_is() {
+        let key = IdentityKey::device("dev1".parse().expect("valid"));
+        let mut desired = DesiredPatches::new(true, Some(QoS::AtMostOnce));
+        let pushed = Bytes::from_static(br#"{"a":1,"$version":5}"#);
+        assert_eq!(
+            desired.resynchronised(&key, 5, Some(pushed.clone()), None),
+            Some((5, pushed))
+        );
+        assert!(
+            !desired.resync_due,
+            "nothing is followed, so nothing is due"
+        );
+    }
 
     #[test]
     fn the_desired_subscription_qos_is_found_among_the_stored_filters() {

@@ -62,6 +62,8 @@ const MAX_KEEP_ALIVE_SECONDS: u64 = 1767;
 const READ_RESERVE: usize = 1024;
 /// How long a connection that is closing waits for its last telemetry to become durable, to acknowledge it.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
+/// How long a connection that is closing tries to write what it still has queued.
+const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a connection ended; logged.
 enum Ending {
@@ -245,7 +247,7 @@ pub async fn serve_connection<S>(
         origin: &origin,
         pending_acks: VecDeque::new(),
         c2d,
-        throttle: services.throttle.connection(),
+        throttle: services.throttle.connection(&key),
         desired,
     };
     // Before anything else the connection sends: the device's catch-up on missed desired patches.
@@ -269,9 +271,14 @@ pub async fn serve_connection<S>(
         let _ =
             tokio::time::timeout(FINAL_ACK_WAIT, drain_acks(&mut connection, &mut session)).await;
     }
+    // The last of what is queued, bounded so that a device that stopped reading does not hold up the
+    // connection's end; it counts as sent only if it left (QoS 0 desired patches: `desired.rs`).
+    let flushed = tokio::time::timeout(FINAL_FLUSH_WAIT, connection.flush()).await;
+    if ending.can_write() && matches!(flushed, Ok(Ok(()))) {
+        session.desired.flushed();
+    }
     session.desired.finish(&services, &key).await;
     drop(session);
-    let _ = connection.flush().await;
     let _ = connection.stream.shutdown().await;
     if let Some(will) = will
         && ending.publishes_will()
@@ -371,30 +378,40 @@ async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
 
-    // Azure's new-connection throttle, checked before the work of authenticating.
-    if let Err(throttled) = services.throttle.admit_connection() {
-        tracing::debug!(%peer, client_id = %connect.client_id, %throttled, "connection refused");
-        refuse(connection, ConnectReturnCode::ServerUnavailable).await;
-        return None;
-    }
     let now = services.now();
-    let record = match authenticate_device(
-        services,
-        &connect.client_id,
-        connect.username.as_deref(),
-        connect.password.as_deref(),
-        client_certificates.as_deref(),
-        now.unix_timestamp().max(0) as u64,
+    // The connect timeout bounds authentication too (it only reads, so it may be cut short): an
+    // unauthenticated connection holds its slot under `max_connections` for at most that long.
+    let authenticated = tokio::time::timeout_at(
+        connect_deadline,
+        authenticate_device(
+            services,
+            &connect.client_id,
+            connect.username.as_deref(),
+            connect.password.as_deref(),
+            client_certificates.as_deref(),
+            now.unix_timestamp().max(0) as u64,
+        ),
     )
-    .await
-    {
-        Ok(record) => record,
-        Err(refusal) => {
+    .await;
+    let record = match authenticated {
+        Ok(Ok(record)) => record,
+        Ok(Err(refusal)) => {
             tracing::info!(%peer, client_id = %connect.client_id, reason = %refusal.reason, "connection refused");
             refuse(connection, refusal.code).await;
             return None;
         }
+        Err(_) => {
+            tracing::debug!(%peer, client_id = %connect.client_id, "not authenticated within the connect timeout");
+            return None;
+        }
     };
+    // Azure's new-connection throttle, charged only for CONNECTs that authenticated: bogus ones spend no
+    // budget, so they cannot lock devices out.
+    if let Err(throttled) = services.throttle.admit_connection() {
+        tracing::debug!(%peer, device = %record.key, %throttled, "connection refused");
+        refuse(connection, ConnectReturnCode::ServerUnavailable).await;
+        return None;
+    }
     let key = record.key;
     let client_id = key.client_id();
     let token = connect
@@ -527,7 +544,7 @@ struct Session<'a> {
     c2d: crate::c2d::Outbox,
     /// Delivery of desired patches, and what a persistent session's device has of them.
     desired: crate::desired::DesiredPatches,
-    /// The connection's own rate limits (`throttle.rs`).
+    /// The device's own rate limits, shared with its other connections and service calls (`throttle.rs`).
     throttle: crate::throttle::DeviceThrottle,
 }
 
@@ -588,6 +605,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     if let Err(error) = connection.flush().await {
         return Ending::Io(error);
     }
+    session.desired.flushed();
     loop {
         connection.release_idle_buffers();
         tokio::select! {
@@ -603,6 +621,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Some(packet) = push_packet(session, push).await {
                         connection.queue(&packet);
                     }
+                }
+                if session.shared.take_desired_resync_signal()
+                    && let Some(packet) = session
+                        .desired
+                        .resynchronise_dropped(session.services, session.key, &mut session.c2d)
+                        .await
+                {
+                    connection.queue(&packet);
                 }
                 if session.shared.take_cloud_to_device_signal() {
                     session.c2d.wake();
@@ -642,6 +668,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         if let Err(error) = connection.flush().await {
             return Ending::Io(error);
         }
+        // Only bytes that left count as sent (QoS 0 desired patches: `desired.rs`).
+        session.desired.flushed();
     }
 }
 
@@ -870,14 +898,9 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             if let Err(throttled) = session
                 .services
                 .throttle
-                .admit_device_twin(&mut session.throttle, OperationClass::TwinRead)
+                .admit_device_twin(&session.throttle, OperationClass::TwinRead)
             {
-                connection.queue(&twin_error(
-                    &request_id,
-                    429,
-                    429001,
-                    &throttled.to_string(),
-                ));
+                connection.queue(&twin_throttled(&request_id, &throttled));
                 return None;
             }
             let response = match session.services.store.get(session.key).await {
@@ -898,15 +921,10 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             if let Err(throttled) = session
                 .services
                 .throttle
-                .admit_device_twin(&mut session.throttle, OperationClass::TwinUpdate)
+                .admit_device_twin(&session.throttle, OperationClass::TwinUpdate)
             {
                 puback(connection, publish.packet_id);
-                connection.queue(&twin_error(
-                    &request_id,
-                    429,
-                    429001,
-                    &throttled.to_string(),
-                ));
+                connection.queue(&twin_throttled(&request_id, &throttled));
                 return None;
             }
             let patch: Value = match serde_json::from_slice(&publish.payload) {
@@ -980,7 +998,7 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             if let Err(refused) = session
                 .services
                 .throttle
-                .shape_telemetry(&mut session.throttle)
+                .shape_telemetry(&session.throttle)
                 .await
             {
                 return Some(Ending::Throttled(refused.to_string()));
@@ -1022,6 +1040,11 @@ fn twin_error(request_id: &str, status: u16, error_code: u32, message: &str) -> 
         topics::twin_response_topic(status, request_id, None),
         Bytes::from(serde_json::to_vec(&body).expect("JSON always serialises")),
     )
+}
+
+/// A twin request over a rate limit: status 429 with Azure's `ThrottlingException` code.
+fn twin_throttled(request_id: &str, throttled: &crate::throttle::Throttled) -> Packet {
+    twin_error(request_id, 429, 429001, &throttled.to_string())
 }
 
 fn packet_name(packet: &Packet) -> &'static str {

@@ -609,7 +609,8 @@ pub(crate) fn push_desired_patch(
     ) {
         Ok(()) | Err(DeliveryError::NotConnected) | Err(DeliveryError::NotSubscribed) => {}
         Err(DeliveryError::QueueFull) => {
-            // The device reads too slowly; it gets the state from its next twin GET.
+            // The device reads too slowly. A persistent session's connection is flagged and resynchronises
+            // from the twin (`desired.rs`); a clean session's device sees it at its next twin GET.
             tracing::warn!(device = %key, version, "desired patch not pushed: the device's queue is full");
         }
     }

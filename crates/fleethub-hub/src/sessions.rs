@@ -109,6 +109,9 @@ pub struct ConnectionShared {
     /// Set when the device's cloud-to-device queue may hold messages this connection has not read yet; the
     /// connection reads the queue itself (`c2d.rs`), so a wake-up carries no message and is never lost.
     cloud_to_device_available: AtomicBool,
+    /// Set when a desired patch was dropped because the push queue was full; the connection then reads the
+    /// twin and sends the device what it missed (`desired.rs`).
+    desired_resync_due: AtomicBool,
     /// Unix milliseconds of the last packet from the device, and of the last value written to the store:
     /// activity is coalesced here and flushed periodically, so it costs no write per packet.
     last_activity_ms: AtomicI64,
@@ -131,6 +134,7 @@ impl ConnectionShared {
             subscriptions: AtomicU8::new(subscriptions.0),
             close: AtomicU8::new(CloseReason::None as u8),
             cloud_to_device_available: AtomicBool::new(false),
+            desired_resync_due: AtomicBool::new(false),
             last_activity_ms: AtomicI64::new(0),
             flushed_activity_ms: AtomicI64::new(0),
             credential,
@@ -170,6 +174,11 @@ impl ConnectionShared {
     /// Whether cloud-to-device messages were enqueued since the last call (clears the flag).
     pub fn take_cloud_to_device_signal(&self) -> bool {
         self.cloud_to_device_available.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a desired patch was dropped since the last call (clears the flag).
+    pub fn take_desired_resync_signal(&self) -> bool {
+        self.desired_resync_due.swap(false, Ordering::AcqRel)
     }
 
     /// Resolves when a push is queued, cloud-to-device messages are enqueued, or the connection is asked
@@ -446,6 +455,12 @@ impl DeviceRouter for SessionTable {
         {
             let mut queue = live.queue.lock().expect("session queue lock poisoned");
             if queue.len() >= self.queue_depth {
+                if matches!(message, Outbound::DesiredPatch { .. }) {
+                    // Not lost: the connection resynchronises from the twin once it drains its queue.
+                    live.desired_resync_due.store(true, Ordering::Release);
+                    drop(queue);
+                    live.wake.notify_one();
+                }
                 return Err(DeliveryError::QueueFull);
             }
             queue.push_back(message);
@@ -575,6 +590,43 @@ mod tests {
         let mut drained = Vec::new();
         shared.drain(&mut drained);
         assert_eq!(drained.len(), 2);
+    }
+
+    #[test]
+    fn a_desired_patch_dropped_for_a_full_queue_flags_the_connection_to_resynchronise() {
+        let table = SessionTable::new(1);
+        let shared = table.register(&key("a"), SubscriptionSet::default());
+        let mut set = SubscriptionSet::default();
+        set.insert(Subscription::DesiredPatches);
+        set.insert(Subscription::Methods);
+        table.update_subscriptions(&key("a"), &shared, set);
+        let patch = |version| Outbound::DesiredPatch {
+            version,
+            payload: Bytes::from_static(b"{}"),
+        };
+        let method = || Outbound::MethodRequest {
+            method_name: "reboot".into(),
+            request_id: "1".into(),
+            payload: Bytes::new(),
+        };
+        assert_eq!(
+            table.deliver(&key("a"), Subscription::DesiredPatches, patch(1)),
+            Ok(())
+        );
+        assert_eq!(
+            table.deliver(&key("a"), Subscription::Methods, method()),
+            Err(DeliveryError::QueueFull)
+        );
+        assert!(
+            !shared.take_desired_resync_signal(),
+            "a dropped method request is not a missed patch"
+        );
+        assert_eq!(
+            table.deliver(&key("a"), Subscription::DesiredPatches, patch(2)),
+            Err(DeliveryError::QueueFull)
+        );
+        assert!(shared.take_desired_resync_signal());
+        assert!(!shared.take_desired_resync_signal(), "taking clears it");
     }
 
     #[test]

@@ -16,14 +16,16 @@
 //!   stays over its own limit for `abusive_after`, the connection is closed.
 //! - A new connection over the hub's rate: CONNACK 3 (server unavailable), then close.
 //!
-//! Memory stays bounded: a connection's own buckets live in its task (boxed, and absent without
-//! per-device limits); per-device buckets for REST calls live in a table of at most `max_tracked_devices`
-//! entries, which forgets full buckets first (losslessly: a full bucket equals a new one).
+//! Per-device state (buckets and the abusive-device timer) is kept per identity in one table shared by the
+//! identity's MQTT connections and the service calls on it, so a limit is one budget across MQTT and REST
+//! and survives reconnects. Memory stays bounded: the table holds at most `max_tracked_devices` entries
+//! (none without per-device limits) and forgets full buckets first (losslessly: a full bucket equals a new
+//! one); a connection holds an `Arc` to its entry, so its hot path takes no table lock.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleethub_core::identity::IdentityKey;
@@ -164,7 +166,7 @@ pub struct ThrottleSettings {
     pub telemetry_max_delay: Duration,
     /// A device whose telemetry stays over its own limit this long is disconnected.
     pub abusive_after: Duration,
-    /// Most devices whose per-device buckets for service (REST) calls are remembered at once.
+    /// Most identities whose per-device buckets (MQTT and REST) are remembered at once.
     pub max_tracked_devices: usize,
 }
 
@@ -180,17 +182,18 @@ impl Default for ThrottleSettings {
     }
 }
 
-/// Burst of every preset rate: one second's worth (Azure applies its throttles "in minute ranges" and
+/// The default burst of every rate: one second's worth (Azure applies its throttles "in minute ranges" and
 /// accepts bursts above them for a while; a second's worth keeps the preset's average honest).
-pub const PRESET_BURST_SECONDS: f64 = 1.0;
+pub const DEFAULT_BURST_SECONDS: f64 = 1.0;
 
 impl ThrottleSettings {
-    /// Azure's per-hub operation throttles for `preset` with `units` units (the free tier has one).
-    /// Direct methods: Azure meters 160 KB/s/unit (S1), 480 KB/s/unit (S2), 24 MB/s/unit (S3) in 4 KB
-    /// steps, so 40, 120 and 6,144 calls of up to 4 KB per second per unit.
-    pub fn preset(preset: ThrottlePreset, units: u32) -> Self {
+    /// Azure's per-hub operation throttles for `preset` with `units` units (the free tier has one), each
+    /// with a burst of `burst_seconds` worth of it. Direct methods: Azure meters 160 KB/s/unit (S1),
+    /// 480 KB/s/unit (S2), 24 MB/s/unit (S3) in 4 KB steps, so 40, 120 and 6,144 calls of up to 4 KB per
+    /// second per unit.
+    pub fn preset(preset: ThrottlePreset, units: u32, burst_seconds: f64) -> Self {
         let units = f64::from(units.max(1));
-        let rate = |per_second: f64| Some(Rate::per_second(per_second, PRESET_BURST_SECONDS));
+        let rate = |per_second: f64| Some(Rate::per_second(per_second, burst_seconds));
         let hub = match preset {
             ThrottlePreset::None => ClassRates::default(),
             ThrottlePreset::F1 | ThrottlePreset::S1 => {
@@ -255,50 +258,70 @@ pub enum TelemetryRefused {
     },
 }
 
-/// One device connection's own buckets; kept in its task.
-#[derive(Default)]
-pub struct DeviceThrottle(Option<Box<ConnectionBuckets>>);
-
-struct ConnectionBuckets {
+/// One identity's own buckets, one per class it is limited in, and how long its telemetry has been over its
+/// limit. Shared by its MQTT connection and the service calls aimed at it, and kept in the hub's table, so
+/// that a twin-read limit is one budget across MQTT and REST and a reconnect starts where the last
+/// connection left off (no fresh burst, no reset of the abusive-device timer).
+#[derive(Debug)]
+struct ClassBuckets {
     twin_reads: Option<TokenBucket>,
     twin_updates: Option<TokenBucket>,
+    method_calls: Option<TokenBucket>,
     telemetry: Option<TokenBucket>,
     /// Since when every telemetry publish had to wait for the device's own limit.
     telemetry_over_since: Option<u64>,
 }
 
-/// Per-device buckets of service calls aimed at one device.
-struct TrackedDevice {
-    twin_reads: Option<TokenBucket>,
-    twin_updates: Option<TokenBucket>,
-    method_calls: Option<TokenBucket>,
-}
+impl ClassBuckets {
+    fn new(rates: &ClassRates) -> Self {
+        Self {
+            twin_reads: rates.twin_reads.map(TokenBucket::new),
+            twin_updates: rates.twin_updates.map(TokenBucket::new),
+            method_calls: rates.method_calls.map(TokenBucket::new),
+            telemetry: rates.telemetry.map(TokenBucket::new),
+            telemetry_over_since: None,
+        }
+    }
 
-impl TrackedDevice {
     fn bucket(&mut self, class: OperationClass) -> Option<&mut TokenBucket> {
         match class {
             OperationClass::TwinRead => self.twin_reads.as_mut(),
             OperationClass::TwinUpdate => self.twin_updates.as_mut(),
             OperationClass::MethodCall => self.method_calls.as_mut(),
-            OperationClass::Telemetry | OperationClass::Connection => None,
+            OperationClass::Telemetry => self.telemetry.as_mut(),
+            OperationClass::Connection => None,
         }
     }
 
+    /// Every bucket full: the entry equals a new one (a full telemetry bucket also admits the next publish
+    /// at once, which clears `telemetry_over_since`).
     fn is_full(&self, now: u64) -> bool {
-        [&self.twin_reads, &self.twin_updates, &self.method_calls]
-            .into_iter()
-            .flatten()
-            .all(|bucket| bucket.is_full(now))
+        [
+            &self.twin_reads,
+            &self.twin_updates,
+            &self.method_calls,
+            &self.telemetry,
+        ]
+        .into_iter()
+        .flatten()
+        .all(|bucket| bucket.is_full(now))
     }
 }
+
+type SharedBuckets = Arc<Mutex<ClassBuckets>>;
+
+/// A device connection's handle on its identity's entry in the hub's table (`None` when no per-device
+/// limit applies to what a connection does); cloned once at CONNECT, so the hot path takes no table lock.
+#[derive(Default)]
+pub struct DeviceThrottle(Option<SharedBuckets>);
 
 /// The hub's throttles and their counters; one per hub, in `Services`.
 pub struct Throttle {
     settings: ThrottleSettings,
     origin: tokio::time::Instant,
     hub: [Option<Mutex<TokenBucket>>; 5],
-    /// Per-device buckets of service calls; `None` when no per-device limit applies to them.
-    devices: Option<Mutex<HashMap<IdentityKey, TrackedDevice>>>,
+    /// Per-identity buckets; `None` when no per-device limit is set.
+    devices: Option<Mutex<HashMap<IdentityKey, SharedBuckets>>>,
     /// Throttled operations by class and scope (hub, device).
     throttled: [[AtomicU64; 2]; 5],
     abusive_disconnects: AtomicU64,
@@ -314,12 +337,7 @@ impl Throttle {
                 .get(class)
                 .map(|rate| Mutex::new(TokenBucket::new(rate)))
         });
-        let service_classes = [
-            OperationClass::TwinRead,
-            OperationClass::TwinUpdate,
-            OperationClass::MethodCall,
-        ];
-        let devices = service_classes
+        let devices = OperationClass::ALL
             .iter()
             .any(|class| settings.device.get(*class).is_some())
             .then(|| Mutex::new(HashMap::new()));
@@ -363,28 +381,10 @@ impl Throttle {
         }
     }
 
-    fn take_hub(&self, class: OperationClass, cost: u32) -> Result<(), Throttled> {
-        let Some(bucket) = &self.hub[class.index()] else {
-            return Ok(());
-        };
-        let now = self.now();
-        let taken = bucket
-            .lock()
-            .expect("throttle lock poisoned")
-            .try_take(now, cost);
-        taken.map_err(|refused| {
-            self.refused(
-                class,
-                LimitScope::Hub,
-                self.settings.hub.get(class),
-                refused.retry_after,
-            )
-        })
-    }
-
-    /// A new device connection (checked at CONNECT, before authentication).
+    /// A new device connection, once its CONNECT authenticated: unauthenticated CONNECTs spend no budget,
+    /// so a flood of bogus ones cannot lock devices out.
     pub fn admit_connection(&self) -> Result<(), Throttled> {
-        self.take_hub(OperationClass::Connection, 1)
+        self.admit(OperationClass::Connection, None, 1)
     }
 
     /// A connection refused at accept because the connection cap was reached (counted only).
@@ -392,68 +392,131 @@ impl Throttle {
         self.refused_at_cap.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A service (REST) call on `key`'s twin or methods: the device's limit, then the hub's. `cost` is
-    /// in the class's unit (4 KB meters for methods, else 1).
+    /// A service (REST) call on `key`'s twin or methods: the device's limit and the hub's. `cost` is in the
+    /// class's unit (4 KB meters for methods, else 1).
     pub fn admit_service(
         &self,
         class: OperationClass,
         key: &IdentityKey,
         cost: u32,
     ) -> Result<(), Throttled> {
-        if let (Some(devices), Some(rate)) = (&self.devices, self.settings.device.get(class)) {
-            let now = self.now();
-            let mut devices = devices.lock().expect("throttle lock poisoned");
-            if !devices.contains_key(key) {
-                self.make_room(&mut devices, now);
-            }
-            let settings = &self.settings.device;
-            let tracked = devices.entry(key.clone()).or_insert_with(|| TrackedDevice {
-                twin_reads: settings.twin_reads.map(TokenBucket::new),
-                twin_updates: settings.twin_updates.map(TokenBucket::new),
-                method_calls: settings.method_calls.map(TokenBucket::new),
-            });
-            if let Some(bucket) = tracked.bucket(class)
-                && let Err(refused) = bucket.try_take(now, cost)
-            {
-                return Err(self.refused(
-                    class,
-                    LimitScope::Device,
-                    Some(rate),
-                    refused.retry_after,
-                ));
-            }
-        }
-        self.take_hub(class, cost)
+        let device = match self.settings.device.get(class) {
+            Some(_) => self.device_buckets(key),
+            None => None,
+        };
+        self.admit(class, device.as_deref(), cost)
     }
 
-    /// Keeps the table of tracked devices under its cap: forgets full buckets first (nothing is lost:
-    /// a full bucket is a new one), then, if still too many, arbitrary ones down to seven eighths of the
-    /// cap (their devices get a full bucket again: a little lenient, and bounded).
-    fn make_room(&self, devices: &mut HashMap<IdentityKey, TrackedDevice>, now: u64) {
+    /// A device's own twin GET or reported patch over MQTT: its identity's limit (shared with the service
+    /// calls on its twin) and the hub's.
+    pub fn admit_device_twin(
+        &self,
+        local: &DeviceThrottle,
+        class: OperationClass,
+    ) -> Result<(), Throttled> {
+        self.admit(class, local.0.as_deref(), 1)
+    }
+
+    /// Takes `cost` tokens from the device's bucket (if any) and the hub's, or none at all: a refused
+    /// operation takes no token. Locks the device's entry, then the hub's bucket (the only lock order).
+    fn admit(
+        &self,
+        class: OperationClass,
+        device: Option<&Mutex<ClassBuckets>>,
+        cost: u32,
+    ) -> Result<(), Throttled> {
+        let now = self.now();
+        let mut device = device.map(|buckets| buckets.lock().expect("throttle lock poisoned"));
+        let device_bucket = device
+            .as_deref_mut()
+            .and_then(|buckets| buckets.bucket(class));
+        // Decided on a copy, kept only once the hub admits too.
+        let mut device_after = None;
+        if let Some(bucket) = device_bucket.as_deref() {
+            let mut after = *bucket;
+            after.try_take(now, cost).map_err(|refused| {
+                self.refused(
+                    class,
+                    LimitScope::Device,
+                    self.settings.device.get(class),
+                    refused.retry_after,
+                )
+            })?;
+            device_after = Some(after);
+        }
+        if let Some(bucket) = &self.hub[class.index()] {
+            let taken = bucket
+                .lock()
+                .expect("throttle lock poisoned")
+                .try_take(now, cost);
+            taken.map_err(|refused| {
+                self.refused(
+                    class,
+                    LimitScope::Hub,
+                    self.settings.hub.get(class),
+                    refused.retry_after,
+                )
+            })?;
+        }
+        if let (Some(bucket), Some(after)) = (device_bucket, device_after) {
+            *bucket = after;
+        }
+        Ok(())
+    }
+
+    /// `key`'s entry in the table, added if missing; `None` when no per-device limit is set.
+    fn device_buckets(&self, key: &IdentityKey) -> Option<SharedBuckets> {
+        let devices = self.devices.as_ref()?;
+        let mut devices = devices.lock().expect("throttle lock poisoned");
+        if let Some(buckets) = devices.get(key) {
+            return Some(Arc::clone(buckets));
+        }
+        self.make_room(&mut devices, self.now());
+        let buckets = Arc::new(Mutex::new(ClassBuckets::new(&self.settings.device)));
+        devices.insert(key.clone(), Arc::clone(&buckets));
+        Some(buckets)
+    }
+
+    /// Keeps the table under its cap. First forgets entries whose buckets are all full and that no
+    /// connection holds (nothing is lost: a full bucket is a new one); if still too many, arbitrary ones
+    /// down to seven eighths of the cap, those without a connection first. Their devices get full buckets
+    /// again (a little lenient, and bounded); a connection whose entry is forgotten keeps using it, while
+    /// service calls on its device start a new one.
+    fn make_room(&self, devices: &mut HashMap<IdentityKey, SharedBuckets>, now: u64) {
         let cap = self.settings.max_tracked_devices.max(1);
         if devices.len() < cap {
             return;
         }
-        devices.retain(|_, tracked| !tracked.is_full(now));
+        let held = |buckets: &SharedBuckets| Arc::strong_count(buckets) > 1;
+        devices.retain(|_, buckets| {
+            held(buckets) || !buckets.lock().expect("throttle lock poisoned").is_full(now)
+        });
         if devices.len() >= cap {
             let keep = cap - cap / 8 - 1;
-            let victims: Vec<IdentityKey> =
-                devices.keys().take(devices.len() - keep).cloned().collect();
+            let excess = devices.len() - keep;
+            let unheld = devices.iter().filter(|(_, buckets)| !held(buckets));
+            let then_held = devices.iter().filter(|(_, buckets)| held(buckets));
+            let victims: Vec<IdentityKey> = unheld
+                .chain(then_held)
+                .take(excess)
+                .map(|(key, _)| key.clone())
+                .collect();
             for key in victims {
                 devices.remove(&key);
             }
         }
     }
 
-    /// Devices whose service-call buckets are remembered now (bounded by `max_tracked_devices`).
+    /// Identities whose per-device buckets are remembered now (bounded by `max_tracked_devices`).
     pub fn tracked_devices(&self) -> usize {
         self.devices.as_ref().map_or(0, |devices| {
             devices.lock().expect("throttle lock poisoned").len()
         })
     }
 
-    /// The buckets a new device connection keeps for itself.
-    pub fn connection(&self) -> DeviceThrottle {
+    /// The handle a new connection of `key` keeps on its identity's buckets: the same entry as its last
+    /// connection's and as the service calls on its twin.
+    pub fn connection(&self, key: &IdentityKey) -> DeviceThrottle {
         let device = &self.settings.device;
         if device.twin_reads.is_none()
             && device.twin_updates.is_none()
@@ -461,60 +524,42 @@ impl Throttle {
         {
             return DeviceThrottle(None);
         }
-        DeviceThrottle(Some(Box::new(ConnectionBuckets {
-            twin_reads: device.twin_reads.map(TokenBucket::new),
-            twin_updates: device.twin_updates.map(TokenBucket::new),
-            telemetry: device.telemetry.map(TokenBucket::new),
-            telemetry_over_since: None,
-        })))
-    }
-
-    /// A device's own twin GET or reported patch over MQTT: its connection's limit, then the hub's.
-    pub fn admit_device_twin(
-        &self,
-        local: &mut DeviceThrottle,
-        class: OperationClass,
-    ) -> Result<(), Throttled> {
-        if let Some(buckets) = local.0.as_deref_mut() {
-            let bucket = match class {
-                OperationClass::TwinRead => buckets.twin_reads.as_mut(),
-                OperationClass::TwinUpdate => buckets.twin_updates.as_mut(),
-                _ => None,
-            };
-            if let Some(bucket) = bucket
-                && let Err(refused) = bucket.try_take(self.now(), 1)
-            {
-                return Err(self.refused(
-                    class,
-                    LimitScope::Device,
-                    self.settings.device.get(class),
-                    refused.retry_after,
-                ));
-            }
-        }
-        self.take_hub(class, 1)
+        DeviceThrottle(self.device_buckets(key))
     }
 
     /// Shapes one telemetry publish: returns once it may go ahead (at once when under every limit), or
     /// says why the connection must close. Not cancel-safe in a useful way: the tokens are taken when it
     /// starts, so a caller that drops it early has used them.
-    pub async fn shape_telemetry(
-        &self,
-        local: &mut DeviceThrottle,
-    ) -> Result<(), TelemetryRefused> {
+    pub async fn shape_telemetry(&self, local: &DeviceThrottle) -> Result<(), TelemetryRefused> {
+        let wait = self.admit_telemetry(local)?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
+    /// The synchronous half of [`Self::shape_telemetry`]: how long the publish waits. Takes the device's
+    /// and the hub's tokens together, or neither when the publish is refused.
+    fn admit_telemetry(&self, local: &DeviceThrottle) -> Result<Duration, TelemetryRefused> {
+        let now = self.now();
+        let mut device = local
+            .0
+            .as_deref()
+            .map(|buckets| buckets.lock().expect("throttle lock poisoned"));
         let mut wait = Duration::ZERO;
-        if let Some(buckets) = local.0.as_deref_mut()
-            && let Some(bucket) = buckets.telemetry.as_mut()
+        let mut device_after = None;
+        if let Some(buckets) = device.as_deref_mut()
+            && let Some(mut after) = buckets.telemetry
         {
-            let now = self.now();
-            // Only this connection takes from its bucket, and it waits out each reservation before the
-            // next, so the wait is at most one refill interval: no bound needed.
-            match bucket.reserve(now, 1, Duration::MAX) {
+            // A device has one connection at a time (a new one closes the old) and each waits out its
+            // reservation before the next, so the queue is at most a refill interval or two: no bound.
+            match after.reserve(now, 1, Duration::MAX) {
                 Ok(Reservation::Now) | Err(_) => buckets.telemetry_over_since = None,
                 Ok(Reservation::After(delay)) => {
                     self.count(OperationClass::Telemetry, LimitScope::Device);
+                    // Kept across reconnects: the time over the limit adds up until the bucket refills.
                     let since = *buckets.telemetry_over_since.get_or_insert(now);
-                    let over_for = Duration::from_nanos(now - since);
+                    let over_for = Duration::from_nanos(now.saturating_sub(since));
                     if over_for >= self.settings.abusive_after {
                         self.abusive_disconnects.fetch_add(1, Ordering::Relaxed);
                         return Err(TelemetryRefused::Abusive {
@@ -529,10 +574,10 @@ impl Throttle {
                     wait = delay;
                 }
             }
+            device_after = Some(after);
         }
         if let Some(bucket) = &self.hub[OperationClass::Telemetry.index()] {
             let max_delay = self.settings.telemetry_max_delay;
-            let now = self.now();
             let reserved = bucket
                 .lock()
                 .expect("throttle lock poisoned")
@@ -557,10 +602,10 @@ impl Throttle {
                 }
             }
         }
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        if let (Some(buckets), Some(after)) = (device.as_deref_mut(), device_after) {
+            buckets.telemetry = Some(after);
         }
-        Ok(())
+        Ok(wait)
     }
 
     /// The throttling figures in Prometheus's text format, appended to `GET /metrics`.
@@ -632,33 +677,41 @@ mod tests {
         Some(Rate { per_second, burst })
     }
 
+    fn device(id: &str) -> IdentityKey {
+        IdentityKey::device(id.parse().expect("valid id"))
+    }
+
     #[test]
     fn presets_follow_azures_table() {
-        let s1 = ThrottleSettings::preset(ThrottlePreset::S1, 1).hub;
+        let s1 = ThrottleSettings::preset(ThrottlePreset::S1, 1, DEFAULT_BURST_SECONDS).hub;
         assert_eq!(s1.twin_reads.map(|rate| rate.per_second), Some(100.0));
         assert_eq!(s1.twin_updates.map(|rate| rate.per_second), Some(50.0));
         assert_eq!(s1.connections.map(|rate| rate.per_second), Some(100.0));
         assert_eq!(s1.method_calls.map(|rate| rate.per_second), Some(40.0));
         // Nine S1 units: 9 * 12 = 108 sends and new connections per second.
-        let s1x9 = ThrottleSettings::preset(ThrottlePreset::S1, 9).hub;
+        let s1x9 = ThrottleSettings::preset(ThrottlePreset::S1, 9, DEFAULT_BURST_SECONDS).hub;
         assert_eq!(s1x9.telemetry.map(|rate| rate.per_second), Some(108.0));
         assert_eq!(s1x9.connections.map(|rate| rate.per_second), Some(108.0));
         // The free tier has one unit whatever is asked.
         assert_eq!(
-            ThrottleSettings::preset(ThrottlePreset::F1, 9).hub,
-            ThrottleSettings::preset(ThrottlePreset::S1, 1).hub
+            ThrottleSettings::preset(ThrottlePreset::F1, 9, DEFAULT_BURST_SECONDS).hub,
+            ThrottleSettings::preset(ThrottlePreset::S1, 1, DEFAULT_BURST_SECONDS).hub
         );
-        let s2x20 = ThrottleSettings::preset(ThrottlePreset::S2, 20).hub;
+        let s2x20 = ThrottleSettings::preset(ThrottlePreset::S2, 20, DEFAULT_BURST_SECONDS).hub;
         assert_eq!(s2x20.twin_reads.map(|rate| rate.per_second), Some(200.0));
         assert_eq!(s2x20.twin_updates.map(|rate| rate.per_second), Some(100.0));
         assert_eq!(s2x20.telemetry.map(|rate| rate.per_second), Some(2_400.0));
-        let s3x2 = ThrottleSettings::preset(ThrottlePreset::S3, 2).hub;
+        let s3x2 = ThrottleSettings::preset(ThrottlePreset::S3, 2, DEFAULT_BURST_SECONDS).hub;
         assert_eq!(s3x2.twin_reads.map(|rate| rate.per_second), Some(1_000.0));
         assert_eq!(s3x2.connections.map(|rate| rate.per_second), Some(12_000.0));
         assert_eq!(
-            ThrottleSettings::preset(ThrottlePreset::None, 5),
+            ThrottleSettings::preset(ThrottlePreset::None, 5, DEFAULT_BURST_SECONDS),
             ThrottleSettings::default()
         );
+        // The burst applies to presets too.
+        let s1_burst = ThrottleSettings::preset(ThrottlePreset::S1, 1, 5.0).hub;
+        assert_eq!(s1_burst.twin_reads.map(|rate| rate.burst), Some(500.0));
+        assert_eq!(s1_burst.connections.map(|rate| rate.burst), Some(500.0));
         assert_eq!("S2".parse::<ThrottlePreset>(), Ok(ThrottlePreset::S2));
         assert!("b1".parse::<ThrottlePreset>().is_err());
     }
@@ -675,19 +728,16 @@ mod tests {
     async fn the_default_limits_nothing() {
         let throttle = Throttle::new(ThrottleSettings::default());
         let key = IdentityKey::device("d".parse().expect("valid id"));
-        let mut local = throttle.connection();
+        let local = throttle.connection(&key);
         for _ in 0..10_000 {
             throttle
                 .admit_service(OperationClass::TwinRead, &key, 1)
                 .expect("unlimited");
             throttle
-                .admit_device_twin(&mut local, OperationClass::TwinUpdate)
+                .admit_device_twin(&local, OperationClass::TwinUpdate)
                 .expect("unlimited");
             throttle.admit_connection().expect("unlimited");
-            throttle
-                .shape_telemetry(&mut local)
-                .await
-                .expect("unlimited");
+            throttle.shape_telemetry(&local).await.expect("unlimited");
         }
         assert_eq!(throttle.tracked_devices(), 0);
         let mut text = String::new();
@@ -753,11 +803,11 @@ mod tests {
         settings.device.telemetry = limited(10.0, 5.0);
         settings.abusive_after = Duration::from_secs(2);
         let throttle = Throttle::new(settings);
-        let mut local = throttle.connection();
+        let local = throttle.connection(&device("abuser"));
         let started = tokio::time::Instant::now();
         let mut sent = 0;
         let refusal = loop {
-            match throttle.shape_telemetry(&mut local).await {
+            match throttle.shape_telemetry(&local).await {
                 Ok(()) => sent += 1,
                 Err(refusal) => break refusal,
             }
@@ -771,10 +821,10 @@ mod tests {
         assert!((24..=27).contains(&sent), "{sent} sent");
         assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
         // A device that slows down below its limit is never cut off.
-        let mut polite = throttle.connection();
+        let polite = throttle.connection(&device("polite"));
         for _ in 0..50 {
             throttle
-                .shape_telemetry(&mut polite)
+                .shape_telemetry(&polite)
                 .await
                 .expect("under the limit");
             tokio::time::sleep(Duration::from_millis(120)).await;
@@ -792,8 +842,8 @@ mod tests {
         for _ in 0..10 {
             let throttle = std::sync::Arc::clone(&throttle);
             outcomes.push(tokio::spawn(async move {
-                let mut local = throttle.connection();
-                throttle.shape_telemetry(&mut local).await.is_ok()
+                let local = throttle.connection(&device("d"));
+                throttle.shape_telemetry(&local).await.is_ok()
             }));
         }
         let mut admitted = 0;
@@ -804,5 +854,157 @@ mod tests {
         }
         // One at once plus five queued within 500 ms.
         assert_eq!(admitted, 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_refused_by_the_hub_takes_no_device_token_and_the_reverse() {
+        let mut settings = ThrottleSettings::default();
+        // Two device tokens that never refill; one hub token a second.
+        settings.device.twin_reads = limited(0.000_001, 2.0);
+        settings.device.twin_updates = limited(0.000_001, 2.0);
+        settings.hub.twin_reads = limited(1.0, 1.0);
+        settings.hub.twin_updates = limited(1.0, 1.0);
+        let throttle = Throttle::new(settings);
+        let key = device("d");
+        let local = throttle.connection(&key);
+        for class in [OperationClass::TwinRead, OperationClass::TwinUpdate] {
+            throttle.admit_service(class, &key, 1).expect("first token");
+            // The hub refuses (over REST and over MQTT): the device keeps its second token.
+            for _ in 0..3 {
+                let refused = throttle
+                    .admit_service(class, &key, 1)
+                    .expect_err("the hub's bucket is empty");
+                assert_eq!(refused.scope, LimitScope::Hub);
+                let refused = throttle
+                    .admit_device_twin(&local, class)
+                    .expect_err("the hub's bucket is empty");
+                assert_eq!(refused.scope, LimitScope::Hub);
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+            throttle
+                .admit_device_twin(&local, class)
+                .expect("the device's second token was not spent by the refusals");
+            // Now the device refuses: the hub keeps its refilled token for another device.
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let refused = throttle
+                .admit_service(class, &key, 1)
+                .expect_err("the device's bucket is empty");
+            assert_eq!(refused.scope, LimitScope::Device);
+            throttle
+                .admit_service(class, &device("other"), 1)
+                .expect("the hub's token is still there");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn telemetry_refused_by_the_hub_takes_no_device_token() {
+        let mut settings = ThrottleSettings::default();
+        settings.device.telemetry = limited(0.000_001, 2.0);
+        settings.hub.telemetry = limited(1.0, 1.0);
+        settings.telemetry_max_delay = Duration::ZERO;
+        let throttle = Throttle::new(settings);
+        let local = throttle.connection(&device("d"));
+        throttle.shape_telemetry(&local).await.expect("first token");
+        assert!(matches!(
+            throttle.shape_telemetry(&local).await,
+            Err(TelemetryRefused::HubBacklogFull { .. })
+        ));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let reconnected = throttle.connection(&device("d"));
+        throttle
+            .shape_telemetry(&reconnected)
+            .await
+            .expect("the device's second token was not spent by the refusal");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_shares_one_budget_across_connections_and_service_calls() {
+        let mut settings = ThrottleSettings::default();
+        settings.device.twin_reads = limited(0.000_001, 3.0);
+        let throttle = Throttle::new(settings);
+        let key = device("d");
+        let first = throttle.connection(&key);
+        throttle
+            .admit_device_twin(&first, OperationClass::TwinRead)
+            .expect("one");
+        throttle
+            .admit_service(OperationClass::TwinRead, &key, 1)
+            .expect("two, over REST");
+        drop(first);
+        let second = throttle.connection(&key);
+        throttle
+            .admit_device_twin(&second, OperationClass::TwinRead)
+            .expect("three, after a reconnect");
+        assert!(
+            throttle
+                .admit_device_twin(&second, OperationClass::TwinRead)
+                .is_err()
+        );
+        assert!(
+            throttle
+                .admit_service(OperationClass::TwinRead, &key, 1)
+                .is_err()
+        );
+        assert_eq!(throttle.tracked_devices(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abusive_device_that_reconnects_keeps_its_time_over_the_limit() {
+        let mut settings = ThrottleSettings::default();
+        settings.device.telemetry = limited(10.0, 1.0);
+        settings.abusive_after = Duration::from_secs(2);
+        let throttle = Throttle::new(settings);
+        let key = device("abuser");
+        let mut reconnects = 0;
+        let refusal = 'device: loop {
+            // Each connection stays well under `abusive_after`.
+            let local = throttle.connection(&key);
+            for _ in 0..5 {
+                if let Err(refusal) = throttle.shape_telemetry(&local).await {
+                    break 'device refusal;
+                }
+            }
+            reconnects += 1;
+            assert!(reconnects < 100, "never cut off");
+        };
+        assert!(
+            matches!(refusal, TelemetryRefused::Abusive { .. }),
+            "{refusal}"
+        );
+        assert!(reconnects >= 3, "{reconnects} reconnects");
+    }
+
+    #[test]
+    fn the_table_forgets_devices_without_a_connection_first() {
+        let mut settings = ThrottleSettings::default();
+        settings.device.twin_reads = limited(0.001, 1.0);
+        settings.max_tracked_devices = 16;
+        let throttle = Throttle::new(settings);
+        let connected: Vec<_> = (0..4)
+            .map(|index| {
+                let local = throttle.connection(&device(&format!("c{index}")));
+                throttle
+                    .admit_device_twin(&local, OperationClass::TwinRead)
+                    .expect("first read");
+                local
+            })
+            .collect();
+        for index in 0..1_000 {
+            let key = device(&format!("rest{index}"));
+            throttle
+                .admit_service(OperationClass::TwinRead, &key, 1)
+                .expect("the first read of a device");
+            assert!(throttle.tracked_devices() <= 16);
+        }
+        // The connected devices' entries were kept: their spent buckets still refuse over REST.
+        for index in 0..4 {
+            let key = device(&format!("c{index}"));
+            assert!(
+                throttle
+                    .admit_service(OperationClass::TwinRead, &key, 1)
+                    .is_err()
+            );
+        }
+        drop(connected);
     }
 }

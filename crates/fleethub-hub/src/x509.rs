@@ -8,9 +8,10 @@
 //! handshake still proves the client holds the certificate's key (its CertificateVerify signature is checked
 //! with rustls's webpki helpers); everything else is decided at CONNECT by [`authenticate_certificate`].
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use fleethub_core::identity::{Authentication, IdentityKey};
+use fleethub_protocol::certificates::{thumbprint_sha1, thumbprint_sha256};
 use fleethub_protocol::rest::AuthenticationType;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
@@ -127,10 +128,6 @@ pub enum CertificateReadError {
     Malformed(String),
 }
 
-fn upper_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02X}")).collect()
-}
-
 /// Reads a DER certificate.
 pub fn inspect(der: &[u8]) -> Result<CertificateFacts, CertificateReadError> {
     let (rest, certificate) = x509_parser::parse_x509_certificate(der)
@@ -154,10 +151,8 @@ pub fn inspect(der: &[u8]) -> Result<CertificateFacts, CertificateReadError> {
         not_before: validity.not_before.to_datetime(),
         not_after: validity.not_after.to_datetime(),
         is_ca: certificate.is_ca(),
-        sha1_thumbprint: upper_hex(
-            ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
-        ),
-        sha256_thumbprint: upper_hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()),
+        sha1_thumbprint: thumbprint_sha1(der),
+        sha256_thumbprint: thumbprint_sha256(der),
     })
 }
 
@@ -217,50 +212,122 @@ pub fn check_validity(facts: &CertificateFacts, now: OffsetDateTime) -> Result<(
     Ok(())
 }
 
-/// Verifies that `leaf` (with the `intermediates` the client sent) chains to one of `anchors` at `now`:
-/// signatures, validity of every certificate but the anchor, CA constraints, and, if the leaf names
-/// extended key usages, that client authentication is one of them (webpki's rules, through rustls).
-pub fn verify_chain(
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    anchors: &[CertificateDer<'static>],
+/// The proof of possession Azure asks for (`POST /certificates/{name}/verify`): `proof_der` has the pending
+/// verification `code` as its subject CN, its signature verifies with `ca_der`'s public key, and it is
+/// within its validity at `now`. Nothing else is asked of it: Azure's documented steps make it with
+/// `openssl x509 -req` and no extensions, an X.509 v1 certificate with no key usage, so this is not a
+/// chain verification (webpki takes only v3 certificates, and checks client-auth usage).
+pub fn verify_proof_of_possession(
+    proof_der: &[u8],
+    ca_der: &[u8],
+    code: &str,
     now: OffsetDateTime,
-) -> Result<(), String> {
-    let mut roots = RootCertStore::empty();
-    for anchor in anchors {
-        // An anchor webpki cannot take simply does not vouch for anyone.
-        let _ = roots.add(anchor.clone());
+) -> Result<(), ProofOfPossessionError> {
+    let facts = inspect(proof_der).map_err(ProofOfPossessionError::Unreadable)?;
+    if facts.common_name.as_deref() != Some(code) {
+        return Err(ProofOfPossessionError::WrongCode {
+            common_name: facts.common_name.unwrap_or_default(),
+            code: code.to_owned(),
+        });
     }
-    if roots.is_empty() {
-        return Err("no verified CA certificate is available".into());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|error| format!("cannot build the chain verifier: {error}"))?;
-    let seconds = u64::try_from(now.unix_timestamp()).unwrap_or(0);
-    verifier
-        .verify_client_cert(
-            leaf,
-            intermediates,
-            UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds)),
-        )
-        .map(|_| ())
-        .map_err(|error| match error {
-            rustls::Error::InvalidCertificate(error) => {
-                format!("the certificate chain does not verify: {error}")
-            }
-            other => format!("the certificate chain does not verify: {other}"),
-        })
+    let (_, ca) = x509_parser::parse_x509_certificate(ca_der)
+        .map_err(|error| ProofOfPossessionError::CaUnreadable(error.to_string()))?;
+    let (_, proof) = x509_parser::parse_x509_certificate(proof_der).map_err(|error| {
+        ProofOfPossessionError::Unreadable(CertificateReadError::Malformed(error.to_string()))
+    })?;
+    proof
+        .verify_signature(Some(ca.public_key()))
+        .map_err(|error| ProofOfPossessionError::NotSignedByCa(error.to_string()))?;
+    check_validity(&facts, now).map_err(ProofOfPossessionError::NotValidNow)
 }
 
-/// A CA certificate devices may chain to: verified (proof of possession given) and within its validity.
+/// Why a proof-of-possession certificate was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProofOfPossessionError {
+    #[error("the verification certificate: {0}")]
+    Unreadable(CertificateReadError),
+    #[error(
+        "the verification certificate's subject CN is {common_name:?}, not the verification code {code:?}"
+    )]
+    WrongCode { common_name: String, code: String },
+    #[error("the stored CA certificate does not parse: {0}")]
+    CaUnreadable(String),
+    #[error("the verification certificate is not signed by the CA certificate's key ({0})")]
+    NotSignedByCa(String),
+    #[error("the verification certificate: {0}")]
+    NotValidNow(String),
+}
+
+/// The crypto provider the CA chain verifiers share (made once; a provider is a table of algorithms).
+static CHAIN_PROVIDER: LazyLock<Arc<rustls::crypto::CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+
+/// A CA certificate devices may chain to: verified (proof of possession given). It vouches only while
+/// within its own validity, which [`authenticate_certificate`] checks (webpki ignores an anchor's validity).
+///
+/// Each CA carries its own chain verifier, built once when it enters the trusted set
+/// ([`crate::certificates::CaCertificates`]), not at every CONNECT: one verifier per CA, rather than one for
+/// the whole set, so that a CA outside its validity can be left out at CONNECT time without rebuilding
+/// anything. Trying a CA the chain does not name as issuer costs a name comparison.
 #[derive(Clone, Debug)]
 pub struct TrustedCa {
     pub name: String,
     pub der: CertificateDer<'static>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl TrustedCa {
+    /// Reads `der` and builds its chain verifier; an error if it does not parse or webpki cannot take it as a
+    /// trust anchor (it then vouches for no one).
+    pub fn new(name: impl Into<String>, der: CertificateDer<'static>) -> Result<Self, String> {
+        let facts = inspect(&der).map_err(|error| error.to_string())?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(der.clone())
+            .map_err(|error| format!("webpki cannot take it as a trust anchor: {error}"))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&CHAIN_PROVIDER),
+        )
+        .build()
+        .map_err(|error| format!("cannot build its chain verifier: {error}"))?;
+        Ok(Self {
+            name: name.into(),
+            der,
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+            verifier,
+        })
+    }
+
+    fn is_valid_at(&self, now: OffsetDateTime) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
+
+    /// Verifies that `leaf` (with the `intermediates` the client sent) chains to this CA at `now`:
+    /// signatures, validity of every certificate but the anchor, CA constraints, and, if the leaf names
+    /// extended key usages, that client authentication is one of them (webpki's rules, through rustls).
+    fn verify_chain(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: OffsetDateTime,
+    ) -> Result<(), String> {
+        let seconds = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+        self.verifier
+            .verify_client_cert(
+                leaf,
+                intermediates,
+                UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds)),
+            )
+            .map(|_| ())
+            .map_err(|error| match error {
+                rustls::Error::InvalidCertificate(error) => error.to_string(),
+                other => other.to_string(),
+            })
+    }
 }
 
 /// Decides whether the presented `chain` (leaf first) authenticates `key`, whose registry authentication is
@@ -320,18 +387,23 @@ pub fn authenticate_certificate(
                     facts.common_name.as_deref().unwrap_or("")
                 ));
             }
-            let anchors: Vec<CertificateDer<'static>> = trusted_cas
-                .iter()
-                .filter(|ca| ca.not_before <= now && now <= ca.not_after)
-                .map(|ca| ca.der.clone())
-                .collect();
-            if anchors.is_empty() {
+            let mut refusals = Vec::new();
+            for ca in trusted_cas.iter().filter(|ca| ca.is_valid_at(now)) {
+                match ca.verify_chain(leaf, intermediates, now) {
+                    Ok(()) => return Ok(()),
+                    Err(error) => refusals.push(format!("{}: {error}", ca.name)),
+                }
+            }
+            if refusals.is_empty() {
                 return Err(
                     "no verified CA certificate within its validity is uploaded: upload one and prove possession of its key"
                         .into(),
                 );
             }
-            verify_chain(leaf, intermediates, &anchors, now)
+            Err(format!(
+                "the certificate chain does not verify against any verified CA ({})",
+                refusals.join("; ")
+            ))
         }
     }
 }
@@ -435,12 +507,7 @@ mod tests {
             .der()
             .clone()
         };
-        let trusted = [TrustedCa {
-            name: "root".into(),
-            der: ca_der,
-            not_before: facts.not_before,
-            not_after: facts.not_after,
-        }];
+        let trusted = [TrustedCa::new("root", ca_der).expect("a usable anchor")];
         let auth = Authentication {
             kind: AuthenticationType::CertificateAuthority,
             ..self_signed_auth("00")
@@ -471,6 +538,77 @@ mod tests {
             check(issue("d"), &[expired_ca])
                 .unwrap_err()
                 .contains("no verified CA")
+        );
+    }
+
+    /// Made by `openssl x509 -req` without extensions, as Azure's proof-of-possession steps do: X.509 v1
+    /// (`tests/fixtures/x509-v1/README.md`).
+    const FIXTURE_CA: &str = include_str!("../tests/fixtures/x509-v1/root-ca.pem");
+    const FIXTURE_V1_PROOF: &str = include_str!("../tests/fixtures/x509-v1/v1-verification.pem");
+    const FIXTURE_CODE: &str = "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF";
+
+    #[test]
+    fn proof_of_possession_takes_a_v1_certificate_signed_by_the_ca() {
+        let (ca, _) = read_certificate_text(FIXTURE_CA).unwrap();
+        let (proof, _) = read_certificate_text(FIXTURE_V1_PROOF).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&proof).unwrap();
+        assert_eq!(parsed.version(), x509_parser::x509::X509Version::V1);
+        assert_eq!(
+            verify_proof_of_possession(&proof, &ca, FIXTURE_CODE, now()),
+            Ok(())
+        );
+
+        assert!(matches!(
+            verify_proof_of_possession(&proof, &ca, "ANOTHERCODE", now()),
+            Err(ProofOfPossessionError::WrongCode { .. })
+        ));
+        let after_expiry = inspect(&proof).unwrap().not_after + Duration::seconds(1);
+        assert!(matches!(
+            verify_proof_of_possession(&proof, &ca, FIXTURE_CODE, after_expiry),
+            Err(ProofOfPossessionError::NotValidNow(_))
+        ));
+        // Another CA's key: an rcgen CA with the fixture CA's subject.
+        let mut impostor = params(
+            "fleethub v1 fixture root",
+            now() - Duration::hours(1),
+            now() + Duration::days(1),
+        );
+        impostor.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let impostor = impostor.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        assert!(matches!(
+            verify_proof_of_possession(&proof, impostor.der(), FIXTURE_CODE, now()),
+            Err(ProofOfPossessionError::NotSignedByCa(_))
+        ));
+        // The fixture with one bit of its signature (the DER's last byte) flipped.
+        let mut tampered = proof.to_vec();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            verify_proof_of_possession(&tampered, &ca, FIXTURE_CODE, now()),
+            Err(ProofOfPossessionError::NotSignedByCa(_))
+        ));
+    }
+
+    #[test]
+    fn proof_of_possession_takes_an_rcgen_v3_certificate_with_an_ecdsa_ca() {
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = params(
+            "root",
+            now() - Duration::hours(1),
+            now() + Duration::days(1),
+        );
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_der = ca_params.self_signed(&ca_key).unwrap().der().clone();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let proof = params(
+            "CODE",
+            now() - Duration::hours(1),
+            now() + Duration::hours(1),
+        )
+        .signed_by(&KeyPair::generate().unwrap(), &issuer)
+        .unwrap();
+        assert_eq!(
+            verify_proof_of_possession(proof.der(), &ca_der, "CODE", now()),
+            Ok(())
         );
     }
 

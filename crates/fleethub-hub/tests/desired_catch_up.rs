@@ -5,12 +5,15 @@
 
 use std::time::Duration;
 
+use fleethub_hub::sessions::{DeliveryError, DeviceRouter, Outbound};
 use fleethub_mqtt::{Connect, Packet, Publish, QoS};
 use fleethub_protocol::changes::ChangeOperation;
 use fleethub_protocol::ids::IfMatch;
+use fleethub_protocol::topics::Subscription;
 use fleethub_store::{ChangeFilter, DeviceRecord, TwinChange, UpdateTwin};
 use fleethub_testkit::*;
 use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DESIRED: &str = "$iothub/twin/PATCH/properties/desired/#";
 
@@ -64,6 +67,11 @@ async fn reconnect(hub: &TestHub, record: &DeviceRecord, clean_session: bool) ->
 async fn disconnect(hub: &TestHub, record: &DeviceRecord, mut client: RawClient, count: usize) {
     client.send(&Packet::Disconnect).await;
     client.expect_closed().await;
+    disconnections(hub, record, count).await;
+}
+
+/// Waits until the hub recorded the `count`-th disconnection of the device.
+async fn disconnections(hub: &TestHub, record: &DeviceRecord, count: usize) {
     let store = &hub.hub.services.store;
     let mut notifier = store.change_notifier();
     let disconnected = async {
@@ -440,13 +448,11 @@ async fn the_catch_up_survives_a_hub_restart() {
     nothing_before_pingresp(&mut client).await;
     // The hub stops with the device connected: the acknowledgement is written as the connection closes.
     let TestHub { hub, directory } = first;
-    let (mqtt_address, https_address) = (hub.mqtt_address, hub.https_address);
     hub.shutdown(Duration::from_secs(1)).await;
     client.expect_closed().await;
 
-    let mut config = fleethub_hub::HubConfig::for_loopback(directory.path().join("data"));
-    config.mqtt_listen = mqtt_address;
-    config.https_listen = https_address;
+    // Fresh ports (the old ones may be taken by a parallel test by now); devices connect by hostname.
+    let config = fleethub_hub::HubConfig::for_loopback(directory.path().join("data"));
     let second = TestHub {
         hub: fleethub_hub::start(config).await.expect("the hub restarts"),
         directory,
@@ -479,9 +485,7 @@ async fn the_catch_up_survives_a_hub_restart() {
     set_desired(&second, &record, json!({"a": null})).await;
     let TestHub { hub, directory } = second;
     hub.shutdown(Duration::from_secs(1)).await;
-    let mut config = fleethub_hub::HubConfig::for_loopback(directory.path().join("data"));
-    config.mqtt_listen = mqtt_address;
-    config.https_listen = https_address;
+    let config = fleethub_hub::HubConfig::for_loopback(directory.path().join("data"));
     let third = TestHub {
         hub: fleethub_hub::start(config).await.expect("the hub restarts"),
         directory,
@@ -490,5 +494,126 @@ async fn the_catch_up_survives_a_hub_restart() {
     let catch_up = next_patch(&mut client, QoS::AtLeastOnce).await;
     assert_eq!(desired_version_of(&catch_up), 4);
     assert_eq!(body(&catch_up), json!({"a": null, "b": 2, "$version": 4}));
+    nothing_before_pingresp(&mut client).await;
+}
+
+#[tokio::test]
+async fn a_qos_0_catch_up_that_never_left_the_hub_is_not_counted_as_sent() {
+    // The catch-up is far larger than what the sockets can buffer, so the hub's flush is still writing
+    // when the device resets the connection.
+    let hub = TestHub::start_with(|config| config.twin_limits.desired_max_bytes = 8 << 20).await;
+    let record = hub.create_device("meter").await;
+    let client = subscribed(&hub, &record, QoS::AtMostOnce).await;
+    disconnect(&hub, &record, client, 1).await;
+    let string = "x".repeat(4000);
+    let large: Map<String, Value> = (0..1000)
+        .map(|index| (format!("k{index}"), Value::from(string.clone())))
+        .collect();
+    let v2 = set_desired(&hub, &record, Value::Object(large)).await;
+
+    // A device with a tiny receive buffer that reads the CONNACK, then resets the connection.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    socket.set_zero_linger().expect("linger");
+    let tcp = socket
+        .connect(hub.hub.mqtt_address)
+        .await
+        .expect("tcp connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("valid name");
+    let mut tls = hub
+        .tls_connector()
+        .connect(name, tcp)
+        .await
+        .expect("tls handshake");
+    let mut connect = bytes::BytesMut::new();
+    fleethub_mqtt::encode(
+        &Packet::Connect(Connect {
+            clean_session: false,
+            ..connect_for(&record, 60)
+        }),
+        &mut connect,
+    )
+    .expect("CONNECT encodes");
+    tls.write_all(&connect).await.expect("send CONNECT");
+    let mut first = [0u8; 4];
+    tokio::time::timeout(WAIT, tls.read_exact(&mut first))
+        .await
+        .expect("the hub answers in time")
+        .expect("read the CONNACK");
+    assert_eq!(first, [0x20, 2, 1, 0], "CONNACK, session present, accepted");
+    drop(tls);
+    disconnections(&hub, &record, 2).await;
+
+    let checkpoint = hub
+        .hub
+        .services
+        .store
+        .load_desired_checkpoint(&record.key)
+        .await
+        .expect("read the checkpoint")
+        .expect("the session has a checkpoint");
+    assert_eq!(
+        checkpoint.version, 1,
+        "the catch-up was queued, never flushed: the device does not have version {v2}"
+    );
+    let mut client = reconnect(&hub, &record, false).await;
+    let catch_up = next_patch(&mut client, QoS::AtMostOnce).await;
+    assert_eq!(desired_version_of(&catch_up), v2);
+    nothing_before_pingresp(&mut client).await;
+}
+
+#[tokio::test]
+async fn a_patch_dropped_for_a_full_push_queue_reaches_the_device_as_the_difference() {
+    let hub = TestHub::start_with(|config| config.limits.outbound_queue_depth = 1).await;
+    let record = hub.create_device("meter").await;
+    let mut client = subscribed(&hub, &record, QoS::AtLeastOnce).await;
+    // Versions 2 and 3 are written without their pushes, which are then delivered back to back: the
+    // connection cannot run in between (single-threaded test runtime), so the second finds the queue full.
+    let mut payloads = Vec::new();
+    for desired in [json!({"a": 1, "b": 1}), json!({"b": null, "c": 3})] {
+        let updated = hub
+            .hub
+            .services
+            .store
+            .update_twin(UpdateTwin {
+                key: record.key.clone(),
+                change: TwinChange::ServicePatch(
+                    json!({"properties": {"desired": desired.clone()}}),
+                ),
+                if_match: IfMatch::Any,
+                now: hub.hub.services.now(),
+                on_commit: None,
+            })
+            .await
+            .expect("desired write");
+        let version = updated.record.twin.desired_version();
+        let mut patch = desired;
+        patch["$version"] = Value::from(version);
+        payloads.push((version, serde_json::to_vec(&patch).expect("JSON")));
+    }
+    let router: &dyn DeviceRouter = &*hub.hub.services.sessions;
+    let mut deliveries = payloads.into_iter().map(|(version, payload)| {
+        router.deliver(
+            &record.key,
+            Subscription::DesiredPatches,
+            Outbound::DesiredPatch {
+                version,
+                payload: payload.into(),
+            },
+        )
+    });
+    assert_eq!(deliveries.next(), Some(Ok(())));
+    assert_eq!(deliveries.next(), Some(Err(DeliveryError::QueueFull)));
+    drop(deliveries);
+
+    let pushed = next_patch(&mut client, QoS::AtLeastOnce).await;
+    assert_eq!(desired_version_of(&pushed), 2);
+    assert_eq!(body(&pushed), json!({"a": 1, "b": 1, "$version": 2}));
+    let resynchronised = next_patch(&mut client, QoS::AtLeastOnce).await;
+    assert_eq!(desired_version_of(&resynchronised), 3);
+    assert_eq!(
+        body(&resynchronised),
+        json!({"b": null, "c": 3, "$version": 3})
+    );
     nothing_before_pingresp(&mut client).await;
 }

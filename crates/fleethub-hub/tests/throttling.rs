@@ -518,8 +518,7 @@ async fn per_device_state_stays_bounded_under_a_flood_of_devices() {
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
         assert!(hub.hub.services.throttle.tracked_devices() <= CAP);
     }
-    // Many devices connecting and sending: their buckets live in their connections, not in the table.
-    let before = hub.hub.services.throttle.tracked_devices();
+    // Many devices connecting and sending: their entries share the same bounded table.
     for index in 0..100 {
         let record = hub.create_device(&format!("conn{index}")).await;
         let mut client = hub.connected(&record).await;
@@ -527,8 +526,134 @@ async fn per_device_state_stays_bounded_under_a_flood_of_devices() {
             .send(&telemetry(&format!("conn{index}"), QoS::AtLeastOnce, 1))
             .await;
         assert!(matches!(client.receive().await, Some(Packet::PubAck(_))));
+        assert!(hub.hub.services.throttle.tracked_devices() <= CAP);
     }
-    assert_eq!(hub.hub.services.throttle.tracked_devices(), before);
     let metrics = scrape(&api).await;
     assert!(sample(&metrics, "fleethub_throttle_tracked_devices") <= CAP as u64);
+}
+
+#[tokio::test]
+async fn a_devices_twin_read_limit_is_one_budget_across_reconnects_and_rest() {
+    let hub = TestHub::start_with(|config| {
+        // Four reads, then one per 100 s: nothing refills during the test.
+        config.limits.throttle.device.twin_reads = rate(0.01, 4.0);
+    })
+    .await;
+    let api = ServiceApi::for_hub(&hub, "iothubowner");
+    let mut device = subscribed_to_twin_responses(&hub, "hopper").await;
+    assert_eq!(twin_gets(&mut device, 1, 2).await, vec![200, 200]);
+    let reply = api.send(Method::GET, "/twins/hopper", &[], None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    // A reconnect does not bring a fresh burst: one read is left.
+    drop(device);
+    let mut device = subscribed_to_twin_responses_again(&hub, "hopper").await;
+    assert_eq!(twin_gets(&mut device, 10, 2).await, vec![200, 429]);
+    let reply = api.send(Method::GET, "/twins/hopper", &[], None).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the service's reads share the device's budget: {}",
+        reply.body
+    );
+}
+
+/// Connects an existing device again and subscribes to its twin responses.
+async fn subscribed_to_twin_responses_again(hub: &TestHub, device_id: &str) -> RawClient {
+    let key = fleethub_core::identity::IdentityKey::device(device_id.parse().expect("valid id"));
+    let record = hub
+        .hub
+        .services
+        .store
+        .get(&key)
+        .await
+        .expect("store read")
+        .expect("the device exists");
+    let mut client = hub.connected(&record).await;
+    client
+        .send(&subscribe(1, "$iothub/twin/res/#", QoS::AtMostOnce))
+        .await;
+    assert!(matches!(client.receive().await, Some(Packet::SubAck(_))));
+    client
+}
+
+#[tokio::test]
+async fn an_abusive_device_that_reconnects_is_still_disconnected() {
+    let hub = TestHub::start_with(|config| {
+        // One message a second; a reconnect well within a second keeps the device over its limit.
+        config.limits.throttle.device.telemetry = rate(1.0, 1.0);
+        config.limits.throttle.abusive_after = Duration::from_secs(4);
+    })
+    .await;
+    let abuser = hub.create_device("hopper").await;
+    // Each connection sends three messages back to back, each as soon as the last is acknowledged: it is
+    // over its limit for about two seconds, under `abusive_after`, then reconnects.
+    let mut id = 1;
+    let mut connections = 0;
+    'reconnect: loop {
+        connections += 1;
+        assert!(
+            connections <= 10,
+            "the device evaded the abusive-device limit by reconnecting"
+        );
+        let mut client = hub.connected(&abuser).await;
+        for _ in 0..3 {
+            client
+                .send(&telemetry("hopper", QoS::AtLeastOnce, id))
+                .await;
+            id += 1;
+            match client.receive().await {
+                Some(Packet::PubAck(_)) => {}
+                None => break 'reconnect,
+                other => panic!("expected a PUBACK, got {other:?}"),
+            }
+        }
+    }
+    assert!(connections >= 2, "cut off on its first connection");
+    let api = ServiceApi::for_hub(&hub, "iothubowner");
+    let metrics = scrape(&api).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "fleethub_throttle_disconnects_total{reason=\"abusive\"}"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_unauthenticated_connects_does_not_lock_out_a_device() {
+    let hub = TestHub::start_with(|config| {
+        // Two new connections, then one per 100 s.
+        config.limits.throttle.hub.connections = rate(0.01, 2.0);
+    })
+    .await;
+    let record = hub.create_device("legit").await;
+    // A well-formed CONNECT for the device, signed with a key that is not the device's.
+    let forged = connect_with_key("legit", "bm90IHRoZSBkZXZpY2UncyBrZXksIGEgZ3Vlc3MhIQ==", 60);
+    for _ in 0..20 {
+        let mut attacker = hub.raw().await;
+        attacker.send(&Packet::Connect(forged.clone())).await;
+        match attacker.receive().await {
+            Some(Packet::ConnAck(ack)) => assert_eq!(
+                ack.code,
+                ConnectReturnCode::NotAuthorized,
+                "refused for its token, not for the rate"
+            ),
+            other => panic!("expected a CONNACK, got {other:?}"),
+        }
+    }
+    // The device's own CONNECTs still have the whole budget.
+    let _first = hub.connected(&record).await;
+    let other = hub.create_device("other").await;
+    let _second = hub.connected(&other).await;
+    // An authenticated CONNECT over the rate is refused with CONNACK 3.
+    let third = hub.create_device("third").await;
+    let mut refused = hub.raw().await;
+    refused
+        .send(&Packet::Connect(connect_for(&third, 60)))
+        .await;
+    match refused.receive().await {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::ServerUnavailable),
+        other => panic!("expected CONNACK 3, got {other:?}"),
+    }
 }

@@ -9,11 +9,8 @@ use fleethub_device::{ClientCertificate, DeviceClient, DeviceClientOptions, Tran
 use fleethub_mqtt::{Connect, ConnectReturnCode, Packet};
 use fleethub_protocol::rest::{AuthenticationType, DeviceStatus};
 use fleethub_protocol::sas::generate_sas_token;
+use fleethub_testkit::certificates::{TestCa, TestCertificate, self_signed, self_signed_valid};
 use fleethub_testkit::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -21,134 +18,15 @@ use serde_json::json;
 use time::{Duration, OffsetDateTime};
 use tokio_rustls::TlsConnector;
 
-/// A certificate and its key, as a device holds them.
-struct DeviceCertificate {
-    chain: Vec<CertificateDer<'static>>,
-    pem: String,
-    key: KeyPair,
-}
-
-impl DeviceCertificate {
-    fn der(&self) -> &[u8] {
-        &self.chain[0]
-    }
-
-    fn sha1(&self) -> String {
-        hex(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, self.der()).as_ref())
-    }
-
-    fn sha256(&self) -> String {
-        hex(ring::digest::digest(&ring::digest::SHA256, self.der()).as_ref())
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn leaf_params(
-    common_name: &str,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-) -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names");
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, common_name);
-    params.distinguished_name = name;
-    params.not_before = not_before;
-    params.not_after = not_after;
-    params
-}
-
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-fn self_signed(common_name: &str) -> DeviceCertificate {
-    self_signed_valid(
-        common_name,
-        now() - Duration::hours(1),
-        now() + Duration::days(30),
-    )
-}
-
-fn self_signed_valid(
-    common_name: &str,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-) -> DeviceCertificate {
-    let key = KeyPair::generate().expect("key");
-    let certificate = leaf_params(common_name, not_before, not_after)
-        .self_signed(&key)
-        .expect("self-signed certificate");
-    DeviceCertificate {
-        chain: vec![certificate.der().clone()],
-        pem: certificate.pem(),
-        key,
-    }
-}
-
-/// A CA: its certificate (PEM) and what signs with it.
-struct TestCa {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca_params(common_name: &str) -> CertificateParams {
-    let mut params = leaf_params(
-        common_name,
-        now() - Duration::hours(1),
-        now() + Duration::days(365),
-    );
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-}
-
 fn make_ca(common_name: &str) -> TestCa {
-    let key = KeyPair::generate().expect("key");
-    let params = ca_params(common_name);
-    let certificate = params.self_signed(&key).expect("CA certificate");
-    TestCa {
-        pem: certificate.pem(),
-        issuer: Issuer::new(params, key),
-    }
+    TestCa::new(common_name)
 }
 
-impl TestCa {
-    fn issue(&self, common_name: &str) -> DeviceCertificate {
-        let key = KeyPair::generate().expect("key");
-        let certificate = leaf_params(
-            common_name,
-            now() - Duration::hours(1),
-            now() + Duration::days(30),
-        )
-        .signed_by(&key, &self.issuer)
-        .expect("signed certificate");
-        DeviceCertificate {
-            chain: vec![certificate.der().clone()],
-            pem: certificate.pem(),
-            key,
-        }
-    }
-
-    fn issue_pem(&self, common_name: &str) -> String {
-        let key = KeyPair::generate().expect("key");
-        leaf_params(
-            common_name,
-            now() - Duration::hours(1),
-            now() + Duration::days(30),
-        )
-        .signed_by(&key, &self.issuer)
-        .expect("signed certificate")
-        .pem()
-    }
-}
-
-fn connector(hub: &TestHub, certificate: Option<&DeviceCertificate>) -> TlsConnector {
+fn connector(hub: &TestHub, certificate: Option<&TestCertificate>) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(hub.hub.ca_pem.as_bytes()) {
         roots.add(ca.expect("CA PEM")).expect("usable CA");
@@ -187,7 +65,7 @@ fn x509_connect(client_id: &str) -> Connect {
 /// The CONNACK code the hub answers `connect` with over a TLS connection presenting `certificate`.
 async fn connack(
     hub: &TestHub,
-    certificate: Option<&DeviceCertificate>,
+    certificate: Option<&TestCertificate>,
     connect: Connect,
 ) -> ConnectReturnCode {
     let mut client = RawClient::connect(hub.hub.mqtt_address, connector(hub, certificate)).await;
@@ -927,5 +805,63 @@ async fn a_self_signed_module_connects_with_its_certificate_and_not_with_its_dev
         .await,
         ConnectReturnCode::NotAuthorized,
         "the device's certificate does not authenticate its module"
+    );
+}
+
+/// Azure's documented proof of possession makes the verification certificate with `openssl x509 -req` and
+/// no extensions: X.509 v1 (`tests/fixtures/x509-v1`, RSA). The hub takes it.
+#[tokio::test]
+async fn proof_of_possession_takes_a_v1_verification_certificate_made_as_azures_docs_make_it() {
+    const FIXTURE_CA: &str = include_str!("fixtures/x509-v1/root-ca.pem");
+    const FIXTURE_V1_PROOF: &str = include_str!("fixtures/x509-v1/v1-verification.pem");
+    const FIXTURE_CODE: &str = "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF";
+    let hub = TestHub::start().await;
+    let owner = ServiceApi::for_hub(&hub, "iothubowner");
+    let uploaded = owner
+        .send(
+            Method::PUT,
+            "/certificates/openssl-root",
+            &[],
+            Some(json!({"properties": {"certificate": FIXTURE_CA}})),
+        )
+        .await;
+    assert_eq!(uploaded.status, StatusCode::OK, "{}", uploaded.body);
+    let generated = owner
+        .send(
+            Method::POST,
+            "/certificates/openssl-root/generateVerificationCode",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(generated.status, StatusCode::OK, "{}", generated.body);
+    // The code is random; the fixture's CN is fixed, so the pending code is set to it in the store.
+    let services = &hub.hub.services;
+    let mut record = services
+        .store
+        .get_ca_certificate("openssl-root")
+        .await
+        .unwrap()
+        .expect("the uploaded CA");
+    record.verification_code = Some(FIXTURE_CODE.to_owned());
+    services.store.put_ca_certificate(record).await.unwrap();
+
+    let verified = owner
+        .send(
+            Method::POST,
+            "/certificates/openssl-root/verify",
+            &[],
+            Some(json!({"certificate": FIXTURE_V1_PROOF})),
+        )
+        .await;
+    assert_eq!(verified.status, StatusCode::OK, "{}", verified.body);
+    assert_eq!(verified.body["properties"]["isVerified"], true);
+    assert!(
+        services
+            .certificates
+            .trusted()
+            .iter()
+            .any(|ca| ca.name == "openssl-root"),
+        "the verified CA is trusted at once"
     );
 }

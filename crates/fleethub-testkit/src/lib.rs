@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+pub mod certificates;
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestHub {

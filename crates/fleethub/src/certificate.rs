@@ -3,9 +3,12 @@
 //! possession; and, for tests and trials, making a CA and device certificates locally (`create-ca`,
 //! `create-device`, which print the thumbprints `device create --auth self-signed` takes).
 
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
+use fleethub_protocol::certificates::{thumbprint_sha1, thumbprint_sha256};
 use fleethub_service::protocol::certificates::CertificateDescription;
 use fleethub_service::protocol::ids::ETag;
 use rcgen::{
@@ -93,7 +96,7 @@ enum CertificateAction {
         /// Where to write the certificate (PEM)
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Where to write the private key (PEM)
+        /// Where to write the private key (PEM, readable by the owner only); neither file may exist
         #[arg(long, value_name = "FILE")]
         key_out: PathBuf,
         /// Days it is valid
@@ -104,8 +107,10 @@ enum CertificateAction {
     /// or signed by a CA with --ca-cert/--ca-key; prints its SHA-1 and SHA-256 thumbprints
     CreateDevice {
         device_id: String,
+        /// Where to write the certificate (PEM)
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Where to write the private key (PEM, readable by the owner only); neither file may exist
         #[arg(long, value_name = "FILE")]
         key_out: PathBuf,
         /// Sign with this CA certificate (PEM) instead of self-signing; needs --ca-key
@@ -130,12 +135,13 @@ pub(crate) async fn run(command: CertificateCommand) -> anyhow::Result<()> {
             key_out,
             days,
         } => {
+            refuse_existing(&[&out, &key_out])?;
             let key = KeyPair::generate().context("generate a key")?;
             let certificate = ca_params(&subject, days)
                 .self_signed(&key)
                 .context("make the CA certificate")?;
-            write_file(&out, &certificate.pem())?;
-            write_file(&key_out, &key.serialize_pem())?;
+            write_new(&key_out, &key.serialize_pem(), PRIVATE_KEY_MODE)?;
+            write_new(&out, &certificate.pem(), CERTIFICATE_MODE)?;
             print_made(format, &palette, &out, certificate.der())
         }
         CertificateAction::CreateDevice {
@@ -146,6 +152,7 @@ pub(crate) async fn run(command: CertificateCommand) -> anyhow::Result<()> {
             ca_key,
             days,
         } => {
+            refuse_existing(&[&out, &key_out])?;
             let key = KeyPair::generate().context("generate a key")?;
             let params = leaf_params(&device_id, days);
             let certificate = match (ca_cert, ca_key) {
@@ -156,8 +163,8 @@ pub(crate) async fn run(command: CertificateCommand) -> anyhow::Result<()> {
                 _ => params.self_signed(&key),
             }
             .context("make the device certificate")?;
-            write_file(&out, &certificate.pem())?;
-            write_file(&key_out, &key.serialize_pem())?;
+            write_new(&key_out, &key.serialize_pem(), PRIVATE_KEY_MODE)?;
+            write_new(&out, &certificate.pem(), CERTIFICATE_MODE)?;
             print_made(format, &palette, &out, certificate.der())
         }
         action => run_on_hub(command.hub.connect().await?, action, format, &palette).await,
@@ -369,8 +376,8 @@ fn print_made(
     path: &Path,
     der: &[u8],
 ) -> anyhow::Result<()> {
-    let sha1 = hex(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref());
-    let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
+    let sha1 = thumbprint_sha1(der);
+    let sha256 = thumbprint_sha256(der);
     match format {
         OutputFormat::Json => print_json(&json!({
             "certificate": path.display().to_string(),
@@ -389,10 +396,6 @@ fn print_made(
             table.print(palette)
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02X}")).collect()
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
@@ -430,8 +433,35 @@ fn read_file(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
 }
 
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+/// Private keys are readable by their owner only, whatever the umask.
+const PRIVATE_KEY_MODE: u32 = 0o600;
+const CERTIFICATE_MODE: u32 = 0o644;
+
+/// `create-ca` and `create-device` never replace a file (a key overwritten is a CA or device lost): checked
+/// for all outputs before anything is made, so a refusal leaves no half-written pair.
+fn refuse_existing(paths: &[&Path]) -> anyhow::Result<()> {
+    for path in paths {
+        if path.exists() {
+            bail!(
+                "{} exists: certificate and key files are never replaced; choose another path or move the old file away",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` with `mode` (a file that appeared since [`refuse_existing`] is still not replaced).
+fn write_new(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 fn read_key(path: &Path) -> anyhow::Result<KeyPair> {

@@ -164,7 +164,7 @@ struct LimitArgs {
     max_connections: usize,
     /// Seconds a new connection has for its TLS handshake, and again for its MQTT CONNECT (or HTTP request
     /// head); slower ones are closed.
-    #[arg(long, default_value_t = HubLimits::default().connect_timeout.as_secs(), value_name = "SECONDS")]
+    #[arg(long, default_value_t = HubLimits::default().connect_timeout.as_secs(), value_name = "SECONDS", value_parser = connect_timeout_seconds)]
     connect_timeout: u64,
     /// QoS 1 telemetry publishes of one connection waiting to be durable before it reads more.
     #[arg(long, default_value_t = HubLimits::default().telemetry_in_flight, value_name = "N")]
@@ -181,8 +181,8 @@ struct LimitArgs {
     /// Units of the preset's tier (Azure scales most throttles with them; F1 has one).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     throttle_units: u32,
-    /// Burst of every rate set below, in seconds' worth of it (presets use 1).
-    #[arg(long, default_value_t = fleethub_hub::throttle::PRESET_BURST_SECONDS, value_name = "SECONDS")]
+    /// Burst of every rate, the preset's and those set below, in seconds' worth of it.
+    #[arg(long, default_value_t = fleethub_hub::throttle::DEFAULT_BURST_SECONDS, value_name = "SECONDS")]
     throttle_burst_seconds: f64,
     /// Twin reads (REST and MQTT) per second, whole hub.
     #[arg(long, value_name = "PER_SECOND")]
@@ -222,6 +222,19 @@ struct LimitArgs {
     max_throttled_devices: usize,
 }
 
+/// `--connect-timeout`: whole seconds, at least one (0 would close every connection before its handshake).
+fn connect_timeout_seconds(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err(
+            "must be at least 1 second: 0 would close every connection before its handshake".into(),
+        ),
+        Ok(seconds) => Ok(seconds),
+        Err(error) => Err(format!(
+            "{text:?} is not a whole number of seconds: {error}"
+        )),
+    }
+}
+
 impl LimitArgs {
     fn apply(&self, limits: &mut HubLimits) -> anyhow::Result<()> {
         use fleethub_hub::throttle::{OperationClass, Rate, ThrottleSettings};
@@ -238,7 +251,11 @@ impl LimitArgs {
         limits.telemetry_in_flight = self.telemetry_in_flight.max(1);
         limits.c2d_in_flight = self.c2d_in_flight.max(1);
         limits.outbound_queue_depth = self.outbound_queue_depth.max(1);
-        let mut throttle = ThrottleSettings::preset(self.throttle_preset, self.throttle_units);
+        let mut throttle = ThrottleSettings::preset(
+            self.throttle_preset,
+            self.throttle_units,
+            self.throttle_burst_seconds,
+        );
         let rate = |flag: &str, value: f64| -> anyhow::Result<Option<Rate>> {
             anyhow::ensure!(
                 value.is_finite() && value >= 0.0,
@@ -371,7 +388,7 @@ mod tests {
             "5",
         ])
         .expect("valid");
-        let preset = ThrottleSettings::preset(ThrottlePreset::S2, 3);
+        let preset = ThrottleSettings::preset(ThrottlePreset::S2, 3, 1.0);
         assert_eq!(limits.throttle.hub.twin_reads, preset.hub.twin_reads);
         assert_eq!(
             limits.throttle.hub.twin_updates,
@@ -393,5 +410,36 @@ mod tests {
         assert!(limits(&["--limit-twin-reads-per-second", "-1"]).is_err());
         assert!(limits(&["--abusive-device-after", "-3"]).is_err());
         assert!(limits(&["--throttle-burst-seconds", "0"]).is_err());
+        let refused = limits(&["--connect-timeout", "0"])
+            .expect_err("a connect timeout of 0 closes every connection");
+        assert!(
+            refused.to_string().contains("at least 1 second"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_burst_applies_to_preset_rates_too() {
+        let limits = limits(&[
+            "--throttle-preset",
+            "s1",
+            "--throttle-burst-seconds",
+            "10",
+            "--limit-device-twin-reads-per-second",
+            "2",
+        ])
+        .expect("valid");
+        assert_eq!(
+            limits.throttle.hub.twin_reads,
+            Some(Rate::per_second(100.0, 10.0))
+        );
+        assert_eq!(
+            limits.throttle.hub.connections,
+            Some(Rate::per_second(100.0, 10.0))
+        );
+        assert_eq!(
+            limits.throttle.device.twin_reads,
+            Some(Rate::per_second(2.0, 10.0))
+        );
     }
 }

@@ -4,7 +4,11 @@
 
 use std::process::Stdio;
 
-use fleethub_device::{ClientCertificate, DeviceClient, DeviceClientOptions};
+use std::os::unix::fs::PermissionsExt as _;
+
+use fleethub_device::{
+    ClientCertificate, ConnectError, ConnectReturnCode, DeviceClient, DeviceClientOptions,
+};
 
 mod support;
 
@@ -53,6 +57,35 @@ async fn certificates_made_and_registered_from_the_command_line_let_devices_conn
     ])
     .await;
     assert!(made.status.success(), "{}", stderr(&made));
+    let mode = |name: &str| {
+        std::fs::metadata(file(name))
+            .expect("the file was written")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("ca-key.pem"), 0o600, "the CA's private key");
+    assert_eq!(mode("ca.pem"), 0o644, "the CA certificate");
+    // A second run never replaces the key (nor the certificate), and says so.
+    let key_before = std::fs::read_to_string(file("ca-key.pem")).unwrap();
+    let again = cli(&[
+        "certificate",
+        "create-ca",
+        "--out",
+        &file("another-ca.pem"),
+        "--key-out",
+        &file("ca-key.pem"),
+    ])
+    .await;
+    failure(&again, &["ca-key.pem exists", "never replaced"]);
+    assert_eq!(
+        std::fs::read_to_string(file("ca-key.pem")).unwrap(),
+        key_before
+    );
+    assert!(
+        !std::path::Path::new(&file("another-ca.pem")).exists(),
+        "nothing is written when one output exists"
+    );
     let uploaded = json_of(
         &cli(&[
             "certificate",
@@ -106,6 +139,18 @@ async fn certificates_made_and_registered_from_the_command_line_let_devices_conn
     ])
     .await;
     assert!(made.status.success(), "{}", stderr(&made));
+    assert_eq!(mode("ca-device-key.pem"), 0o600, "the device's private key");
+    let again = cli(&[
+        "certificate",
+        "create-device",
+        "cli-ca-device",
+        "--out",
+        &file("ca-device.pem"),
+        "--key-out",
+        &file("other-key.pem"),
+    ])
+    .await;
+    failure(&again, &["ca-device.pem exists"]);
     let created = cli(&["device", "create", "cli-ca-device", "--auth", "ca"]).await;
     assert!(created.status.success(), "{}", stderr(&created));
     assert!(
@@ -172,9 +217,35 @@ async fn certificates_made_and_registered_from_the_command_line_let_devices_conn
         .await
         .expect("the self-signed device connects");
     device.disconnect().await.unwrap();
-    // Its certificate is not CA-signed, so it does not pass for the CA device.
-    let refused = connect("cli-ca-device", &file("self.pem"), &file("self-key.pem")).await;
-    assert!(refused.is_err(), "another device's certificate");
+    // A self-signed certificate whose CN is the CA device's id: not signed by the CA, so the hub refuses it
+    // (CONNACK 5), after a TLS handshake that succeeded.
+    let made = cli(&[
+        "certificate",
+        "create-device",
+        "cli-ca-device",
+        "--out",
+        &file("unsigned.pem"),
+        "--key-out",
+        &file("unsigned-key.pem"),
+    ])
+    .await;
+    assert!(made.status.success(), "{}", stderr(&made));
+    let refused = connect(
+        "cli-ca-device",
+        &file("unsigned.pem"),
+        &file("unsigned-key.pem"),
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(ConnectError::Refused {
+                return_code: ConnectReturnCode::NotAuthorized
+            })
+        ),
+        "a self-signed certificate for the CA device: {:?}",
+        refused.err()
+    );
 
     // Refusals read as what is wrong.
     std::fs::write(file("garbage.pem"), "not a certificate").unwrap();
@@ -197,15 +268,21 @@ async fn certificates_made_and_registered_from_the_command_line_let_devices_conn
     // Deleted: the CA-signed device is refused.
     let deleted = cli(&["certificate", "delete", "root"]).await;
     assert!(deleted.status.success(), "{}", stderr(&deleted));
+    let refused = connect(
+        "cli-ca-device",
+        &file("ca-device.pem"),
+        &file("ca-device-key.pem"),
+    )
+    .await;
     assert!(
-        connect(
-            "cli-ca-device",
-            &file("ca-device.pem"),
-            &file("ca-device-key.pem")
-        )
-        .await
-        .is_err(),
-        "the CA is gone"
+        matches!(
+            refused,
+            Err(ConnectError::Refused {
+                return_code: ConnectReturnCode::NotAuthorized
+            })
+        ),
+        "the CA is gone: {:?}",
+        refused.err()
     );
     failure(
         &cli(&["certificate", "show", "root"]).await,

@@ -126,6 +126,28 @@ pub fn format_rfc1123(time: OffsetDateTime) -> String {
         .expect("every UTC time between years 0 and 9999 formats as RFC 1123")
 }
 
+/// Bytes as upper-case hex, the way thumbprints and verification codes are written.
+pub fn upper_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+            write!(text, "{byte:02X}").expect("writing to a String cannot fail");
+            text
+        })
+}
+
+/// The SHA-1 thumbprint of a certificate's DER, upper-case hex (40 characters): the portal's thumbprint,
+/// and one of the two forms a `selfSigned` identity may register.
+pub fn thumbprint_sha1(der: &[u8]) -> String {
+    upper_hex(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref())
+}
+
+/// The SHA-256 thumbprint of a certificate's DER, upper-case hex (64 characters).
+pub fn thumbprint_sha256(der: &[u8]) -> String {
+    upper_hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
 /// Parses [`format_rfc1123`]'s form.
 pub fn parse_rfc1123(text: &str) -> Option<OffsetDateTime> {
     PrimitiveDateTime::parse(text, RFC1123)
@@ -144,6 +166,21 @@ mod tests {
         assert_eq!(format_rfc1123(time), "Tue, 19 Jun 2018 18:33:15 GMT");
         assert_eq!(parse_rfc1123("Tue, 19 Jun 2018 18:33:15 GMT"), Some(time));
         assert_eq!(parse_rfc1123("2018-06-19T18:33:15Z"), None);
+    }
+
+    #[test]
+    fn thumbprints_are_upper_case_hex_digests_of_the_der() {
+        // FIPS 180 test vector "abc".
+        assert_eq!(
+            thumbprint_sha1(b"abc"),
+            "A9993E364706816ABA3E25717850C26C9CD0D89D"
+        );
+        assert_eq!(
+            thumbprint_sha256(b"abc"),
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+        );
+        assert_eq!(upper_hex(&[0x00, 0x0f, 0xa0]), "000FA0");
+        assert_eq!(upper_hex(&[]), "");
     }
 
     #[test]
