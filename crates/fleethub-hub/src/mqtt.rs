@@ -251,10 +251,9 @@ pub async fn serve_connection<S>(
         desired,
     };
     // Before anything else the connection sends: the device's catch-up on missed desired patches.
-    if let Some(catch_up) = session
-        .desired
-        .resume(&services, &key, &mut session.c2d)
-        .await
+    // Boxed, as the CONNECT phase: its store reads must not size every idle connection's task.
+    if let Some(catch_up) =
+        Box::pin(session.desired.resume(&services, &key, &mut session.c2d)).await
     {
         connection.queue(&catch_up);
     }
@@ -277,7 +276,7 @@ pub async fn serve_connection<S>(
     if ending.can_write() && matches!(flushed, Ok(Ok(()))) {
         session.desired.flushed();
     }
-    session.desired.finish(&services, &key).await;
+    Box::pin(session.desired.finish(&services, &key)).await;
     drop(session);
     let _ = connection.stream.shutdown().await;
     if let Some(will) = will
