@@ -164,14 +164,6 @@ fn typical_conditions_push_down_exactly() {
             exact(compare(&["statusReason"], CompareOp::Equal, Scalar::Null)),
         ),
         (
-            "configurations.[[cfg-1]].status = 'Applied'",
-            exact(compare(
-                &["configurations", "cfg-1", "status"],
-                CompareOp::Equal,
-                text("Applied"),
-            )),
-        ),
-        (
             "properties.reported.$metadata.temp.$lastUpdated > '2024'",
             exact(compare(
                 &[
@@ -231,6 +223,19 @@ fn what_cannot_be_expressed_weakens_to_true_and_is_inexact() {
         ("NOT STARTSWITH(deviceId, 'a')", inexact(Predicate::True)),
         ("NOT IS_NULL(statusReason)", inexact(Predicate::True)),
         ("tags.list[0] = 'a'", inexact(Predicate::True)),
+        // Compared ignoring case by the evaluator (twins hold `applied`, queries say `'Applied'`).
+        (
+            "configurations.[[cfg-1]].status = 'Applied'",
+            inexact(Predicate::True),
+        ),
+        (
+            "configurations.[[cfg-1]].status IN ['Applied', 'Targeted']",
+            inexact(Predicate::True),
+        ),
+        (
+            "status = 'enabled' AND configurations.[[cfg-1]].status = 'Applied'",
+            inexact(compare(&["status"], CompareOp::Equal, text("enabled"))),
+        ),
         (
             "status = 'enabled' AND LOWER(deviceId) = 'dev1'",
             inexact(compare(&["status"], CompareOp::Equal, text("enabled"))),
