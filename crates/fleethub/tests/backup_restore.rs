@@ -2,6 +2,8 @@
 //! data directory: the hub started on it has every device, key, twin, C2D message, artifact and telemetry
 //! event acknowledged before the backup started; restores refuse a non-empty target and a tampered file.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,23 +55,8 @@ impl HubProcess {
             mqtt,
             https,
         };
-        // Healthy once /healthz answers 200 (polled: the process gives no other signal).
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(ca) = std::fs::read_to_string(data_dir.join("ca.pem")) {
-                let api = ServiceApi::new(https, &ca, "unused", "AAAA");
-                if let Ok(response) = api.client.get(format!("{}/healthz", api.base)).send().await
-                    && response.status() == StatusCode::OK
-                {
-                    return hub;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the hub did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        support::wait_until_healthy(data_dir, https, "start").await;
+        hub
     }
 
     fn ca(&self) -> String {

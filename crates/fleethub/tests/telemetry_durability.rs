@@ -2,6 +2,8 @@
 //! PUBACK for is in the event log after the restart, and what is there is exactly a prefix of what each device
 //! sent (nothing torn, nothing twice).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,23 +48,8 @@ impl HubProcess {
             child,
             data_dir: data_dir.to_owned(),
         };
-        // Healthy once /healthz answers 200 (polled: the process gives no other signal).
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(ca) = std::fs::read_to_string(data_dir.join("ca.pem")) {
-                let api = ServiceApi::new(https, &ca, "unused", "AAAA");
-                if let Ok(response) = api.client.get(format!("{}/healthz", api.base)).send().await
-                    && response.status() == StatusCode::OK
-                {
-                    return hub;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the hub did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        support::wait_until_healthy(data_dir, https, "start").await;
+        hub
     }
 
     fn ca(&self) -> String {
