@@ -15,21 +15,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c2d_commands_send_to_a_device_print_feedback_and_purge() {
     let hub = Hub::start();
-    let directory = hub.directory.path().to_owned();
-    let data_dir = hub.data_dir_text().to_owned();
-    let cli = move |args: &[&str]| {
-        let mut all: Vec<String> = args.iter().map(|part| (*part).to_owned()).collect();
-        all.extend(["--data-dir".to_owned(), data_dir.clone()]);
-        let directory = directory.clone();
-        async move {
-            let all: Vec<&str> = all.iter().map(String::as_str).collect();
-            tokio::process::Command::from(command_in(&directory, &all))
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .expect("run fleethub")
-        }
-    };
+    let cli = |args: &[&str]| hub.run_async(args);
     for device in ["dev1", "offline"] {
         let created = cli(&["device", "create", device]).await;
         assert!(created.status.success(), "{}", stderr(&created));

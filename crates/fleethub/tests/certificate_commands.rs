@@ -2,8 +2,6 @@
 //! process: a CA made, uploaded and verified from the command line lets a CA-signed device (our SDK) connect;
 //! a self-signed device registered by the thumbprint `create-device` printed connects; refusals say why.
 
-use std::process::Stdio;
-
 use std::os::unix::fs::PermissionsExt as _;
 
 use fleethub_device::{
@@ -17,21 +15,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_made_and_registered_from_the_command_line_let_devices_connect() {
     let hub = Hub::start();
-    let directory = hub.directory.path().to_owned();
-    let data_dir = hub.data_dir_text().to_owned();
-    let cli = move |args: &[&str]| {
-        let mut all: Vec<String> = args.iter().map(|part| (*part).to_owned()).collect();
-        all.extend(["--data-dir".to_owned(), data_dir.clone()]);
-        let directory = directory.clone();
-        async move {
-            let all: Vec<&str> = all.iter().map(String::as_str).collect();
-            tokio::process::Command::from(command_in(&directory, &all))
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .expect("run fleethub")
-        }
-    };
+    let cli = |args: &[&str]| hub.run_async(args);
     let file = |name: &str| hub.directory.path().join(name).to_str().unwrap().to_owned();
     let connect = |device_id: &str, certificate: &str, key: &str| {
         let connection_string = format!("HostName=localhost;DeviceId={device_id};x509=true");

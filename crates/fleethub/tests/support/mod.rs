@@ -185,6 +185,15 @@ impl Hub {
         run_in(self.directory.path(), &all)
     }
 
+    /// [`Hub::run`] without blocking the runtime: the command is built now, run when awaited.
+    pub fn run_async(&self, args: &[&str]) -> impl std::future::Future<Output = Output> + use<> {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", self.data_dir_text()]);
+        let mut command = tokio::process::Command::from(command_in(self.directory.path(), &all));
+        command.stdin(Stdio::null());
+        async move { command.output().await.expect("run fleethub") }
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
