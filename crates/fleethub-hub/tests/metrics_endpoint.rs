@@ -139,6 +139,25 @@ async fn scrape_until(api: &ServiceApi, token: &str, ready: impl Fn(&Scrape) -> 
     }
 }
 
+/// A new SAS device, connected with our device SDK.
+async fn connected_device(hub: &TestHub, device_id: &str) -> DeviceClient {
+    let record = hub.create_device(device_id).await;
+    let key = record
+        .identity
+        .authentication
+        .primary_key
+        .clone()
+        .expect("a SAS device");
+    DeviceClient::connect(
+        &format!("HostName=localhost;DeviceId={device_id};SharedAccessKey={key}"),
+        DeviceClientOptions::default()
+            .with_ca_pem(hub.hub.ca_pem.clone())
+            .with_port(hub.hub.mqtt_address.port()),
+    )
+    .await
+    .expect("the device connects")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_devices_and_services_did() {
     let hub = TestHub::start().await;
@@ -153,21 +172,7 @@ async fn metrics_count_what_devices_and_services_did() {
         0.0
     );
 
-    let record = hub.create_device("metered").await;
-    let key = record
-        .identity
-        .authentication
-        .primary_key
-        .clone()
-        .expect("a SAS device");
-    let device = DeviceClient::connect(
-        &format!("HostName=localhost;DeviceId=metered;SharedAccessKey={key}"),
-        DeviceClientOptions::default()
-            .with_ca_pem(hub.hub.ca_pem.clone())
-            .with_port(hub.hub.mqtt_address.port()),
-    )
-    .await
-    .expect("the device connects");
+    let device = connected_device(&hub, "metered").await;
     device
         .on_method(|_| async { MethodResponse::ok(json!({"done": true})) })
         .await
@@ -396,21 +401,7 @@ async fn metrics_show_running_jobs_and_routing_endpoints() {
         )
         .await;
     assert_eq!(routing.status, StatusCode::OK, "{}", routing.body);
-    let record = hub.create_device("sender").await;
-    let key = record
-        .identity
-        .authentication
-        .primary_key
-        .clone()
-        .expect("a SAS device");
-    let device = DeviceClient::connect(
-        &format!("HostName=localhost;DeviceId=sender;SharedAccessKey={key}"),
-        DeviceClientOptions::default()
-            .with_ca_pem(hub.hub.ca_pem.clone())
-            .with_port(hub.hub.mqtt_address.port()),
-    )
-    .await
-    .expect("the device connects");
+    let device = connected_device(&hub, "sender").await;
     for index in 0..5 {
         device
             .send_message(Message::new(format!("archived-{index}")))
