@@ -72,43 +72,115 @@ pub(crate) fn decode_events<T: DeserializeOwned>(
     Ok(())
 }
 
-/// Incremental Server-Sent Events parser: feed it bytes, get the `data` of each complete event. Comments
-/// (":" lines, the hub's keep-alives), ids and event names are dropped: the data says all the streams need.
+/// Incremental Server-Sent Events parser (the WHATWG event-stream rules): feed it bytes, get the `data` of
+/// each complete event. Lines end with CRLF, LF or CR; a blank line ends an event; `data` lines are joined
+/// with "\n". Comments (":" lines, the hub's keep-alives), ids, event names and retry hints are dropped: the
+/// data says all the streams need. Each byte is looked at once, however the stream is split into chunks.
 #[derive(Default)]
 pub(crate) struct SseParser {
+    /// Bytes not yet consumed: at most one incomplete line.
     buffer: Vec<u8>,
+    /// The data lines of the event in progress, each followed by "\n".
+    data: String,
+    has_data: bool,
 }
 
 impl SseParser {
     pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<String> {
         self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some((block_end, separator)) = event_end(&self.buffer) {
-            let block: Vec<u8> = self.buffer.drain(..block_end).collect();
-            self.buffer.drain(..separator);
-            let text = String::from_utf8_lossy(&block);
-            let data: Vec<&str> = text
-                .lines()
-                .filter_map(|line| line.strip_prefix("data:"))
-                .map(|value| value.strip_prefix(' ').unwrap_or(value))
-                .collect();
-            if !data.is_empty() {
-                events.push(data.join("\n"));
+        let mut consumed = 0;
+        while let Some((line_end, next)) = line_end(&self.buffer[consumed..]) {
+            let line = &self.buffer[consumed..consumed + line_end];
+            consumed += next;
+            if line.is_empty() {
+                if self.has_data {
+                    let mut data = std::mem::take(&mut self.data);
+                    data.pop();
+                    events.push(data);
+                    self.has_data = false;
+                }
+                continue;
+            }
+            if line[0] == b':' {
+                continue;
+            }
+            let (field, value) = match line.iter().position(|&byte| byte == b':') {
+                Some(colon) => {
+                    let value = &line[colon + 1..];
+                    (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+                }
+                None => (line, &b""[..]),
+            };
+            if field == b"data" {
+                self.data.push_str(&String::from_utf8_lossy(value));
+                self.data.push('\n');
+                self.has_data = true;
             }
         }
+        self.buffer.drain(..consumed);
         events
     }
 }
 
-/// The end of the first complete event: (length of the block, length of the blank-line separator).
-fn event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    (0..buffer.len()).find_map(|index| {
-        if buffer[index..].starts_with(b"\r\n\r\n") {
-            Some((index, 4))
-        } else if buffer[index..].starts_with(b"\n\n") {
-            Some((index, 2))
-        } else {
-            None
+/// The first complete line of `bytes`: (its length, where the next line starts). A CR at the very end is not
+/// complete yet: the LF of a CRLF may follow in the next chunk.
+fn line_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let end = bytes
+        .iter()
+        .position(|&byte| byte == b'\n' || byte == b'\r')?;
+    if bytes[end] == b'\n' {
+        return Some((end, end + 1));
+    }
+    match bytes.get(end + 1) {
+        None => None,
+        Some(b'\n') => Some((end, end + 2)),
+        Some(_) => Some((end, end + 1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SseParser;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<String> {
+        let mut parser = SseParser::default();
+        chunks.iter().flat_map(|chunk| parser.push(chunk)).collect()
+    }
+
+    const STREAM: &[u8] = b": keep-alive\n\nid: 0:1\nevent: Telemetry\ndata: {\"a\":1}\n\n\
+        id: 0:2\r\ndata: first\r\ndata:second\r\n\r\ndata: cr only\r\rretry: 10\ndata\n\n";
+
+    #[test]
+    fn events_come_out_whole_whatever_the_line_endings() {
+        assert_eq!(
+            parse_all(&[STREAM]),
+            ["{\"a\":1}", "first\nsecond", "cr only", ""]
+        );
+    }
+
+    #[test]
+    fn every_split_of_the_stream_gives_the_same_events() {
+        let whole = parse_all(&[STREAM]);
+        for split in 0..=STREAM.len() {
+            let (head, tail) = STREAM.split_at(split);
+            assert_eq!(parse_all(&[head, tail]), whole, "split at {split}");
         }
-    })
+        let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
+        assert_eq!(parse_all(&bytes), whole);
+    }
+
+    #[test]
+    fn an_event_without_its_blank_line_waits_and_one_without_data_is_dropped() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(b"id: 7\nevent: x\n\ndata: half").is_empty());
+        assert!(parser.push(b"-done\n").is_empty());
+        assert_eq!(parser.push(b"\n"), ["half-done"]);
+    }
+
+    #[test]
+    fn malformed_bytes_do_not_stop_the_stream() {
+        let events = parse_all(&[b"data: \xff\xfe ok\n\n\x00\x01:\x02\n\ndata: next\n\n"]);
+        assert_eq!(events, ["\u{fffd}\u{fffd} ok", "next"]);
+    }
 }
