@@ -101,19 +101,38 @@ impl IndexedPaths {
                 .any(|prefix| path.len() >= prefix.len() && path[..prefix.len()] == prefix[..])
     }
 
-    /// Index rows of one identity for the indexed paths in `sections`.
+    /// The indexed paths (as positions, for [`entries`](Self::entries) and [`roots`](Self::roots)) rooted in
+    /// `sections`.
+    pub(crate) fn select(&self, sections: &[Section]) -> Vec<usize> {
+        (0..self.prefixes.len())
+            .filter(|&index| sections.contains(&section_of(&self.prefixes[index])))
+            .collect()
+    }
+
+    /// The indexed reported paths a reported patch can change: those under one of its top-level keys. A patch
+    /// leaves every other reported key as it was, so their index rows stay.
+    pub(crate) fn select_reported_patch(&self, patch: &Value) -> Vec<usize> {
+        let Some(patch) = patch.as_object() else {
+            return Vec::new();
+        };
+        (0..self.prefixes.len())
+            .filter(|&index| {
+                let prefix = &self.prefixes[index];
+                section_of(prefix) == Section::Reported && patch.contains_key(prefix[2].as_str())
+            })
+            .collect()
+    }
+
+    /// Index rows of one identity for the `selected` indexed paths.
     pub(crate) fn entries(
         &self,
         identity: &Identity,
         twin: &TwinDocument,
-        sections: &[Section],
+        selected: &[usize],
     ) -> Vec<(String, i64, SqlValue)> {
         let mut rows = Vec::new();
-        for prefix in &self.prefixes {
+        for prefix in selected.iter().map(|&index| &self.prefixes[index]) {
             let section = section_of(prefix);
-            if !sections.contains(&section) {
-                continue;
-            }
             let node = match section {
                 Section::Tags => lookup(twin.tags(), &prefix[1..]),
                 Section::Desired => lookup(twin.desired_properties(), &prefix[2..]),
@@ -133,29 +152,12 @@ impl IndexedPaths {
         rows
     }
 
-    /// The index paths (joined) rooted in `sections`, to delete before re-inserting.
-    pub(crate) fn roots(&self, sections: &[Section]) -> Vec<String> {
-        self.prefixes
+    /// The `selected` index paths (joined), to delete before re-inserting.
+    pub(crate) fn roots(&self, selected: &[usize]) -> Vec<String> {
+        selected
             .iter()
-            .filter(|prefix| sections.contains(&section_of(prefix)))
-            .map(|prefix| prefix.join(&SEPARATOR.to_string()))
+            .map(|&index| self.prefixes[index].join(&SEPARATOR.to_string()))
             .collect()
-    }
-
-    /// Whether a reported patch with these top-level keys touches an indexed reported path.
-    pub(crate) fn touches_reported(&self, patch: &Value) -> bool {
-        let Some(patch) = patch.as_object() else {
-            return false;
-        };
-        self.prefixes.iter().any(|prefix| {
-            section_of(prefix) == Section::Reported && patch.contains_key(prefix[2].as_str())
-        })
-    }
-
-    pub(crate) fn has_section(&self, section: Section) -> bool {
-        self.prefixes
-            .iter()
-            .any(|prefix| section_of(prefix) == section)
     }
 }
 

@@ -662,17 +662,7 @@ fn insert_record(
             serde_json::to_string(&record.identity)?,
             serde_json::to_string(&record.twin)?,
         ])?;
-    reindex(
-        connection,
-        indexed,
-        record,
-        &[
-            Section::Tags,
-            Section::Desired,
-            Section::Reported,
-            Section::Identity,
-        ],
-    )
+    reindex(connection, indexed, record, &indexed.select(&ALL_SECTIONS))
 }
 
 fn store_identity(
@@ -689,14 +679,20 @@ fn store_identity(
             module_column(&record.key),
             serde_json::to_string(&record.identity)?
         ])?;
-    reindex(connection, indexed, record, &[Section::Identity])
+    reindex(
+        connection,
+        indexed,
+        record,
+        &indexed.select(&[Section::Identity]),
+    )
 }
 
+/// Writes the twin and re-indexes the `selected` indexed paths (`IndexedPaths::select`).
 fn store_twin(
     connection: &Connection,
     indexed: &IndexedPaths,
     record: &DeviceRecord,
-    sections: &[Section],
+    selected: &[usize],
 ) -> StoreResult<()> {
     connection
         .prepare_cached("UPDATE identities SET twin = ?3 WHERE device_id = ?1 AND module_id = ?2")?
@@ -705,17 +701,25 @@ fn store_twin(
             module_column(&record.key),
             serde_json::to_string(&record.twin)?
         ])?;
-    reindex(connection, indexed, record, sections)
+    reindex(connection, indexed, record, selected)
 }
 
-/// Replaces the index rows of `record` under the indexed paths of `sections`.
+/// Every section of a twin document the index can cover.
+const ALL_SECTIONS: [Section; 4] = [
+    Section::Tags,
+    Section::Desired,
+    Section::Reported,
+    Section::Identity,
+];
+
+/// Replaces the index rows of `record` under the `selected` indexed paths.
 fn reindex(
     connection: &Connection,
     indexed: &IndexedPaths,
     record: &DeviceRecord,
-    sections: &[Section],
+    selected: &[usize],
 ) -> StoreResult<()> {
-    let roots = indexed.roots(sections);
+    let roots = indexed.roots(selected);
     if roots.is_empty() {
         return Ok(());
     }
@@ -736,7 +740,7 @@ fn reindex(
         "INSERT OR REPLACE INTO twin_index (path, module, kind, value, row) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     let module = i64::from(record.key.module_id.is_some());
-    for (path, kind, value) in indexed.entries(&record.identity, &record.twin, sections) {
+    for (path, kind, value) in indexed.entries(&record.identity, &record.twin, selected) {
         insert.execute(params![path, module, kind, value, row])?;
     }
     Ok(())
@@ -758,6 +762,7 @@ fn rebuild_index_if_needed(connection: &mut Connection, indexed: &IndexedPaths) 
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     transaction.execute("DELETE FROM twin_index", [])?;
+    let all = indexed.select(&ALL_SECTIONS);
     {
         let mut rows =
             transaction.prepare("SELECT device_id, module_id, identity, twin FROM identities")?;
@@ -770,17 +775,7 @@ fn rebuild_index_if_needed(connection: &mut Connection, indexed: &IndexedPaths) 
                 &row.get::<_, String>(3)?,
                 None,
             )?;
-            reindex(
-                &transaction,
-                indexed,
-                &record,
-                &[
-                    Section::Tags,
-                    Section::Desired,
-                    Section::Reported,
-                    Section::Identity,
-                ],
-            )?;
+            reindex(&transaction, indexed, &record, &all)?;
         }
     }
     transaction.execute(
@@ -1657,17 +1652,15 @@ impl Store for SqliteStore {
                         }
                     };
                 if assigned.changed {
-                    let sections = match &assigned.desired_patch_for_device {
-                        Some(_) if context.options.indexed_paths.has_section(Section::Desired) => {
-                            vec![Section::Desired]
-                        }
-                        _ => Vec::new(),
+                    let selected = match &assigned.desired_patch_for_device {
+                        Some(_) => context.options.indexed_paths.select(&[Section::Desired]),
+                        None => Vec::new(),
                     };
                     store_twin(
                         connection,
                         &context.options.indexed_paths,
                         &record,
-                        &sections,
+                        &selected,
                     )?;
                     if let Some(patch) = &assigned.desired_patch_for_device {
                         let body = json!({
@@ -2265,7 +2258,7 @@ fn update_twin_in(
         None => load_record(connection, key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?,
     };
     let limits = context.options.twin_limits;
-    let sections = indexed_sections(&change, &context.options.indexed_paths);
+    let selected = indexed_prefixes(&change, &context.options.indexed_paths);
     // Refusals leave the record untouched (core checks a whole patch before applying it), so a refused write
     // puts it back into the cache as it was.
     let (operation, body, desired_patch_for_device) =
@@ -2280,7 +2273,7 @@ fn update_twin_in(
         connection,
         &context.options.indexed_paths,
         &record,
-        &sections,
+        &selected,
     )?;
     append_change(
         connection,
@@ -2394,26 +2387,23 @@ fn bulk_operation_in(
 
 /// The twin sections whose index rows a change may alter (a reported patch that touches no indexed path
 /// costs no index work).
-fn indexed_sections(change: &TwinChange, indexed: &IndexedPaths) -> Vec<Section> {
-    match change {
-        TwinChange::ReportedPatch(patch) if indexed.touches_reported(patch) => {
-            vec![Section::Reported]
-        }
-        TwinChange::ReportedPatch(_) => Vec::new(),
+/// The indexed paths (`IndexedPaths::select`) a twin change can change.
+fn indexed_prefixes(change: &TwinChange, indexed: &IndexedPaths) -> Vec<usize> {
+    let sections = match change {
+        TwinChange::ReportedPatch(patch) => return indexed.select_reported_patch(patch),
         TwinChange::ServicePatch(body) => {
             let mut sections = Vec::new();
-            if body.get("tags").is_some() && indexed.has_section(Section::Tags) {
+            if body.get("tags").is_some() {
                 sections.push(Section::Tags);
             }
-            if body.pointer("/properties/desired").is_some()
-                && indexed.has_section(Section::Desired)
-            {
+            if body.pointer("/properties/desired").is_some() {
                 sections.push(Section::Desired);
             }
             sections
         }
         TwinChange::ServiceReplace(_) => vec![Section::Tags, Section::Desired],
-    }
+    };
+    indexed.select(&sections)
 }
 
 /// Applies a twin change to a record with core's rules: the change-feed operation and body, and the desired

@@ -410,3 +410,106 @@ async fn deleted_identities_leave_nothing_in_the_index() {
             .is_empty()
     );
 }
+
+/// A reported patch re-indexes only the indexed paths under its own top-level keys: the index rows of the
+/// other indexed reported properties stay, and the ones it changes or deletes follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_patch_reindexes_what_it_names_and_keeps_the_rest() {
+    let directory = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &directory.path().join("r.db"),
+            SqliteStoreOptions::default(),
+        )
+        .unwrap(),
+    );
+    let now = datetime!(2026-05-01 10:00 UTC);
+    let key = IdentityKey::device("fw".parse().unwrap());
+    store
+        .create_identity(CreateIdentity {
+            key: key.clone(),
+            spec: spec(),
+            generation_id: "1".into(),
+            fresh_keys: FreshKeys {
+                primary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+                secondary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+            },
+            now,
+        })
+        .await
+        .unwrap();
+    let patch = |reported: Value| {
+        let store = Arc::clone(&store);
+        let key = key.clone();
+        async move {
+            store
+                .update_twin(UpdateTwin {
+                    key,
+                    change: TwinChange::ReportedPatch(reported),
+                    if_match: IfMatch::Any,
+                    now,
+                    on_commit: None,
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let count = |condition: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            let pushdown = fleethub_query::parse_condition(condition, Source::Devices)
+                .unwrap()
+                .pushdown();
+            assert!(pushdown.exact, "{condition} is answered from the index");
+            store.count_twins(false, pushdown).await.unwrap().unwrap()
+        }
+    };
+    patch(json!({
+        "firmwareVersion": "1.0",
+        "firmwareStatus": "standBy",
+        "firmware": {"current": "1.0"},
+    }))
+    .await;
+    patch(json!({"firmwareStatus": "downloading", "progress": 5})).await;
+    assert_eq!(
+        count("properties.reported.firmwareStatus = 'downloading'").await,
+        1
+    );
+    assert_eq!(
+        count("properties.reported.firmwareStatus = 'standBy'").await,
+        0
+    );
+    assert_eq!(
+        count("properties.reported.firmwareVersion = '1.0'").await,
+        1
+    );
+    assert_eq!(
+        count("properties.reported.firmware.current = '1.0'").await,
+        1
+    );
+
+    patch(json!({"firmware": null})).await;
+    assert_eq!(count("IS_DEFINED(properties.reported.firmware)").await, 0);
+    assert_eq!(
+        count("properties.reported.firmware.current = '1.0'").await,
+        0
+    );
+    assert_eq!(
+        count("properties.reported.firmwareVersion = '1.0'").await,
+        1
+    );
+
+    patch(json!({"firmware": {"current": "2.0"}, "firmwareVersion": "2.0"})).await;
+    assert_eq!(
+        count("properties.reported.firmware.current = '2.0'").await,
+        1
+    );
+    assert_eq!(
+        count("properties.reported.firmwareVersion = '1.0'").await,
+        0
+    );
+    assert_eq!(
+        count("properties.reported.firmwareStatus = 'downloading'").await,
+        1
+    );
+}
