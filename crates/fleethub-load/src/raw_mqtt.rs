@@ -3,10 +3,9 @@
 //! QoS 1 PUBLISH packets outstanding on its one connection and times each one to its PUBACK; a subscriber
 //! acknowledges every QoS 1 message it receives and counts them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -16,7 +15,6 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
 /// Largest packet this client accepts from a broker.
@@ -127,102 +125,70 @@ impl Connection {
     /// Publishes `payload` on `topic` at QoS 1 until `deadline`, `in_flight` at a time, then waits for the
     /// outstanding acknowledgements. Returns each acknowledged message's publish-to-PUBACK time in µs and
     /// how many were never acknowledged.
+    ///
+    /// One loop per connection, no locks and no timer per message: fill the window, write it in one go, read
+    /// what the broker sent, refill. The generator shares the machine with the broker it measures, so every
+    /// microsecond it spends is one the broker does not get (the same for both brokers). The window is a few
+    /// small packets, so writing while not reading cannot dead-lock against a broker that writes back.
     pub(crate) async fn publish_until(
-        self,
+        mut self,
         topic: &str,
         payload: Bytes,
         in_flight: usize,
         deadline: Instant,
     ) -> anyhow::Result<(Vec<u32>, u64)> {
-        let (mut reader, mut writer) = tokio::io::split(self.io);
-        let mut read = self.read;
-        let window = Arc::new(Semaphore::new(in_flight));
-        let sent: Mutex<HashMap<u16, Instant>> = Mutex::new(HashMap::with_capacity(in_flight));
-        let done = AtomicBool::new(false);
-        let outstanding = AtomicUsize::new(0);
-
-        let write = async {
-            let mut next: u16 = 0;
-            let mut out = BytesMut::new();
-            while Instant::now() < deadline {
-                let Ok(permit) =
-                    tokio::time::timeout_at(deadline.into(), Arc::clone(&window).acquire_owned())
-                        .await
-                else {
-                    break;
-                };
-                permit?.forget();
-                let mut count = 1;
-                while let Ok(permit) = window.try_acquire() {
-                    permit.forget();
-                    count += 1;
-                }
-                let now = Instant::now();
-                {
-                    let mut sent = sent.lock().expect("sent lock");
-                    for _ in 0..count {
-                        next = next.checked_add(1).unwrap_or(1);
-                        sent.insert(next, now);
-                        fleethub_mqtt::encode(
-                            &Packet::Publish(Publish {
-                                dup: false,
-                                qos: QoS::AtLeastOnce,
-                                retain: false,
-                                topic: topic.to_owned(),
-                                packet_id: PacketId::new(next),
-                                payload: payload.clone(),
-                            }),
-                            &mut out,
-                        )?;
-                    }
-                }
-                outstanding.fetch_add(count, Ordering::AcqRel);
-                writer.write_all(&out).await?;
+        // The messages in flight: (packet id, when it was written). Ids cycle through 1..=u16::MAX, far more
+        // than a window, so an id is free again when it comes round.
+        let mut sent: Vec<(u16, Instant)> = Vec::with_capacity(in_flight);
+        let mut next: u16 = 0;
+        let mut latencies = Vec::new();
+        let mut out = BytesMut::new();
+        let give_up = tokio::time::sleep_until((deadline + DRAIN_TIME).into());
+        tokio::pin!(give_up);
+        loop {
+            let now = Instant::now();
+            let publishing = now < deadline;
+            while publishing && sent.len() < in_flight {
+                next = next.checked_add(1).unwrap_or(1);
+                sent.push((next, now));
+                fleethub_mqtt::encode(
+                    &Packet::Publish(Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        topic: topic.to_owned(),
+                        packet_id: PacketId::new(next),
+                        payload: payload.clone(),
+                    }),
+                    &mut out,
+                )?;
+            }
+            if !out.is_empty() {
+                self.io.write_all(&out).await?;
                 out.clear();
             }
-            done.store(true, Ordering::Release);
-            anyhow::Ok(writer)
-        };
-
-        let acknowledge = async {
-            let mut latencies = Vec::new();
-            let give_up = deadline + DRAIN_TIME;
-            loop {
-                while let Some(packet) = fleethub_mqtt::decode(&mut read, MAX_PACKET)? {
-                    if let Packet::PubAck(id) = packet {
-                        let sent_at = sent.lock().expect("sent lock").remove(&id.get());
-                        if let Some(sent_at) = sent_at {
-                            latencies.push(sent_at.elapsed().as_micros() as u32);
-                            outstanding.fetch_sub(1, Ordering::AcqRel);
-                            window.add_permits(1);
-                        }
-                    }
-                }
-                if done.load(Ordering::Acquire) && outstanding.load(Ordering::Acquire) == 0 {
-                    break;
-                }
-                if Instant::now() > give_up {
-                    break;
-                }
-                match tokio::time::timeout(Duration::from_millis(100), reader.read_buf(&mut read))
-                    .await
+            if !publishing && sent.is_empty() {
+                break;
+            }
+            let read = tokio::select! {
+                read = self.io.read_buf(&mut self.read) => read?,
+                () = &mut give_up => break,
+            };
+            if read == 0 {
+                bail!("the broker closed the connection");
+            }
+            while let Some(packet) = fleethub_mqtt::decode(&mut self.read, MAX_PACKET)? {
+                if let Packet::PubAck(id) = packet
+                    && let Some(index) = sent.iter().position(|(sent_id, _)| *sent_id == id.get())
                 {
-                    Ok(Ok(0)) => bail!("the broker closed the connection"),
-                    Ok(Ok(_)) | Err(_) => {}
-                    Ok(Err(error)) => return Err(error.into()),
+                    let (_, at) = sent.swap_remove(index);
+                    latencies.push(at.elapsed().as_micros() as u32);
                 }
             }
-            anyhow::Ok(latencies)
-        };
-
-        let (written, latencies) = tokio::join!(write, acknowledge);
-        let mut writer = written?;
-        let latencies = latencies?;
-        let mut out = BytesMut::new();
+        }
         fleethub_mqtt::encode(&Packet::Disconnect, &mut out)?;
-        let _ = writer.write_all(&out).await;
-        let unacknowledged = outstanding.load(Ordering::Acquire) as u64;
-        Ok((latencies, unacknowledged))
+        let _ = self.io.write_all(&out).await;
+        Ok((latencies, sent.len() as u64))
     }
 
     /// Publishes `payload` on `topic` at QoS 0 as fast as the connection takes it until `deadline` (TCP's
