@@ -130,6 +130,48 @@ async fn a_device_filter_keeps_one_device_and_from_now_skips_history() {
     );
 }
 
+/// A device's watch reads forward past other devices' changes (the feed has no per-device index): more than a
+/// page of them between two of its own, and more than a page of its own in a row, all arrive once, in order.
+#[tokio::test]
+async fn a_device_watch_reads_past_pages_of_other_changes_and_of_its_own() {
+    let hub = TestHub::start().await;
+    let owner = service(&hub, "iothubowner");
+    hub.create_device("watched").await;
+    hub.create_device("other").await;
+    let mut stream = owner
+        .watch_changes(WatchOptions {
+            device: Some("watched".parse().unwrap()),
+            ..WatchOptions::default()
+        })
+        .await
+        .unwrap();
+    patch(&owner, "watched", 0).await;
+    assert_eq!(
+        next(&mut stream).await.body["properties"]["desired"]["n"],
+        json!(0)
+    );
+    // The stream is caught up now; 300 changes of another device pass before the next of its own.
+    for value in 0..300 {
+        patch(&owner, "other", value).await;
+    }
+    patch(&owner, "watched", 1).await;
+    let record = next(&mut stream).await;
+    assert_eq!(device_of(&record), Some("watched"));
+    assert_eq!(record.body["properties"]["desired"]["n"], json!(1));
+    // More than a page of its own, interleaved with others'.
+    for value in 2..302 {
+        patch(&owner, "watched", value).await;
+        if value % 3 == 0 {
+            patch(&owner, "other", value).await;
+        }
+    }
+    for value in 2..302 {
+        let record = next(&mut stream).await;
+        assert_eq!(device_of(&record), Some("watched"));
+        assert_eq!(record.body["properties"]["desired"]["n"], json!(value));
+    }
+}
+
 #[tokio::test]
 async fn the_stream_resumes_by_itself_across_a_hub_restart() {
     let hub = TestHub::start().await;

@@ -41,6 +41,10 @@ struct Cursor {
     store: Arc<dyn Store>,
     notifier: watch::Receiver<u64>,
     after: u64,
+    /// The head the last read covered whole (fewer records than a page came back): once its records are
+    /// sent, the next read starts there, not at the last record the filter kept. A filtered stream (one
+    /// device) would otherwise scan again, at every change, everything since its own last record.
+    scanned_through: u64,
     filter: ChangeFilter,
     pending: VecDeque<ChangeRecord>,
     shutdown: CancellationToken,
@@ -82,6 +86,7 @@ pub(super) async fn stream_changes(
             rollout,
         },
         pending: VecDeque::new(),
+        scanned_through: after,
         shutdown: state.services.draining.clone(),
     };
     let events = stream::unfold(cursor, next_event);
@@ -105,18 +110,24 @@ async fn next_event(mut cursor: Cursor) -> Option<(Result<Event, Infallible>, Cu
                 .data(data);
             return Some((Ok(event), cursor));
         }
-        // Mark the current head as seen before reading, so a change committed after the read wakes us.
-        cursor.notifier.borrow_and_update();
+        cursor.after = cursor.after.max(cursor.scanned_through);
+        // Mark the current head as seen before reading, so a change committed after the read wakes us; every
+        // record up to it is committed, so a read that returns less than a page has seen all of them.
+        let head = *cursor.notifier.borrow_and_update();
         match cursor
             .store
             .read_changes(cursor.after, PAGE, cursor.filter.clone())
             .await
         {
-            Ok(records) if !records.is_empty() => {
-                cursor.pending.extend(records);
-                continue;
+            Ok(records) => {
+                if records.len() < PAGE {
+                    cursor.scanned_through = head;
+                }
+                if !records.is_empty() {
+                    cursor.pending.extend(records);
+                    continue;
+                }
             }
-            Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, "change stream ends: the store failed");
                 return None;
