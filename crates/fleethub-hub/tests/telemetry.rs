@@ -530,6 +530,7 @@ async fn the_stream_resumes_from_last_event_id_and_needs_service_connect() {
             }
             let mut response = request.send().await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
             assert!(
                 response
                     .headers()

@@ -28,9 +28,10 @@ use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::body::Body;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fleethub_eventlog::{ConsumerGroup, EventLog, ReadLimits, StoredEvent};
 use fleethub_protocol::errors::ErrorCode;
 use fleethub_protocol::events::{
@@ -201,9 +202,14 @@ pub(super) async fn stream_events(
         turn: 0,
         shutdown: state.services.draining.clone(),
     };
-    let stream = stream::unfold(cursor, next_event);
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let frames = stream::unfold(cursor, next_frame);
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(frames),
+    )
         .into_response();
     if let Ok(value) = start.parse() {
         response.headers_mut().insert(STREAM_START_HEADER, value);
@@ -211,29 +217,24 @@ pub(super) async fn stream_events(
     Ok(response)
 }
 
-/// The next event, waiting for new ones when caught up; `None` ends the stream (shutdown, a read failure).
-async fn next_event(mut cursor: EventCursor) -> Option<(Result<Event, Infallible>, EventCursor)> {
+/// What the stream sends after 15 s without an event: an empty comment, which clients ignore.
+const KEEP_ALIVE: &[u8] = b":\n\n";
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The next piece of the stream: every event read and not yet sent, in SSE form, in one frame (one write
+/// and one TLS record for a page of events, not one per event); a keep-alive comment after 15 s without
+/// events. Waits for new events when caught up; `None` ends the stream (shutdown, a read failure).
+async fn next_frame(mut cursor: EventCursor) -> Option<(Result<Bytes, Infallible>, EventCursor)> {
+    let keep_alive = tokio::time::sleep(KEEP_ALIVE_INTERVAL);
+    tokio::pin!(keep_alive);
     loop {
-        if let Some(stored) = cursor.pending.pop_front() {
-            cursor.sent.0.insert(stored.partition, stored.offset + 1);
-            // Written straight from the stored event (no `EventMessage` built): the stream's hot path.
-            let data = fleethub_protocol::events::event_message_json(
-                stored.partition,
-                stored.offset,
-                stored.enqueued_time,
-                &stored.system_properties,
-                &stored.application_properties,
-                &stored.body,
-            );
-            let event = Event::default()
-                .id(cursor.sent.to_string())
-                .event(
-                    stored
-                        .system_property(names::MESSAGE_SOURCE)
-                        .unwrap_or("message"),
-                )
-                .data(data);
-            return Some((Ok(event), cursor));
+        if !cursor.pending.is_empty() {
+            let mut frame = BytesMut::new();
+            while let Some(stored) = cursor.pending.pop_front() {
+                cursor.sent.0.insert(stored.partition, stored.offset + 1);
+                write_event(&mut frame, &cursor.sent, &stored);
+            }
+            return Some((Ok(frame.freeze()), cursor));
         }
         // Mark every partition's end as seen before reading, so an append after the reads wakes us.
         for partition in &mut cursor.partitions {
@@ -280,22 +281,52 @@ async fn next_event(mut cursor: EventCursor) -> Option<(Result<Event, Infallible
             continue;
         }
         if count == 0 {
-            cursor.shutdown.cancelled().await;
-            return None;
+            tokio::select! {
+                () = cursor.shutdown.cancelled() => return None,
+                () = &mut keep_alive => return Some((Ok(Bytes::from_static(KEEP_ALIVE)), cursor)),
+            }
         }
         let changes = cursor
             .partitions
             .iter_mut()
             .map(|partition| Box::pin(partition.watch.changed()));
-        tokio::select! {
+        let quiet = tokio::select! {
             (changed, _, _) = futures_util::future::select_all(changes) => {
                 if changed.is_err() {
                     return None;
                 }
+                false
             }
             () = cursor.shutdown.cancelled() => return None,
+            () = &mut keep_alive => true,
+        };
+        if quiet {
+            return Some((Ok(Bytes::from_static(KEEP_ALIVE)), cursor));
         }
     }
+}
+
+/// One event in SSE form: `id:` the stream position after it, `event:` its message source, `data:` the
+/// [`EventMessage`](fleethub_protocol::events::EventMessage) JSON (compact, so one line), a blank line.
+fn write_event(frame: &mut BytesMut, position: &StreamPosition, stored: &StoredEvent) {
+    use std::fmt::Write as _;
+    // Written straight from the stored event (no `EventMessage` built): the stream's hot path.
+    let data = fleethub_protocol::events::event_message_json(
+        stored.partition,
+        stored.offset,
+        stored.enqueued_time,
+        &stored.system_properties,
+        &stored.application_properties,
+        &stored.body,
+    );
+    let source = stored
+        .system_property(names::MESSAGE_SOURCE)
+        .filter(|source| !source.contains(['\r', '\n']))
+        .unwrap_or("message");
+    frame.reserve(data.len() + source.len() + 64);
+    let _ = write!(frame, "id: {position}\nevent: {source}\ndata: ");
+    frame.extend_from_slice(data.as_bytes());
+    frame.extend_from_slice(b"\n\n");
 }
 
 pub(super) async fn list_partitions(
