@@ -380,6 +380,10 @@ struct Hub {
 }
 
 impl Hub {
+    fn process_id(&self) -> u32 {
+        self.child.id()
+    }
+
     async fn start(hub_bin: &Path) -> anyhow::Result<Self> {
         let directory = tempfile::tempdir()?;
         let data_dir = directory.path().join("data");
