@@ -35,6 +35,20 @@ fn spec() -> IdentitySpec {
     }
 }
 
+/// A request to create `key` with the test key pair.
+fn create(key: IdentityKey, now: time::OffsetDateTime) -> CreateIdentity {
+    CreateIdentity {
+        key,
+        spec: spec(),
+        generation_id: "1".into(),
+        fresh_keys: FreshKeys {
+            primary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+            secondary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+        },
+        now,
+    }
+}
+
 /// Tags and reported values of every JSON type, so type-strict comparison is exercised.
 fn population(index: usize) -> (Value, Value) {
     let site = match index % 9 {
@@ -70,16 +84,7 @@ async fn populated_store(directory: &std::path::Path) -> Arc<dyn Store> {
     for index in 0..DEVICES {
         let key = IdentityKey::device(format!("dev{index:03}").parse().unwrap());
         store
-            .create_identity(CreateIdentity {
-                key: key.clone(),
-                spec: spec(),
-                generation_id: "1".into(),
-                fresh_keys: FreshKeys {
-                    primary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-                    secondary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-                },
-                now,
-            })
+            .create_identity(create(key.clone(), now))
             .await
             .unwrap();
         let (tags, reported) = population(index);
@@ -106,19 +111,7 @@ async fn populated_store(directory: &std::path::Path) -> Arc<dyn Store> {
         }
         if index % 20 == 0 {
             let module = IdentityKey::module(key.device_id.clone(), "m1".parse().unwrap());
-            store
-                .create_identity(CreateIdentity {
-                    key: module,
-                    spec: spec(),
-                    generation_id: "1".into(),
-                    fresh_keys: FreshKeys {
-                        primary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-                        secondary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-                    },
-                    now,
-                })
-                .await
-                .unwrap();
+            store.create_identity(create(module, now)).await.unwrap();
         }
     }
     store
@@ -367,17 +360,11 @@ async fn deleted_identities_leave_nothing_in_the_index() {
         .unwrap(),
     );
     let now = datetime!(2026-05-01 10:00 UTC);
-    let create = |id: &str| CreateIdentity {
-        key: IdentityKey::device(id.parse().unwrap()),
-        spec: spec(),
-        generation_id: "1".into(),
-        fresh_keys: FreshKeys {
-            primary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-            secondary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-        },
-        now,
-    };
-    store.create_identity(create("old")).await.unwrap();
+    let device = |id: &str| IdentityKey::device(id.parse().unwrap());
+    store
+        .create_identity(create(device("old"), now))
+        .await
+        .unwrap();
     let key = IdentityKey::device("old".parse().unwrap());
     store
         .update_twin(UpdateTwin {
@@ -390,7 +377,10 @@ async fn deleted_identities_leave_nothing_in_the_index() {
         .await
         .unwrap();
     store.delete_identity(&key, IfMatch::Any).await.unwrap();
-    store.create_identity(create("new")).await.unwrap();
+    store
+        .create_identity(create(device("new"), now))
+        .await
+        .unwrap();
     let query = fleethub_query::parse_condition("tags.doomed = true", Source::Devices).unwrap();
     let pushdown = query.pushdown();
     assert_eq!(
@@ -426,16 +416,7 @@ async fn a_reported_patch_reindexes_what_it_names_and_keeps_the_rest() {
     let now = datetime!(2026-05-01 10:00 UTC);
     let key = IdentityKey::device("fw".parse().unwrap());
     store
-        .create_identity(CreateIdentity {
-            key: key.clone(),
-            spec: spec(),
-            generation_id: "1".into(),
-            fresh_keys: FreshKeys {
-                primary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-                secondary: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
-            },
-            now,
-        })
+        .create_identity(create(key.clone(), now))
         .await
         .unwrap();
     let patch = |reported: Value| {
