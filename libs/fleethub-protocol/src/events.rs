@@ -427,9 +427,8 @@ impl EventMessage {
     }
 }
 
-/// The JSON of [`EventMessage::new`] with the same arguments, byte for byte, written without building the
-/// message: no map, no copy of a key, value or UTF-8 body. The event stream (`GET /events`) writes one per
-/// event, so this is its hot path.
+/// The JSON of [`EventMessage::new`] with the same arguments, byte for byte (see
+/// [`write_event_message_json`]).
 pub fn event_message_json(
     partition: u32,
     sequence_number: u64,
@@ -438,6 +437,32 @@ pub fn event_message_json(
     application_properties: &[(String, Option<String>)],
     body: &[u8],
 ) -> String {
+    let mut json = Vec::new();
+    write_event_message_json(
+        &mut json,
+        partition,
+        sequence_number,
+        enqueued_time,
+        system_properties,
+        application_properties,
+        body,
+    )
+    .expect("writing to a Vec cannot fail");
+    String::from_utf8(json).expect("serde_json writes UTF-8")
+}
+
+/// Writes the JSON of [`EventMessage::new`] with the same arguments to `out`, without building the message:
+/// no map, no copy of a key, value or UTF-8 body. The event stream (`GET /events`) writes one per event
+/// straight into its frame, so this is its hot path.
+pub fn write_event_message_json(
+    out: impl std::io::Write,
+    partition: u32,
+    sequence_number: u64,
+    enqueued_time: OffsetDateTime,
+    system_properties: &[(String, String)],
+    application_properties: &[(String, Option<String>)],
+    body: &[u8],
+) -> std::io::Result<()> {
     let enqueued = format_time(enqueued_time);
     // `Map` keeps insertion order (serde_json's `preserve_order` is on in this workspace), a later duplicate
     // replacing the value where the key first came; `iothub-enqueuedtime` is inserted last.
@@ -463,7 +488,7 @@ pub fn event_message_json(
         body: &body,
         body_encoding,
     };
-    serde_json::to_string(&message).expect("event messages always serialise")
+    serde_json::to_writer(out, &message).map_err(std::io::Error::from)
 }
 
 /// A body as the event's JSON carries it: UTF-8 text as is, anything else in standard base64.

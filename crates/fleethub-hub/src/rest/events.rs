@@ -309,23 +309,25 @@ async fn next_frame(mut cursor: EventCursor) -> Option<(Result<Bytes, Infallible
 /// One event in SSE form: `id:` the stream position after it, `event:` its message source, `data:` the
 /// [`EventMessage`](fleethub_protocol::events::EventMessage) JSON (compact, so one line), a blank line.
 fn write_event(frame: &mut BytesMut, position: &StreamPosition, stored: &StoredEvent) {
+    use bytes::BufMut as _;
     use std::fmt::Write as _;
-    // Written straight from the stored event (no `EventMessage` built): the stream's hot path.
-    let data = fleethub_protocol::events::event_message_json(
+    let source = stored
+        .system_property(names::MESSAGE_SOURCE)
+        .filter(|source| !source.contains(['\r', '\n']))
+        .unwrap_or("message");
+    frame.reserve(stored.body.len() + 512);
+    let _ = write!(frame, "id: {position}\nevent: {source}\ndata: ");
+    // Written straight from the stored event into the frame (no `EventMessage` built): the stream's hot path.
+    fleethub_protocol::events::write_event_message_json(
+        frame.writer(),
         stored.partition,
         stored.offset,
         stored.enqueued_time,
         &stored.system_properties,
         &stored.application_properties,
         &stored.body,
-    );
-    let source = stored
-        .system_property(names::MESSAGE_SOURCE)
-        .filter(|source| !source.contains(['\r', '\n']))
-        .unwrap_or("message");
-    frame.reserve(data.len() + source.len() + 64);
-    let _ = write!(frame, "id: {position}\nevent: {source}\ndata: ");
-    frame.extend_from_slice(data.as_bytes());
+    )
+    .expect("writing to memory cannot fail");
     frame.extend_from_slice(b"\n\n");
 }
 
