@@ -263,14 +263,7 @@ pub async fn authenticate_device(
         )
     })?;
     let key = IdentityKey::from_client_id(&client);
-    let record = services
-        .store
-        .get(&key)
-        .await
-        .map_err(|error| {
-            ConnectRefusal::new(ConnectReturnCode::ServerUnavailable, error.to_string())
-        })?
-        .ok_or_else(|| ConnectRefusal::new(NotAuthorized, format!("{key} is not registered")))?;
+    let record = registered(services, &key).await?;
 
     let signed = match token.key_name.as_deref() {
         None if uses_x509(&record) => {
@@ -359,6 +352,27 @@ fn uses_x509(record: &DeviceRecord) -> bool {
     )
 }
 
+/// The identity's record: refused as not authorized when it is not registered, as server unavailable when
+/// the store fails.
+async fn registered(
+    services: &Services,
+    key: &IdentityKey,
+) -> Result<DeviceRecord, ConnectRefusal> {
+    services
+        .store
+        .get(key)
+        .await
+        .map_err(|error| {
+            ConnectRefusal::new(ConnectReturnCode::ServerUnavailable, error.to_string())
+        })?
+        .ok_or_else(|| {
+            ConnectRefusal::new(
+                ConnectReturnCode::NotAuthorized,
+                format!("{key} is not registered"),
+            )
+        })
+}
+
 /// A CONNECT without a password: the identity must use X.509 authentication and the TLS client
 /// certificate must satisfy it (`x509::authenticate_certificate`).
 async fn authenticate_with_certificate(
@@ -369,14 +383,7 @@ async fn authenticate_with_certificate(
 ) -> Result<DeviceRecord, ConnectRefusal> {
     use ConnectReturnCode::NotAuthorized;
     let key = IdentityKey::from_client_id(client);
-    let record = services
-        .store
-        .get(&key)
-        .await
-        .map_err(|error| {
-            ConnectRefusal::new(ConnectReturnCode::ServerUnavailable, error.to_string())
-        })?
-        .ok_or_else(|| ConnectRefusal::new(NotAuthorized, format!("{key} is not registered")))?;
+    let record = registered(services, &key).await?;
     if !uses_x509(&record) {
         return Err(ConnectRefusal::new(
             NotAuthorized,

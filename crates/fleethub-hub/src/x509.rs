@@ -429,6 +429,19 @@ mod tests {
         OffsetDateTime::now_utc()
     }
 
+    /// A self-signed CA "root", valid from an hour ago for a day: its DER and the issuer to sign with.
+    fn root_ca() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = params(
+            "root",
+            now() - Duration::hours(1),
+            now() + Duration::days(1),
+        );
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_der = ca_params.self_signed(&ca_key).unwrap().der().clone();
+        (ca_der, Issuer::new(ca_params, ca_key))
+    }
+
     fn self_signed(
         common_name: &str,
         from: OffsetDateTime,
@@ -483,18 +496,10 @@ mod tests {
 
     #[test]
     fn ca_refusals_say_why() {
-        let ca_key = KeyPair::generate().expect("key");
-        let mut ca_params = params(
-            "root",
-            now() - Duration::hours(1),
-            now() + Duration::days(1),
-        );
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_der = ca_params.self_signed(&ca_key).unwrap().der().clone();
+        let (ca_der, issuer) = root_ca();
         let facts = inspect(&ca_der).unwrap();
         assert!(facts.is_ca);
         assert_eq!(facts.subject, "CN=root");
-        let issuer = Issuer::new(ca_params, ca_key);
         let issue = |common_name: &str| {
             let key = KeyPair::generate().expect("key");
             params(
@@ -590,15 +595,7 @@ mod tests {
 
     #[test]
     fn proof_of_possession_takes_an_rcgen_v3_certificate_with_an_ecdsa_ca() {
-        let ca_key = KeyPair::generate().expect("key");
-        let mut ca_params = params(
-            "root",
-            now() - Duration::hours(1),
-            now() + Duration::days(1),
-        );
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_der = ca_params.self_signed(&ca_key).unwrap().der().clone();
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (ca_der, issuer) = root_ca();
         let proof = params(
             "CODE",
             now() - Duration::hours(1),
