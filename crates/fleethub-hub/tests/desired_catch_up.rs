@@ -167,6 +167,13 @@ async fn next_patch(client: &mut RawClient, qos: QoS) -> Publish {
     publish
 }
 
+/// The device's PUBACK of a QoS 1 patch.
+async fn acknowledge(client: &mut RawClient, patch: &Publish) {
+    client
+        .send(&Packet::PubAck(patch.packet_id.expect("QoS 1")))
+        .await;
+}
+
 #[tokio::test]
 async fn a_reconnecting_device_gets_one_patch_from_its_acknowledged_version_before_any_twin_response()
  {
@@ -185,9 +192,7 @@ async fn a_reconnecting_device_gets_one_patch_from_its_acknowledged_version_befo
     assert_eq!(desired_version_of(&patch), 2);
     let mut device_state = json!({});
     apply(&mut device_state, &body(&patch));
-    client
-        .send(&Packet::PubAck(patch.packet_id.expect("QoS 1")))
-        .await;
+    acknowledge(&mut client, &patch).await;
     disconnect(&hub, &record, client, 1).await;
 
     set_desired(&hub, &record, json!({"x": 1})).await;
@@ -236,9 +241,7 @@ async fn a_reconnecting_device_gets_one_patch_from_its_acknowledged_version_befo
     let response = client.receive_publish().await;
     assert_eq!(response.topic, "$iothub/twin/res/200/?$rid=get1");
     assert_eq!(body(&response)["desired"]["$version"], json!(6));
-    client
-        .send(&Packet::PubAck(catch_up.packet_id.expect("QoS 1")))
-        .await;
+    acknowledge(&mut client, &catch_up).await;
     nothing_before_pingresp(&mut client).await;
 
     // Live patches go on from there, and a device that is up to date gets nothing on its next connection.
@@ -246,9 +249,7 @@ async fn a_reconnecting_device_gets_one_patch_from_its_acknowledged_version_befo
     let live = next_patch(&mut client, QoS::AtLeastOnce).await;
     assert_eq!(desired_version_of(&live), 7);
     assert_eq!(body(&live), json!({"y": 2, "$version": 7}));
-    client
-        .send(&Packet::PubAck(live.packet_id.expect("QoS 1")))
-        .await;
+    acknowledge(&mut client, &live).await;
     disconnect(&hub, &record, client, 2).await;
     let mut client = reconnect(&hub, &record, false).await;
     nothing_before_pingresp(&mut client).await;
@@ -261,9 +262,7 @@ async fn a_patch_not_acknowledged_before_the_disconnect_comes_again() {
     let mut client = subscribed(&hub, &record, QoS::AtLeastOnce).await;
     set_desired(&hub, &record, json!({"a": 1})).await;
     let acknowledged = next_patch(&mut client, QoS::AtLeastOnce).await;
-    client
-        .send(&Packet::PubAck(acknowledged.packet_id.expect("QoS 1")))
-        .await;
+    acknowledge(&mut client, &acknowledged).await;
     set_desired(&hub, &record, json!({"b": 2})).await;
     let lost = next_patch(&mut client, QoS::AtLeastOnce).await;
     assert_eq!(desired_version_of(&lost), 3);
@@ -309,9 +308,7 @@ async fn a_clean_session_gets_nothing_extra() {
     let mut client = subscribed(&hub, &record, QoS::AtLeastOnce).await;
     set_desired(&hub, &record, json!({"a": 1})).await;
     let patch = next_patch(&mut client, QoS::AtLeastOnce).await;
-    client
-        .send(&Packet::PubAck(patch.packet_id.expect("QoS 1")))
-        .await;
+    acknowledge(&mut client, &patch).await;
     disconnect(&hub, &record, client, 1).await;
     set_desired(&hub, &record, json!({"a": 2})).await;
 
@@ -442,9 +439,7 @@ async fn the_catch_up_survives_a_hub_restart() {
     let mut client = subscribed(&first, &record, QoS::AtLeastOnce).await;
     set_desired(&first, &record, json!({"a": 1, "gone": true})).await;
     let patch = next_patch(&mut client, QoS::AtLeastOnce).await;
-    client
-        .send(&Packet::PubAck(patch.packet_id.expect("QoS 1")))
-        .await;
+    acknowledge(&mut client, &patch).await;
     nothing_before_pingresp(&mut client).await;
     // The hub stops with the device connected: the acknowledgement is written as the connection closes.
     let TestHub { hub, directory } = first;
@@ -475,9 +470,7 @@ async fn the_catch_up_survives_a_hub_restart() {
         body(&catch_up),
         json!({"a": 1, "gone": null, "b": 2, "$version": 3})
     );
-    client
-        .send(&Packet::PubAck(catch_up.packet_id.expect("QoS 1")))
-        .await;
+    acknowledge(&mut client, &catch_up).await;
     nothing_before_pingresp(&mut client).await;
     disconnect(&second, &record, client, 2).await;
 

@@ -95,6 +95,14 @@ fn sample(text: &str, series: &str) -> u64 {
         .expect("a number")
 }
 
+/// `fleethub_throttled_operations_total` for one operation class and limit (`hub` or `device`).
+fn throttled_total(text: &str, class: &str, limit: &str) -> u64 {
+    sample(
+        text,
+        &format!("fleethub_throttled_operations_total{{class=\"{class}\",limit=\"{limit}\"}}"),
+    )
+}
+
 #[tokio::test]
 async fn rest_twin_reads_over_the_hub_limit_get_429_throttling_exception_and_recover() {
     let hub = TestHub::start_with(|config| {
@@ -159,12 +167,7 @@ async fn rest_twin_reads_over_the_hub_limit_get_429_throttling_exception_and_rec
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics = scrape(&api).await;
-    assert!(
-        sample(
-            &metrics,
-            "fleethub_throttled_operations_total{class=\"twin_read\",limit=\"hub\"}"
-        ) >= 1
-    );
+    assert!(throttled_total(&metrics, "twin_read", "hub") >= 1);
 }
 
 #[tokio::test]
@@ -335,12 +338,7 @@ async fn new_connections_over_the_hub_rate_get_connack_3_then_are_admitted() {
     }
     let api = ServiceApi::for_hub(&hub, "iothubowner");
     let metrics = scrape(&api).await;
-    assert!(
-        sample(
-            &metrics,
-            "fleethub_throttled_operations_total{class=\"connection\",limit=\"hub\"}"
-        ) >= 1
-    );
+    assert!(throttled_total(&metrics, "connection", "hub") >= 1);
 }
 
 #[tokio::test]
@@ -392,12 +390,7 @@ async fn an_abusive_telemetry_device_is_disconnected_while_another_keeps_being_s
         ),
         1
     );
-    assert!(
-        sample(
-            &metrics,
-            "fleethub_throttled_operations_total{class=\"telemetry\",limit=\"device\"}"
-        ) >= 10
-    );
+    assert!(throttled_total(&metrics, "telemetry", "device") >= 10);
 }
 
 #[tokio::test]
@@ -443,10 +436,11 @@ async fn the_default_configuration_throttles_nothing() {
         "connection",
     ] {
         for limit in ["hub", "device"] {
-            let series = format!(
-                "fleethub_throttled_operations_total{{class=\"{class}\",limit=\"{limit}\"}}"
+            assert_eq!(
+                throttled_total(&metrics, class, limit),
+                0,
+                "{class} {limit}"
             );
-            assert_eq!(sample(&metrics, &series), 0, "{series}");
         }
     }
 }

@@ -281,20 +281,7 @@ async fn ca_signed_devices_connect_once_their_ca_is_uploaded_and_verified_and_no
             Some(json!({"properties": {"certificate": "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"}})),
         )
         .await;
-    assert_eq!(
-        malformed.status,
-        StatusCode::BAD_REQUEST,
-        "{}",
-        malformed.body
-    );
-    assert!(
-        malformed
-            .body
-            .to_string()
-            .contains("neither PEM nor base64"),
-        "{}",
-        malformed.body
-    );
+    malformed.assert_refused(StatusCode::BAD_REQUEST, "neither PEM nor base64");
     let not_a_ca = owner
         .send(
             Method::PUT,
@@ -303,17 +290,7 @@ async fn ca_signed_devices_connect_once_their_ca_is_uploaded_and_verified_and_no
             Some(json!({"properties": {"certificate": ca.issue_pem("leaf")}})),
         )
         .await;
-    assert_eq!(
-        not_a_ca.status,
-        StatusCode::BAD_REQUEST,
-        "{}",
-        not_a_ca.body
-    );
-    assert!(
-        not_a_ca.body.to_string().contains("not a CA certificate"),
-        "{}",
-        not_a_ca.body
-    );
+    not_a_ca.assert_refused(StatusCode::BAD_REQUEST, "not a CA certificate");
     let forbidden = reader
         .send(
             Method::PUT,
@@ -393,17 +370,7 @@ async fn ca_signed_devices_connect_once_their_ca_is_uploaded_and_verified_and_no
             Some(json!({"certificate": impostor.issue_pem(&code)})),
         )
         .await;
-    assert_eq!(
-        wrong_key.status,
-        StatusCode::BAD_REQUEST,
-        "{}",
-        wrong_key.body
-    );
-    assert!(
-        wrong_key.body.to_string().contains("not signed by"),
-        "{}",
-        wrong_key.body
-    );
+    wrong_key.assert_refused(StatusCode::BAD_REQUEST, "not signed by");
     let wrong_code = owner
         .send(
             Method::POST,

@@ -369,6 +369,18 @@ pub struct Reply {
     pub body: serde_json::Value,
 }
 
+impl Reply {
+    /// Asserts the status and that the body says `says` (the whole body is in the message when not).
+    pub fn assert_refused(&self, status: reqwest::StatusCode, says: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert!(
+            self.body.to_string().contains(says),
+            "expected {says:?} in {}",
+            self.body
+        );
+    }
+}
+
 impl ServiceApi {
     pub fn new(
         https_address: std::net::SocketAddr,
