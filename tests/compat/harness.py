@@ -7,6 +7,9 @@ here has a deadline, so a hung SDK or hub fails the case instead of hanging CI.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -18,9 +21,10 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -441,3 +445,17 @@ def create_sas_device(registry, device_id: str, status: str = "enabled"):
     )
     assert keys.primary_key != keys.secondary_key
     return device, device_connection_string(device_id, keys.primary_key)
+
+def service_token(connection_string: str, ttl: int = 600) -> str:
+    """A service SAS token signed like the official SDKs sign one (PROTOCOL.md §3.1)."""
+    fields = dict(part.split("=", 1) for part in connection_string.split(";"))
+    resource = urllib.parse.quote(fields["HostName"], safe="")
+    expiry = int(time.time()) + ttl
+    key = base64.b64decode(fields["SharedAccessKey"])
+    signature = base64.b64encode(
+        hmac.new(key, f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
+    ).decode()
+    return (
+        f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(signature, safe='')}"
+        f"&se={expiry}&skn={fields['SharedAccessKeyName']}"
+    )

@@ -2,31 +2,19 @@
 `send_message_to_output`) with system and custom properties, read back through fleethub's event
 stream (`GET /events`, Server-Sent Events, a fleethub extension) with plain `requests`."""
 
-import base64
-import hashlib
-import hmac
 import json
 import time
-import urllib.parse
 
 import requests
 
-from harness import HTTPS_ADDRESS, HUB_HOSTNAME, create_sas_device, device_connection_string, unique_id
-
-
-def service_token(connection_string: str, ttl: int = 600) -> str:
-    """A service SAS token signed like the official SDKs sign one (PROTOCOL.md §3.1)."""
-    fields = dict(part.split("=", 1) for part in connection_string.split(";"))
-    resource = urllib.parse.quote(fields["HostName"], safe="")
-    expiry = int(time.time()) + ttl
-    key = base64.b64decode(fields["SharedAccessKey"])
-    signature = base64.b64encode(
-        hmac.new(key, f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
-    ).decode()
-    return (
-        f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(signature, safe='')}"
-        f"&se={expiry}&skn={fields['SharedAccessKeyName']}"
-    )
+from harness import (
+    HTTPS_ADDRESS,
+    HUB_HOSTNAME,
+    create_sas_device,
+    device_connection_string,
+    service_token,
+    unique_id,
+)
 
 
 def read_telemetry(hub, device_id: str, count: int, timeout: float = 30) -> list[dict]:

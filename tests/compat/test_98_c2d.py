@@ -10,8 +10,7 @@ import time
 
 import requests
 
-from harness import HTTPS_ADDRESS, HUB_HOSTNAME, create_sas_device, unique_id
-from test_97_telemetry import service_token
+from harness import HTTPS_ADDRESS, HUB_HOSTNAME, create_sas_device, service_token, unique_id
 
 BASE = f"https://{HUB_HOSTNAME}:{HTTPS_ADDRESS[1]}"
 API_VERSION = {"api-version": "2021-04-12"}

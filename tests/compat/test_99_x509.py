@@ -6,10 +6,7 @@ uploaded and verified through `/certificates` (proof of possession), with certif
 
 import base64
 import hashlib
-import hmac
 import subprocess
-import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ import requests
 from azure.iot.device import IoTHubDeviceClient, X509
 from azure.iot.device.exceptions import CredentialError
 
-from harness import HTTPS_ADDRESS, HUB_HOSTNAME, unique_id
+from harness import HTTPS_ADDRESS, HUB_HOSTNAME, service_token, unique_id
 
 # What a device certificate carries in Azure's tutorials. Device certificates must be X.509 v3: rustls's
 # webpki parses the leaf in the handshake and refuses v1, which `openssl x509 -req` without extensions
@@ -84,21 +81,6 @@ def thumbprint(certificate: Path, algorithm: str) -> str:
     pem = certificate.read_text()
     body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
     return hashlib.new(algorithm, base64.b64decode(body)).hexdigest().upper()
-
-
-def service_token(connection_string: str, ttl: int = 600) -> str:
-    """A service SAS token signed like the official SDKs sign one (PROTOCOL.md §3.1)."""
-    fields = dict(part.split("=", 1) for part in connection_string.split(";"))
-    resource = urllib.parse.quote(fields["HostName"], safe="")
-    expiry = int(time.time()) + ttl
-    key = base64.b64decode(fields["SharedAccessKey"])
-    signature = base64.b64encode(
-        hmac.new(key, f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
-    ).decode()
-    return (
-        f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(signature, safe='')}"
-        f"&se={expiry}&skn={fields['SharedAccessKeyName']}"
-    )
 
 
 def certificates_api(hub, method: str, path: str, body=None, etag=None) -> requests.Response:
